@@ -1,0 +1,162 @@
+"""Frozen, validated configuration objects built from plain mappings (params.yaml sections).
+
+Only `crux/cli.py` reads params.yaml; everything else receives these objects. Unknown keys are
+rejected with the dotted path of the offending key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Label Studio label values end up in XML attributes and in file names of exports.
+CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or impossible; the message names the key."""
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
+    """Build dataclass `cls` from `data`, recursing into nested dataclasses; reject unknown keys."""
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where}.{name}: required key is missing")
+            continue
+        values[name] = _coerce(hints[name], data[name], f"{where}.{name}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        if len(non_none) == 1:
+            return _coerce(non_none[0], value, where)
+        return value
+    if dataclasses.is_dataclass(hint):
+        return from_mapping(hint, value, where)  # type: ignore[arg-type]
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        item_hint = args[0] if args else Any
+        return tuple(_coerce(item_hint, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (dict, Mapping, typing.Mapping) or hint is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        value_hint = args[1] if len(args) == 2 else Any
+        return types.MappingProxyType({str(k): _coerce(value_hint, v, f"{where}.{k}") for k, v in value.items()})
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if hint is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a path string, got {value!r}")
+        return Path(value)
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Label Studio section
+
+
+@dataclass(frozen=True)
+class ProjectSpec:
+    """One inspection project: a Label Studio project, a dataset and a model of its own."""
+
+    title: str
+    kind: str
+    classes: Mapping[str, str]
+    instructions: str = ""
+    # Source folder names that stand for a class, e.g. Magnetic Tile's `MT_Free` means OK.
+    aliases: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+    # The defect-free class of a classification project (inspection view: OK vs NG).
+    ok_class: str | None = None
+
+    def __post_init__(self) -> None:
+        from crux.kinds import KINDS
+
+        if self.kind not in KINDS:
+            raise ConfigError(f"kind: {self.kind!r} is not a task kind; known: {', '.join(sorted(KINDS))}")
+        if not self.classes:
+            raise ConfigError("classes: at least one class is required")
+        for name, colour in self.classes.items():
+            if not CLASS_NAME.match(name):
+                raise ConfigError(f"classes.{name}: class names use letters, digits, space, _ . + - (max 63)")
+            if not HEX_COLOUR.match(colour):
+                raise ConfigError(f"classes.{name}: colour {colour!r} is not #RRGGBB")
+        for source, target in self.aliases.items():
+            if target not in self.classes:
+                raise ConfigError(f"aliases.{source}: {target!r} is not one of the classes")
+        if self.ok_class is not None and self.ok_class not in self.classes:
+            raise ConfigError(f"ok_class: {self.ok_class!r} is not one of the classes")
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.classes)
+
+
+@dataclass(frozen=True)
+class LabelStudioConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Label Studio serves local images only below this folder (LOCAL_FILES_DOCUMENT_ROOT).
+    files_root: Path = Path("..")
+    # Where the server keeps its SQLite database, media, logs, pid file and generated secrets.
+    state_dir: Path = Path(".crux/labelstudio")
+    projects: Mapping[str, ProjectSpec] = field(default_factory=lambda: types.MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"labelstudio.port: {self.port} is not a TCP port")
+        for name in self.projects:
+            if not PROJECT_NAME.match(name):
+                raise ConfigError(f"labelstudio.projects.{name}: names use a-z, 0-9, _ and - (max 63)")
+
+    def project(self, name: str) -> ProjectSpec:
+        try:
+            return self.projects[name]
+        except KeyError:
+            known = ", ".join(sorted(self.projects)) or "none"
+            raise ConfigError(f"project {name!r} is not declared in labelstudio.projects (known: {known})") from None

@@ -1,0 +1,451 @@
+"""Import images and existing labels into an inspection project, in bulk.
+
+Two phases, so that nothing is half imported: `scan_source` reads, decodes and validates every
+image and label of the source and raises one error listing every problem (file and line);
+only then does `import_items` write to Label Studio, through the bulk task endpoint with the
+annotations and predictions embedded (one request per batch, never one per annotation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from crux.geometry import PixelBox, yolo_to_pixel
+from crux.kinds import Label, get_kind
+
+if TYPE_CHECKING:
+    from label_studio_sdk import LabelStudio
+
+    from crux.config import ProjectSpec
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+# Magnetic Tile keeps a pixel mask NAME.png beside each NAME.jpg; a PNG twin of a photo is a mask.
+PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".bmp"})
+LABEL_FORMATS = ("yolo", "folders", "none")
+COORD_TOLERANCE = 1e-6
+BATCH_SIZE = 500
+
+
+class ImportValidationError(ValueError):
+    """The source has problems; `problems` names each file (and line) at fault. Nothing was imported."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        shown = "\n  ".join(self.problems[:25])
+        more = f"\n  … and {len(self.problems) - 25} more" if len(self.problems) > 25 else ""
+        super().__init__(f"{len(self.problems)} problem(s) in the source, nothing imported:\n  {shown}{more}")
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One validated image of the source."""
+
+    url: str  # fsspec URL of the image (a local absolute path for folders)
+    rel: str  # path relative to the source root, for messages and prediction matching
+    sha256: str
+    width: int
+    height: int
+    labels: tuple[Label, ...] | None  # None: the image has no labels yet
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A model pre-annotation, in the `crux predict --json` contract."""
+
+    model_version: str
+    score: float
+    labels: tuple[Label, ...]
+    label_scores: tuple[float, ...]
+
+
+@dataclass
+class ScanResult:
+    root: str
+    items: list[SourceItem]
+    duplicates: list[str] = field(default_factory=list)  # rel paths whose bytes repeat an earlier image
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    project_id: int
+    scanned: int
+    created: int
+    already_present: int
+    duplicates_in_source: int
+    annotations: int
+    predictions: int
+    task_ids: tuple[int, ...]
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the source
+
+
+def _open_fs(source: str) -> tuple[Any, str]:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(source)
+    if not fs.exists(root) or not fs.isdir(root):
+        raise ImportValidationError([f"{source}: source folder does not exist"])
+    return fs, root.rstrip("/")
+
+
+def _protocol(fs: Any) -> str:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return "file" if protocol in ("file", "local") else protocol
+
+
+def _url(fs: Any, path: str) -> str:
+    protocol = _protocol(fs)
+    return path if protocol == "file" else f"{protocol}://{path}"
+
+
+def _decode(fs: Any, path: str) -> tuple[str, int, int]:
+    from PIL import Image
+
+    data = fs.cat_file(path)
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()  # a full decode: truncated or corrupt files fail here, not at training time
+        width, height = image.size
+    return hashlib.sha256(data).hexdigest(), width, height
+
+
+def _list_images(fs: Any, root: str, problems: list[str]) -> list[str]:
+    files = sorted(p for p in fs.find(root) if not posixpath.basename(p).startswith("."))
+    by_stem: dict[str, set[str]] = {}
+    for path in files:
+        stem, ext = posixpath.splitext(path)
+        by_stem.setdefault(stem, set()).add(ext.lower())
+    images = []
+    for path in files:
+        stem, ext = posixpath.splitext(path)
+        ext = ext.lower()
+        if ext == ".png" and by_stem[stem] & PHOTO_EXTENSIONS:
+            continue  # a mask beside its photo
+        if ext not in IMAGE_EXTENSIONS:
+            problems.append(f"{path}: not an image file (extension {ext or 'none'})")
+            continue
+        images.append(path)
+    return images
+
+
+def _decode_all(fs: Any, paths: Sequence[str], problems: list[str], progress: Callable[[int], None] | None) -> dict:
+    decoded: dict[str, tuple[str, int, int]] = {}
+
+    def work(path: str) -> tuple[str, tuple[str, int, int] | Exception]:
+        try:
+            return path, _decode(fs, path)
+        except Exception as exc:  # Pillow raises many types for bad files
+            return path, exc
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for path, outcome in pool.map(work, paths):
+            if isinstance(outcome, Exception):
+                problems.append(f"{path}: not a readable image ({type(outcome).__name__}: {outcome})")
+            else:
+                decoded[path] = outcome
+            if progress:
+                progress(1)
+    return decoded
+
+
+def _yolo_labels(
+    fs: Any, label_path: str, names: Sequence[str], width: int, height: int, problems: list[str]
+) -> tuple[Label, ...] | None:
+    if not fs.exists(label_path):
+        return None
+    labels = []
+    for number, line in enumerate(fs.cat_file(label_path).decode("utf-8", "replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{label_path}:{number}"
+        fields = line.split()
+        if len(fields) != 5:
+            problems.append(f"{where}: expected 'class cx cy w h', got {line.strip()!r}")
+            continue
+        try:
+            class_id = int(fields[0])
+            cx, cy, w, h = (float(v) for v in fields[1:])
+        except ValueError:
+            problems.append(f"{where}: not numbers: {line.strip()!r}")
+            continue
+        if not 0 <= class_id < len(names):
+            problems.append(f"{where}: unknown class id {class_id} (classes.txt has {len(names)} classes)")
+            continue
+        edges = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+        if w <= 0 or h <= 0 or any(v < -COORD_TOLERANCE or v > 1 + COORD_TOLERANCE for v in (cx, cy, w, h, *edges)):
+            problems.append(f"{where}: box {cx} {cy} {w} {h} is empty or outside 0..1")
+            continue
+        labels.append(Label(cls=names[class_id], box=yolo_to_pixel(cx, cy, w, h, width, height)))
+    return tuple(labels)
+
+
+def _class_for(name: str, spec: ProjectSpec) -> str | None:
+    if name in spec.aliases:
+        return spec.aliases[name]
+    return name if name in spec.classes else None
+
+
+def scan_source(
+    source: str, spec: ProjectSpec, label_format: str, progress: Callable[[int], None] | None = None
+) -> ScanResult:
+    """Read and validate everything; raise ImportValidationError listing every problem found."""
+    if label_format not in LABEL_FORMATS:
+        raise ImportValidationError([f"--labels {label_format}: choose one of {', '.join(LABEL_FORMATS)}"])
+    fs, root = _open_fs(source)
+    problems: list[str] = []
+    class_names: list[str] = []
+    if label_format == "yolo":
+        classes_path = f"{root}/classes.txt"
+        if not fs.exists(f"{root}/images"):
+            problems.append(f"{root}/images: missing (the YOLO layout is images/, labels/, classes.txt)")
+        if not fs.exists(classes_path):
+            problems.append(f"{classes_path}: missing")
+        else:
+            class_names = [c.strip() for c in fs.cat_file(classes_path).decode().splitlines() if c.strip()]
+            for number, name in enumerate(class_names, start=1):
+                if _class_for(name, spec) is None:
+                    problems.append(f"{classes_path}:{number}: class {name!r} is not a class of project {spec.title!r}")
+            class_names = [_class_for(n, spec) or n for n in class_names]
+        if problems:
+            raise ImportValidationError(problems)
+        image_root = f"{root}/images"
+    else:
+        image_root = root
+    paths = _list_images(fs, image_root, problems)
+    if label_format == "folders":
+        for path in paths:
+            parts = posixpath.relpath(path, root).split("/")
+            if len(parts) < 2:
+                problems.append(f"{path}: images must sit in a folder named after their class")
+            elif _class_for(parts[0], spec) is None:
+                problems.append(f"{path}: folder {parts[0]!r} is not a class (or alias) of project {spec.title!r}")
+    if not paths and not problems:
+        problems.append(f"{image_root}: no images found")
+    decoded = _decode_all(fs, paths, problems, progress)
+    items: list[SourceItem] = []
+    seen: dict[str, str] = {}
+    duplicates: list[str] = []
+    for path in paths:
+        if path not in decoded:
+            continue
+        sha256, width, height = decoded[path]
+        rel = posixpath.relpath(path, root)
+        labels: tuple[Label, ...] | None = None
+        if label_format == "yolo":
+            stem = posixpath.splitext(posixpath.relpath(path, image_root))[0]
+            labels = _yolo_labels(fs, f"{root}/labels/{stem}.txt", class_names, width, height, problems)
+            if labels is not None and spec.kind == "classify":
+                # A YOLO file for a classification project: the image's class is its boxes' class.
+                kinds_of = {label.cls for label in labels}
+                if len(kinds_of) != 1:
+                    problems.append(f"{root}/labels/{stem}.txt: a classification image needs one class, got {kinds_of}")
+                    continue
+                labels = (Label(cls=kinds_of.pop()),)
+        elif label_format == "folders":
+            cls = _class_for(rel.split("/")[0], spec)
+            if spec.kind != "classify":
+                problems.append(f"{path}: --labels folders gives whole-image classes; project is {spec.kind!r}")
+                continue
+            labels = (Label(cls=cls),) if cls else None
+        if sha256 in seen:
+            duplicates.append(f"{rel} (same bytes as {seen[sha256]})")
+            continue
+        seen[sha256] = rel
+        items.append(SourceItem(_url(fs, path), rel, sha256, width, height, labels))
+    if problems:
+        raise ImportValidationError(problems)
+    return ScanResult(root=_url(fs, root), items=items, duplicates=duplicates)
+
+
+def read_predictions(path: Path, spec: ProjectSpec) -> dict[str, Prediction]:
+    """`crux predict --json` lines, keyed by the image path as given (relative to the source root)."""
+    problems: list[str] = []
+    predictions: dict[str, Prediction] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+            image = str(record["image"])
+            model_version = str(record["model_version"])
+            score = float(record["score"])
+            if spec.kind == "detect":
+                boxes = record.get("boxes") or []
+                labels = tuple(Label(cls=b["label"], box=PixelBox(*map(float, b["xyxy"]))) for b in boxes)
+                scores = tuple(float(b["score"]) for b in boxes)
+            else:
+                labels, scores = (Label(cls=record["label"]),), (score,)
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.append(f"{where}: not a prediction record ({type(exc).__name__}: {exc})")
+            continue
+        unknown = sorted({label.cls for label in labels} - set(spec.classes))
+        if unknown:
+            problems.append(f"{where}: class(es) {', '.join(unknown)} not in project {spec.title!r}")
+            continue
+        predictions[posixpath.normpath(image)] = Prediction(model_version, score, labels, scores)
+    if problems:
+        raise ImportValidationError(problems)
+    return predictions
+
+
+def match_predictions(scan: ScanResult, predictions: Mapping[str, Prediction]) -> dict[str, Prediction]:
+    """Key predictions by image sha256; a prediction for an image not in the source is an error."""
+    root = scan.root.split("://", 1)[-1]
+    by_rel = {item.rel: item for item in scan.items}
+    matched: dict[str, Prediction] = {}
+    unmatched = []
+    for image, prediction in predictions.items():
+        rel = posixpath.relpath(image, root) if posixpath.isabs(image) else image
+        item = by_rel.get(rel)
+        if item is None:
+            unmatched.append(f"prediction for {image}: no such image in {scan.root}")
+        else:
+            matched[item.sha256] = prediction
+    if unmatched:
+        raise ImportValidationError(unmatched)
+    return matched
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing to Label Studio
+
+
+def local_files_url(path: str, files_root: Path) -> str:
+    """The URL Label Studio serves a local file under; refuses paths outside its document root."""
+    resolved = Path(path).resolve()
+    root = files_root.resolve()
+    if not resolved.is_relative_to(root):
+        raise ImportValidationError(
+            [f"{path}: outside Label Studio's files root {root}; move the data below it or set labelstudio.files_root"]
+        )
+    return "/data/local-files/?d=" + urllib.parse.quote(resolved.relative_to(root).as_posix())
+
+
+def ensure_storage(client: LabelStudio, project_id: int, source_root: str, s3_options: Mapping[str, Any]) -> None:
+    """A Label Studio storage that lets annotators' browsers load the source's images (not synced:
+    CRUX imports the tasks itself, with their labels)."""
+    if source_root.startswith("s3://"):
+        bucket, _, prefix = source_root[len("s3://") :].partition("/")
+        existing = client.import_storage.s3.list(project=project_id)
+        if any(s.bucket == bucket and (s.prefix or "") == prefix for s in existing):
+            return
+        client.import_storage.s3.create(
+            project=project_id,
+            bucket=bucket,
+            prefix=prefix,
+            title=f"crux: {source_root}",
+            use_blob_urls=True,
+            **s3_options,
+        )
+        return
+    path = str(Path(source_root).resolve())
+    existing = client.import_storage.local.list(project=project_id)
+    if any(s.path == path for s in existing):
+        return
+    client.import_storage.local.create(project=project_id, path=path, title=f"crux: {path}", use_blob_urls=True)
+
+
+def existing_hashes(client: LabelStudio, project_id: int) -> dict[str, int]:
+    """sha256 → task id of the tasks already in a project (dedup by content, not by file name)."""
+    hashes: dict[str, int] = {}
+    for task in client.tasks.list(project=project_id, fields="task_only", page_size=1000):
+        sha256 = (task.data or {}).get("sha256")
+        if sha256:
+            hashes.setdefault(sha256, task.id)
+    return hashes
+
+
+def _prediction_payload(kind_name: str, prediction: Prediction, width: int, height: int) -> dict[str, Any]:
+    kind = get_kind(kind_name)
+    results = []
+    for label, score in zip(prediction.labels, prediction.label_scores, strict=True):
+        results.extend(kind.to_results([label], width, height, score=score))
+    if kind_name == "detect":
+        for i, result in enumerate(results):
+            result["id"] = f"p{i}"
+    return {"model_version": prediction.model_version, "score": prediction.score, "result": results}
+
+
+def build_task(item: SourceItem, spec: ProjectSpec, image_url: str, prediction: Prediction | None) -> dict[str, Any]:
+    kind = get_kind(spec.kind)
+    task: dict[str, Any] = {
+        "data": {
+            "image": image_url,
+            "sha256": item.sha256,
+            "original_name": posixpath.basename(item.rel),
+            "source": item.rel,
+            "width": item.width,
+            "height": item.height,
+        }
+    }
+    if item.labels is not None:
+        task["annotations"] = [{"result": kind.to_results(list(item.labels), item.width, item.height)}]
+    if prediction is not None:
+        task["predictions"] = [_prediction_payload(spec.kind, prediction, item.width, item.height)]
+    return task
+
+
+def import_items(
+    client: LabelStudio,
+    project_id: int,
+    spec: ProjectSpec,
+    scan: ScanResult,
+    files_root: Path,
+    predictions: Mapping[str, Prediction] | None = None,
+    s3_options: Mapping[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    predictions = predictions or {}
+    is_s3 = scan.root.startswith("s3://")
+    urls = {item.sha256: item.url if is_s3 else local_files_url(item.url, files_root) for item in scan.items}
+    present = existing_hashes(client, project_id)
+    ensure_storage(client, project_id, scan.root, s3_options or {})
+    new_items = [item for item in scan.items if item.sha256 not in present]
+    tasks = [build_task(item, spec, urls[item.sha256], predictions.get(item.sha256)) for item in new_items]
+    task_ids: list[int] = []
+    for start in range(0, len(tasks), BATCH_SIZE):
+        batch = tasks[start : start + BATCH_SIZE]
+        response = client.projects.import_tasks(id=project_id, request=batch, return_task_ids=True)
+        task_ids.extend(response.task_ids or [])
+        if progress:
+            progress(len(batch))
+    # Pre-annotations for images the project already has: the new model's view of old tasks.
+    late = [
+        {
+            "task": present[item.sha256],
+            **_prediction_payload(spec.kind, predictions[item.sha256], item.width, item.height),
+        }
+        for item in scan.items
+        if item.sha256 in present and item.sha256 in predictions
+    ]
+    if late:
+        client.projects.import_predictions(id=project_id, request=late)
+    return ImportReport(
+        project_id=project_id,
+        scanned=len(scan.items),
+        created=len(tasks),
+        already_present=len(scan.items) - len(new_items),
+        duplicates_in_source=len(scan.duplicates),
+        annotations=sum(1 for task in tasks if "annotations" in task),
+        predictions=sum(1 for task in tasks if "predictions" in task) + len(late),
+        task_ids=tuple(task_ids),
+    )
+
+
+def count_labels(items: Iterable[SourceItem]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        for label in item.labels or ():
+            counts[label.cls] = counts.get(label.cls, 0) + 1
+    return counts

@@ -1,0 +1,1 @@
+"""Label Studio: the server process, inspection projects from config, annotators and imports."""

@@ -1,0 +1,101 @@
+"""Inspection projects declared in config, created or updated idempotently in Label Studio."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from crux.kinds import get_kind
+
+if TYPE_CHECKING:
+    from label_studio_sdk import LabelStudio
+
+    from crux.config import ProjectSpec
+
+MARKER = "crux-project:"  # line in the project description that ties a Label Studio project to a config entry
+
+
+class ProjectSyncError(RuntimeError):
+    """A config change would damage existing annotations, or Label Studio refused the project."""
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    name: str
+    project_id: int
+    action: str  # "created" | "updated" | "unchanged"
+    changed_fields: tuple[str, ...] = ()
+
+
+def description_for(name: str) -> str:
+    return f"Managed by CRUX from params.yaml; edit the config, not this page.\n{MARKER} {name}"
+
+
+def find_project(client: LabelStudio, name: str) -> Any | None:
+    for project in client.projects.list(page_size=100):
+        if f"{MARKER} {name}" in (project.description or "").splitlines():
+            return project
+    return None
+
+
+def require_project(client: LabelStudio, name: str) -> Any:
+    project = find_project(client, name)
+    if project is None:
+        raise ProjectSyncError(f"project {name!r} does not exist in Label Studio yet; run `crux project sync`")
+    return project
+
+
+def classes_in_config(label_config: str) -> list[str]:
+    """Class values of the Choices/RectangleLabels controls of a label config."""
+    root = ET.fromstring(label_config)
+    return [node.attrib["value"] for node in root.iter() if node.tag in ("Label", "Choice") and "value" in node.attrib]
+
+
+def class_usage(client: LabelStudio, project_id: int) -> Counter[str]:
+    """How many annotation results use each class in a project (all tasks, all annotators)."""
+    usage: Counter[str] = Counter()
+    for task in client.tasks.list(project=project_id, fields="all", page_size=500):
+        for annotation in task.annotations or []:
+            annotation = annotation if isinstance(annotation, dict) else annotation.dict()
+            for result in annotation.get("result") or []:
+                value = result.get("value", {})
+                for cls in value.get("choices", []) + value.get("rectanglelabels", []):
+                    usage[cls] += 1
+    return usage
+
+
+def sync_project(client: LabelStudio, name: str, spec: ProjectSpec, force: bool = False) -> SyncResult:
+    kind = get_kind(spec.kind)
+    wanted = {
+        "title": spec.title,
+        "label_config": kind.label_config(spec),
+        "expert_instruction": spec.instructions,
+        "description": description_for(name),
+    }
+    existing = find_project(client, name)
+    if existing is None:
+        project = client.projects.create(**wanted, show_instruction=bool(spec.instructions))
+        return SyncResult(name, project.id, "created", tuple(wanted))
+    # Label Studio trims surrounding whitespace of what it stores.
+    changed = tuple(
+        key for key, value in wanted.items() if (getattr(existing, key, None) or "").strip() != value.strip()
+    )
+    if not changed:
+        return SyncResult(name, existing.id, "unchanged")
+    if "label_config" in changed:
+        removed = set(classes_in_config(existing.label_config or "<View/>")) - set(spec.class_names)
+        if removed and not force:
+            in_use = {cls: n for cls, n in class_usage(client, existing.id).items() if cls in removed}
+            if in_use:
+                listing = ", ".join(f"{cls} ({n} annotation results)" for cls, n in sorted(in_use.items()))
+                raise ProjectSyncError(
+                    f"project {name!r}: removing or renaming class(es) still used by annotations: {listing}. "
+                    "Relabel those first, or pass --force to accept that they become invalid."
+                )
+    try:
+        client.projects.update(id=existing.id, **{key: wanted[key] for key in changed})
+    except Exception as exc:
+        raise ProjectSyncError(f"Label Studio refused the update of project {name!r}: {exc}") from exc
+    return SyncResult(name, existing.id, "updated", changed)

@@ -1,0 +1,1 @@
+"""Prefect flows: thin orderings of crux calls, one task per side effect."""

@@ -1,0 +1,83 @@
+"""Shared fixtures: paths to the real datasets and a real Label Studio server for integration tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+NEU = DATASETS / "neu-det"
+MAGNETIC_TILE = DATASETS / "magnetic-tile"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def neu_dir() -> Path:
+    if not NEU.exists():
+        pytest.skip(f"{NEU} not present")
+    return NEU
+
+
+@pytest.fixture(scope="session")
+def ls_files_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder the test server serves local files from; tests put their sources below it."""
+    return tmp_path_factory.mktemp("ls-files")
+
+
+@pytest.fixture(scope="session")
+def ls_server(tmp_path_factory: pytest.TempPathFactory, ls_files_root: Path) -> Iterator[tuple]:
+    """A real Label Studio from .venv-ls on a free loopback port with a throwaway data dir."""
+    from crux.labelstudio import server
+
+    venv = Path(os.environ.get("CRUX_LS_VENV") or REPO / ".venv-ls")
+    if not (venv / "bin" / "label-studio").exists():
+        pytest.fail(f"{venv} has no label-studio; run `make setup`")
+    settings = server.ServerSettings(
+        venv=venv,
+        state_dir=tmp_path_factory.mktemp("ls-state"),
+        host="127.0.0.1",
+        port=free_port(),
+        files_root=ls_files_root,
+    )
+    credentials, _ = server.load_or_create_credentials(settings.credentials_path, {})
+    server.start(settings, credentials, os.environ, timeout=300)
+    yield settings, credentials
+    server.stop(settings)
+
+
+@pytest.fixture(scope="session")
+def ls_client(ls_server: tuple):
+    from crux.labelstudio.client import connect
+
+    settings, credentials = ls_server
+    return connect(settings.url, credentials.token)
+
+
+def copy_neu_subset(dest: Path, stems: list[str]) -> Path:
+    """A NEU-DET-layout folder holding only `stems` (the real files, copied, never modified)."""
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    (dest / "labels").mkdir(parents=True, exist_ok=True)
+    shutil.copy(NEU / "classes.txt", dest / "classes.txt")
+    for stem in stems:
+        shutil.copy(NEU / "images" / f"{stem}.jpg", dest / "images" / f"{stem}.jpg")
+        shutil.copy(NEU / "labels" / f"{stem}.txt", dest / "labels" / f"{stem}.txt")
+    return dest
+
+
+def neu_stems(per_class: int) -> list[str]:
+    names = [line.strip() for line in (NEU / "classes.txt").read_text().splitlines() if line.strip()]
+    stems = []
+    for name in names:
+        stems.extend(sorted(p.stem for p in (NEU / "images").glob(f"{name}_*.jpg"))[:per_class])
+    return stems
