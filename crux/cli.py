@@ -32,6 +32,10 @@ annotators_app = typer.Typer(help="Accounts for the people who label.", no_args_
 app.add_typer(labelstudio_app, name="labelstudio")
 app.add_typer(project_app, name="project")
 app.add_typer(annotators_app, name="annotators")
+ingest_app = typer.Typer(help="The HTTP ingest service edge stations upload captures to.", no_args_is_help=True)
+stations_app = typer.Typer(help="Edge stations and their upload tokens.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(stations_app, name="stations")
 
 console = Console(stderr=True)
 out = Console()
@@ -278,9 +282,77 @@ def _s3_storage_options() -> dict[str, Any]:
         "aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
         "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
         "region_name": os.environ.get("AWS_DEFAULT_REGION"),
-        "s3_endpoint": os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+        "s3endpoint": os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
     }
     return {key: value for key, value in options.items() if value}
+
+
+# --------------------------------------------------------------------------------------------------
+# Ingest
+
+
+def _ingest_settings(ctx: Context) -> Any:
+    """`ingest:` from params, with relative SQLite and storage paths anchored at the project folder."""
+    import dataclasses
+
+    from crux.ingest import IngestSettings
+
+    settings = from_mapping(IngestSettings, ctx.section("ingest"), "ingest")
+    changes: dict[str, str] = {}
+    prefix = "sqlite:///"
+    if settings.database_url.startswith(prefix) and not settings.database_url.startswith(prefix + "/"):
+        database = ctx.path(Path(settings.database_url[len(prefix) :]))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        changes["database_url"] = prefix + str(database)
+    if "://" not in settings.storage_url:
+        changes["storage_url"] = str(ctx.path(Path(settings.storage_url)))
+    return dataclasses.replace(settings, **changes)
+
+
+def _ingest_engine(ctx: Context) -> Any:
+    from crux.ingest import create_db_engine, migrate
+
+    engine = create_db_engine(_ingest_settings(ctx).database_url)
+    migrate(engine)
+    return engine
+
+
+@ingest_app.command("serve")
+def ingest_serve(
+    host: Annotated[str, typer.Option(help="Bind address; loopback unless you mean otherwise.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8700,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Serve POST /v1/captures for edge stations (FastAPI + uvicorn)."""
+    from crux.ingest import serve
+
+    serve(_ingest_settings(load_context(params)), host=host, port=port)
+
+
+@stations_app.command("add")
+def stations_add(
+    name: Annotated[str, typer.Argument(help="Station name, e.g. line3-cam1.")],
+    line: Annotated[str, typer.Option("--line", help="Inspection line the station belongs to.")],
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Register a station and print its upload token once (only its hash is stored)."""
+    from crux.ingest import add_station
+
+    token = add_station(_ingest_engine(load_context(params)), name, line)
+    out.print(token, soft_wrap=True)
+    console.print(f"Station {name} on line {line}: keep this token now, it cannot be shown again.")
+
+
+@stations_app.command("revoke")
+def stations_revoke(
+    name: Annotated[str, typer.Argument(help="Station name.")],
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Revoke a station's token: its uploads are refused from now on."""
+    from crux.ingest import revoke_station
+
+    revoke_station(_ingest_engine(load_context(params)), name)
+    out.print(f"Station {name} revoked.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,13 +392,11 @@ def demo(
 
 
 def main() -> None:
-    from crux.importer import ImportValidationError
-    from crux.labelstudio.projects import ProjectSyncError
-    from crux.labelstudio.server import LabelStudioError
+    from crux.errors import CruxError
 
     try:
         app()
-    except (ConfigError, ImportValidationError, ProjectSyncError, LabelStudioError) as exc:
+    except CruxError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         sys.exit(1)
 

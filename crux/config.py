@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from crux.errors import CruxError
+
 T = TypeVar("T")
 
 HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -23,7 +25,7 @@ PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,62}$")
 
 
-class ConfigError(ValueError):
+class ConfigError(CruxError, ValueError):
     """A configuration value is missing, unknown or impossible; the message names the key."""
 
 

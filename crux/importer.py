@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crux.errors import CruxError
 from crux.geometry import PixelBox, yolo_to_pixel
 from crux.kinds import Label, get_kind
 
@@ -35,7 +36,7 @@ COORD_TOLERANCE = 1e-6
 BATCH_SIZE = 500
 
 
-class ImportValidationError(ValueError):
+class ImportValidationError(CruxError, ValueError):
     """The source has problems; `problems` names each file (and line) at fault. Nothing was imported."""
 
     def __init__(self, problems: Sequence[str]) -> None:

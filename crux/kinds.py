@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from xml.sax.saxutils import quoteattr
 
+from crux.errors import CruxError
 from crux.geometry import PixelBox, ls_percent_to_pixel, pixel_to_ls_percent
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ class Label:
     box: PixelBox | None = None
 
 
-class LabelError(ValueError):
+class LabelError(CruxError, ValueError):
     """A Label Studio result or a source label cannot be interpreted."""
 
 

@@ -30,7 +30,7 @@ else
   [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
   pip_quiet .venv/bin/python -m pip install -q --upgrade pip
   pip_quiet .venv/bin/python -m pip install -q "$TORCH_SPEC"
-  pip_quiet .venv/bin/python -m pip install -q -e ".[app,edge,dev]"
+  pip_quiet .venv/bin/python -m pip install -q -e ".[app,edge,dev,postgres]"
   echo "$app_stamp" > .venv/.crux-stamp
 fi
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +51,8 @@ def ls_server(tmp_path_factory: pytest.TempPathFactory, ls_files_root: Path) -> 
         host="127.0.0.1",
         port=free_port(),
         files_root=ls_files_root,
+        # The test S3 (moto) listens on loopback, which Label Studio's SSRF guard blocks by default.
+        extra_env={"SSRF_PROTECTION_ENABLED": "false"},
     )
     credentials, _ = server.load_or_create_credentials(settings.credentials_path, {})
     server.start(settings, credentials, os.environ, timeout=300)
@@ -81,3 +85,42 @@ def neu_stems(per_class: int) -> list[str]:
     for name in names:
         stems.extend(sorted(p.stem for p in (NEU / "images").glob(f"{name}_*.jpg"))[:per_class])
     return stems
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 endpoint (moto_server) on loopback; the AWS variables point s3fs and boto at it."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    moto = Path(os.environ.get("CRUX_MOTO_SERVER") or REPO / ".venv" / "bin" / "moto_server")
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115 - closed at teardown
+    process = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+    }
+    # moto trap: pass no region_name to s3fs; the default region comes from the environment.
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from crux.errors import CruxError
 from crux.kinds import get_kind
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 MARKER = "crux-project:"  # line in the project description that ties a Label Studio project to a config entry
 
 
-class ProjectSyncError(RuntimeError):
+class ProjectSyncError(CruxError, RuntimeError):
     """A config change would damage existing annotations, or Label Studio refused the project."""
 
 

@@ -20,12 +20,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from crux.errors import CruxError
+
 CREDENTIALS_FILE = "credentials.env"
 PID_FILE = "server.json"
 LOG_FILE = "server.log"
 
 
-class LabelStudioError(RuntimeError):
+class LabelStudioError(CruxError, RuntimeError):
     """Starting, stopping or reaching Label Studio failed; the message says what to do."""
 
 
@@ -214,6 +216,12 @@ def start(
 ) -> ServerStatus:
     """Start the server unless this state folder's server already runs; wait for /health."""
     current = status(settings)
+    record = _read_pid(settings) or {}
+    if current.running and record.get("port") != settings.port:
+        raise LabelStudioError(
+            f"this state folder's server already runs on port {record.get('port')}; "
+            "stop it with `crux labelstudio down` before starting it on another port"
+        )
     if current.running:
         if not current.healthy:
             _wait_healthy(settings, timeout, on_wait, pid=current.pid)

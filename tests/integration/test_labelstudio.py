@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -379,3 +380,35 @@ def test_a_source_outside_the_served_root_is_refused_before_writing(ls_client, t
         importer.import_items(ls_client, project_id, neu_spec(), scan, served_root)
     assert all_tasks(ls_client, project_id) == []
     assert find_project(ls_client, name) is not None
+
+
+def test_s3_import_serves_images_through_a_label_studio_s3_storage(ls_server: tuple, ls_client, moto_s3: str) -> None:
+    import s3fs
+
+    settings, credentials = ls_server
+    bucket = unique("line")
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(bucket)
+    stems = neu_stems(1)[:3]
+    fs.put_file(str(NEU / "classes.txt"), f"{bucket}/neu/classes.txt")
+    for stem in stems:
+        fs.put_file(str(NEU / "images" / f"{stem}.jpg"), f"{bucket}/neu/images/{stem}.jpg")
+        fs.put_file(str(NEU / "labels" / f"{stem}.txt"), f"{bucket}/neu/labels/{stem}.txt")
+    spec = neu_spec()
+    project_id = sync_project(ls_client, unique("neu"), spec).project_id
+    scan = importer.scan_source(f"s3://{bucket}/neu", spec, "yolo")
+    options = {
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+        "region_name": "us-east-1",
+        "s3endpoint": moto_s3,
+    }
+    report = importer.import_items(ls_client, project_id, spec, scan, settings.files_root, s3_options=options)
+    assert (report.created, report.annotations) == (3, 3)
+    again = importer.import_items(ls_client, project_id, spec, scan, settings.files_root, s3_options=options)
+    assert again.created == 0 and len(ls_client.import_storage.s3.list(project=project_id)) == 1
+    headers = {"Authorization": f"Token {credentials.token}"}
+    task = httpx.get(f"{settings.url}/api/tasks/{report.task_ids[0]}?resolve_uri=true", headers=headers).json()
+    image = httpx.get(task["data"]["image"], headers=headers, follow_redirects=True)
+    assert image.status_code == 200
+    assert hashlib.sha256(image.content).hexdigest() == task["data"]["sha256"]

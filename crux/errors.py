@@ -1,0 +1,6 @@
+"""The base of every expected failure: the CLI prints its message (which names the item at fault)
+and exits 1 instead of showing a traceback."""
+
+
+class CruxError(Exception):
+    """An expected failure with a message for the user."""

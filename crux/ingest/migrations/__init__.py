@@ -1,0 +1,1 @@
+"""Alembic scripts of the ingest database; run through `crux.ingest.db.migrate`, never via alembic.ini."""
