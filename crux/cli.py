@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from crux.config import ConfigError, LabelStudioConfig, from_mapping
+from crux.config import ConfigError, DatasetConfig, LabelStudioConfig, from_mapping
 
 app = typer.Typer(
     help="CRUX: label, version, train, ship and inspect — the visual-inspection learning loop.",
@@ -32,13 +32,15 @@ annotators_app = typer.Typer(help="Accounts for the people who label.", no_args_
 app.add_typer(labelstudio_app, name="labelstudio")
 app.add_typer(project_app, name="project")
 app.add_typer(annotators_app, name="annotators")
+data_app = typer.Typer(help="Versioned datasets: reviewer diffs and health checks.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 ingest_app = typer.Typer(help="The HTTP ingest service edge stations upload captures to.", no_args_is_help=True)
 stations_app = typer.Typer(help="Edge stations and their upload tokens.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(stations_app, name="stations")
 
 console = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)  # output is pasted into PRs and parsed: never hard-wrapped
 
 ParamsOption = Annotated[
     Path, typer.Option("--params", help="The params file; relative paths in it are from its folder.")
@@ -106,18 +108,31 @@ def _credentials(settings: Any) -> tuple[Any, bool]:
     return load_or_create_credentials(settings.credentials_path, given)
 
 
-def _client(ctx: Context) -> Any:
-    """A client for the configured server: CRUX_LS_URL + CRUX_LS_TOKEN for an external one, else ours."""
-    from crux.labelstudio.client import connect
+@dataclass(frozen=True)
+class Connection:
+    url: str
+    token: str
+    # Where the server reads local files from, when it is ours and on this machine (no HTTP needed).
+    files_root: Path | None
 
+
+def _connection(ctx: Context) -> Connection:
+    """The configured server: CRUX_LS_URL + CRUX_LS_TOKEN for an external one, else ours."""
     if os.environ.get("CRUX_LS_URL"):
         token = os.environ.get("CRUX_LS_TOKEN")
         if not token:
             raise ConfigError("CRUX_LS_URL is set but CRUX_LS_TOKEN is not")
-        return connect(os.environ["CRUX_LS_URL"], token)
+        return Connection(os.environ["CRUX_LS_URL"].rstrip("/"), token, None)
     settings = _server_settings(ctx)
     credentials, _ = _credentials(settings)
-    return connect(settings.url, credentials.token)
+    return Connection(settings.url, credentials.token, settings.files_root)
+
+
+def _client(ctx: Context) -> Any:
+    from crux.labelstudio.client import connect
+
+    connection = _connection(ctx)
+    return connect(connection.url, connection.token)
 
 
 def start_labelstudio(ctx: Context, host: str | None = None, port: int | None = None) -> Any:
@@ -285,6 +300,183 @@ def _s3_storage_options() -> dict[str, Any]:
         "s3endpoint": os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
     }
     return {key: value for key, value in options.items() if value}
+
+
+# --------------------------------------------------------------------------------------------------
+# Datasets
+
+
+def _dataset_config(ctx: Context) -> DatasetConfig:
+    return from_mapping(DatasetConfig, ctx.section("dataset"), "dataset")
+
+
+def _s3_fetch_options() -> dict[str, Any]:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
+@app.command("snapshot")
+def snapshot_command(
+    project: Annotated[str, typer.Argument(help="Project name from params.yaml.")],
+    commit: Annotated[bool, typer.Option("--commit", help="dvc add + dvc push + git commit of data.dvc.")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Snapshot a Label Studio project into data/PROJECT (only new images are fetched)."""
+    from crux.dataset.snapshot import build_dataset, export_snapshot_to_file
+    from crux.dataset.store import make_fetcher
+    from crux.labelstudio.projects import require_project
+
+    ctx = load_context(params)
+    spec = _ls_config(ctx).project(project)
+    cfg = _dataset_config(ctx)
+    out_dir = ctx.path(cfg.project_dir(project))
+    connection = _connection(ctx)
+    client = _client(ctx)
+    project_id = require_project(client, project).id
+    export_path = ctx.root / ".crux" / "exports" / f"{project}.json"
+    with console.status(f"Exporting {project} from Label Studio…"):
+        export_snapshot_to_file(client, project_id, export_path, retries=cfg.retries)
+    fetch = make_fetcher(
+        files_root=connection.files_root,
+        ls_url=connection.url,
+        token=connection.token,
+        storage_options=_s3_fetch_options(),
+        retries=cfg.retries,
+    )
+    with console.status(f"Building {out_dir.relative_to(ctx.root)} (fetching new images)…"):
+        summary = build_dataset(
+            export_path,
+            out_dir,
+            spec.kind,
+            spec.class_names,
+            spec.ok_class,
+            fetch,
+            cfg.split,
+            previous_dir=out_dir,
+            project=project,
+            workers=cfg.fetch_workers,
+        )
+    export_path.unlink(missing_ok=True)
+    out.print(
+        f"{project}: {summary.items} items ({summary.conflicted} conflicted), {summary.skipped} skipped, "
+        f"{summary.unlabeled} unlabeled, {len(summary.excluded)} excluded; "
+        f"{summary.fetched} images fetched, {summary.reused} reused"
+    )
+    for excluded in summary.excluded:
+        console.print(f"[yellow]excluded[/] task {excluded.task_id}: {excluded.reason}")
+    if commit:
+        from crux.dataset import versioning
+
+        with console.status("dvc add, dvc push, git commit…"):
+            versioning.init_repo(ctx.root)
+            result = versioning.commit_version(ctx.root, project=project, data_rel=str(cfg.project_dir(project)))
+        out.print(
+            "No change: no new dataset version."
+            if result is None
+            else f"New dataset version {result.commit[:10]}: {result.message.splitlines()[0]}"
+        )
+
+
+@app.command("export-dataset")
+def export_dataset_command(
+    project: Annotated[str, typer.Argument(help="Project name from params.yaml.")],
+    dest: Annotated[Path, typer.Argument(help="Folder to write (one sub-folder per split).")],
+    format: Annotated[str, typer.Option("--format", help="yolo | coco | folders | ls-json | voc")],
+    rev: Annotated[str | None, typer.Option(help="Git revision of the dataset; default the workspace.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Write a dataset version in a training format, images included."""
+    import tempfile
+
+    from crux.dataset import versioning
+    from crux.dataset.formats import export_dataset
+    from crux.dataset.manifest import read_classes, read_manifest
+
+    ctx = load_context(params)
+    data_rel = str(_dataset_config(ctx).project_dir(project))
+    with tempfile.TemporaryDirectory(prefix="crux-export-") as tmp:
+        src = versioning.materialize(ctx.root, rev, Path(tmp), data_rel)
+        if not (src / "manifest.jsonl").exists():
+            raise ConfigError(f"{data_rel}: no dataset at {rev or 'the workspace'}; run `crux snapshot {project}`")
+        summary = export_dataset(
+            src, read_manifest(src / "manifest.jsonl"), read_classes(src / "classes.json"), dest, format
+        )
+    out.print(f"{summary.images} images → {dest} ({summary.per_split})")
+
+
+def _projects_with_data(ctx: Context, project: str | None) -> list[str]:
+    cfg = _ls_config(ctx)
+    return [project] if project else list(cfg.projects)
+
+
+@data_app.command("diff")
+def data_diff(
+    rev_a: Annotated[
+        str | None, typer.Argument(help="Older revision; default: HEAD, or HEAD~1 when the workspace equals HEAD.")
+    ] = None,
+    rev_b: Annotated[str | None, typer.Argument(help="Newer revision; default the workspace.")] = None,
+    project: Annotated[str | None, typer.Option("--project", "-p", help="One project; default all.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """What changed between two dataset versions, per class and split, item by item (Markdown for a PR)."""
+    import json
+
+    from crux.dataset import versioning
+    from crux.dataset.diff import diff_manifests, diff_to_json, diff_to_markdown
+
+    ctx = load_context(params)
+    cfg = _dataset_config(ctx)
+    reports: dict[str, Any] = {}
+    sections = []
+    for name in _projects_with_data(ctx, project):
+        data_rel = str(cfg.project_dir(name))
+        old_rev, new_rev = rev_a, rev_b
+        new = versioning.read_manifest_at(ctx.root, new_rev, data_rel)
+        if old_rev is None:
+            old_rev = "HEAD"
+            if new_rev is None and versioning.read_manifest_at(ctx.root, "HEAD", data_rel) == new:
+                old_rev, new_rev = "HEAD~1", "HEAD"
+        old = versioning.read_manifest_at(ctx.root, old_rev, data_rel)
+        if not old and not new:
+            continue
+        info = versioning.read_classes_at(ctx.root, new_rev, data_rel) or versioning.read_classes_at(
+            ctx.root, old_rev, data_rel
+        )
+        diff = diff_manifests(old, new, info.classes if info else ())
+        reports[name] = {"from": old_rev, "to": new_rev or "workspace", **diff_to_json(diff)}
+        sections.append(f"## {name}\n\n" + diff_to_markdown(diff, old_rev, new_rev or "workspace"))
+    if as_json:
+        out.print_json(json.dumps(reports))
+    else:
+        out.print("\n\n".join(sections) or "No datasets yet.", markup=False, highlight=False)
+
+
+@data_app.command("check")
+def data_check(
+    project: Annotated[str, typer.Argument(help="Project name from params.yaml.")],
+    rev: Annotated[str | None, typer.Option(help="Git revision; default the workspace.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Health of a dataset version; exit 1 on errors, 0 when there are only warnings."""
+    import tempfile
+
+    from crux.dataset import versioning
+    from crux.dataset.health import check_dataset, findings_to_text, has_errors
+    from crux.dataset.manifest import read_classes, read_manifest
+
+    ctx = load_context(params)
+    cfg = _dataset_config(ctx)
+    data_rel = str(cfg.project_dir(project))
+    with tempfile.TemporaryDirectory(prefix="crux-check-") as tmp:
+        src = versioning.materialize(ctx.root, rev, Path(tmp), data_rel)
+        if not (src / "manifest.jsonl").exists():
+            raise ConfigError(f"{data_rel}: no dataset at {rev or 'the workspace'}; run `crux snapshot {project}`")
+        findings = check_dataset(
+            src, read_manifest(src / "manifest.jsonl"), read_classes(src / "classes.json"), cfg.health
+        )
+    out.print(findings_to_text(findings) or "No findings.", markup=False, highlight=False)
+    raise typer.Exit(1 if has_errors(findings) else 0)
 
 
 # --------------------------------------------------------------------------------------------------

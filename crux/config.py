@@ -162,3 +162,41 @@ class LabelStudioConfig:
         except KeyError:
             known = ", ".join(sorted(self.projects)) or "none"
             raise ConfigError(f"project {name!r} is not declared in labelstudio.projects (known: {known})") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Dataset section (snapshot, versions, health)
+
+
+def _default_health() -> Any:
+    from crux.dataset.health import HealthOptions
+
+    return HealthOptions()
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    # Each project's dataset lives in <root>/<project>; <root> is what data.dvc tracks.
+    root: Path = Path("data")
+    split: tuple[float, ...] = (0.8, 0.1, 0.1)
+    fetch_workers: int = 4
+    retries: int = 3
+    health: Any = field(default_factory=_default_health)
+
+    def __post_init__(self) -> None:
+        from crux.dataset.health import HealthOptions
+        from crux.dataset.split import SplitError, validate_ratios
+
+        try:
+            validate_ratios(self.split)
+        except SplitError as exc:
+            raise ConfigError(f"dataset.split: {exc}") from exc
+        if self.fetch_workers < 1 or self.retries < 0:
+            raise ConfigError("dataset.fetch_workers must be >= 1 and dataset.retries >= 0")
+        if isinstance(self.health, Mapping):
+            object.__setattr__(self, "health", from_mapping(HealthOptions, self.health, "dataset.health"))
+        if len(self.root.parts) != 1 or self.root.is_absolute():
+            raise ConfigError(f"dataset.root: {self.root} must be one folder name in the project (it is data.dvc's)")
+
+    def project_dir(self, project: str) -> Path:
+        return self.root / project

@@ -16,6 +16,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 # Magnetic Tile keeps a pixel mask NAME.png beside each NAME.jpg; a PNG twin of a photo is a mask.
 PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".bmp"})
-LABEL_FORMATS = ("yolo", "folders", "none")
 COORD_TOLERANCE = 1e-6
 BATCH_SIZE = 500
 
@@ -160,7 +160,7 @@ def _decode_all(fs: Any, paths: Sequence[str], problems: list[str], progress: Ca
 
 
 def _yolo_labels(
-    fs: Any, label_path: str, names: Sequence[str], width: int, height: int, problems: list[str]
+    fs: Any, label_path: str, names: Sequence[str], width: int, height: int, *, problems: list[str]
 ) -> tuple[Label, ...] | None:
     if not fs.exists(label_path):
         return None
@@ -196,42 +196,171 @@ def _class_for(name: str, spec: ProjectSpec) -> str | None:
     return name if name in spec.classes else None
 
 
+def _yolo_roots(fs: Any, root: str) -> list[tuple[str, str]]:
+    """(images folder, labels folder) pairs: `images/` at the root, or one per split folder
+    (`train/images`, …, as `crux export-dataset --format yolo` and Ultralytics write them)."""
+    if fs.isdir(f"{root}/images"):
+        return [(f"{root}/images", f"{root}/labels")]
+    return [
+        (f"{d}/images", f"{d}/labels")
+        for d in sorted(fs.ls(root, detail=False))
+        if fs.isdir(d) and fs.isdir(f"{d}/images")
+    ]
+
+
+def _scan_yolo(fs: Any, root: str, spec: ProjectSpec, problems: list[str]) -> dict[str, Callable[..., Any]]:
+    classes_path = f"{root}/classes.txt"
+    roots = _yolo_roots(fs, root)
+    if not roots:
+        problems.append(f"{root}/images: missing (the YOLO layout is images/, labels/, classes.txt)")
+    if not fs.exists(classes_path):
+        problems.append(f"{classes_path}: missing")
+        return {}
+    names = [c.strip() for c in fs.cat_file(classes_path).decode().splitlines() if c.strip()]
+    for number, name in enumerate(names, start=1):
+        if _class_for(name, spec) is None:
+            problems.append(f"{classes_path}:{number}: class {name!r} is not a class of project {spec.title!r}")
+    names = [_class_for(n, spec) or n for n in names]
+    if problems:
+        return {}
+    readers: dict[str, Callable[..., Any]] = {}
+    for image_root, label_root in roots:
+        for path in _list_images(fs, image_root, problems):
+            stem = posixpath.splitext(posixpath.relpath(path, image_root))[0]
+            label_path = f"{label_root}/{stem}.txt"
+            readers[path] = partial(_yolo_labels, fs, label_path, names, problems=problems)
+    return readers
+
+
+def _scan_coco(fs: Any, root: str, spec: ProjectSpec, problems: list[str]) -> dict[str, Callable[..., Any]]:
+    """COCO: `annotations.json` at the root or in each split folder; file_name relative to the json."""
+    files = (
+        [f"{root}/annotations.json"]
+        if fs.exists(f"{root}/annotations.json")
+        else [f"{d}/annotations.json" for d in sorted(fs.ls(root, detail=False)) if fs.exists(f"{d}/annotations.json")]
+    )
+    if not files:
+        problems.append(f"{root}/annotations.json: missing (COCO layout)")
+    readers: dict[str, Callable[..., Any]] = {}
+    for ann_path in files:
+        try:
+            coco = json.loads(fs.cat_file(ann_path))
+            categories = {int(c["id"]): str(c["name"]) for c in coco["categories"]}
+            images = {int(i["id"]): str(i["file_name"]) for i in coco["images"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{ann_path}: not a COCO annotation file ({type(exc).__name__}: {exc})")
+            continue
+        for cat_id, name in categories.items():
+            if _class_for(name, spec) is None:
+                problems.append(f"{ann_path}: category {cat_id} {name!r} is not a class of project {spec.title!r}")
+        by_image: dict[int, list[dict[str, Any]]] = {image_id: [] for image_id in images}
+        for index, ann in enumerate(coco.get("annotations", [])):
+            image_id = ann.get("image_id")
+            if image_id not in by_image or ann.get("category_id") not in categories:
+                problems.append(f"{ann_path}: annotations[{index}] names an unknown image or category")
+                continue
+            by_image[image_id].append(ann)
+        folder = posixpath.dirname(ann_path)
+        for image_id, file_name in images.items():
+            path = posixpath.normpath(f"{folder}/{file_name}")
+            if not path.startswith(folder + "/"):
+                problems.append(f"{ann_path}: image {image_id} file_name {file_name!r} leaves the dataset folder")
+                continue
+            if not fs.exists(path):
+                problems.append(f"{path}: listed in {ann_path} (image {image_id}) but missing")
+                continue
+            anns = by_image[image_id]
+            where = f"{ann_path} image {image_id}"
+            readers[path] = partial(_coco_labels, anns, categories, spec, where=where, problems=problems)
+    return readers
+
+
+def _coco_labels(
+    anns: Sequence[dict[str, Any]],
+    categories: Mapping[int, str],
+    spec: ProjectSpec,
+    width: int,
+    height: int,
+    *,
+    where: str,
+    problems: list[str],
+) -> tuple[Label, ...]:
+    labels = []
+    for ann in anns:
+        cls = _class_for(categories[ann["category_id"]], spec) or categories[ann["category_id"]]
+        bbox = ann.get("bbox")
+        if spec.kind == "classify" or bbox is None:
+            labels.append(Label(cls=cls))
+            continue
+        x, y, w, h = (float(v) for v in bbox)
+        tol = COORD_TOLERANCE * max(width, height) + 1e-3
+        if w <= 0 or h <= 0 or x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+            problems.append(f"{where}: bbox {bbox} is empty or outside the {width}x{height} image")
+            continue
+        labels.append(Label(cls=cls, box=PixelBox(x, y, x + w, y + h)))
+    return tuple(labels)
+
+
+def _scan_folders(fs: Any, root: str, spec: ProjectSpec, problems: list[str]) -> dict[str, Callable[..., Any]]:
+    if spec.kind != "classify":
+        problems.append(f"{root}: --labels folders gives whole-image classes; project {spec.title!r} is {spec.kind!r}")
+        return {}
+    readers: dict[str, Callable[..., Any]] = {}
+    for path in _list_images(fs, root, problems):
+        parts = posixpath.relpath(path, root).split("/")
+        cls = _class_for(parts[0], spec) if len(parts) > 1 else None
+        if len(parts) < 2:
+            problems.append(f"{path}: images must sit in a folder named after their class")
+        elif cls is None:
+            problems.append(f"{path}: folder {parts[0]!r} is not a class (or alias) of project {spec.title!r}")
+        else:
+            readers[path] = partial(_constant_labels, (Label(cls=cls),))
+    return readers
+
+
+def _scan_unlabeled(fs: Any, root: str, spec: ProjectSpec, problems: list[str]) -> dict[str, Callable[..., Any]]:
+    return {path: partial(_constant_labels, None) for path in _list_images(fs, root, problems)}
+
+
+def _constant_labels(labels: tuple[Label, ...] | None, width: int, height: int) -> tuple[Label, ...] | None:
+    return labels
+
+
+# Each reader maps an image path to a function (width, height) -> labels | None, adding to `problems`.
+SOURCE_FORMATS: dict[str, Callable[[Any, str, ProjectSpec, list[str]], dict[str, Callable[..., Any]]]] = {
+    "yolo": _scan_yolo,
+    "coco": _scan_coco,
+    "folders": _scan_folders,
+    "none": _scan_unlabeled,
+}
+LABEL_FORMATS = tuple(SOURCE_FORMATS)
+
+
+def _as_kind(labels: tuple[Label, ...] | None, spec: ProjectSpec, where: str, problems: list[str]) -> Any:
+    """Boxes given for a classification project: the image's class is its boxes' (single) class."""
+    if labels is None or spec.kind != "classify" or all(label.box is None for label in labels):
+        return labels
+    classes = {label.cls for label in labels}
+    if len(classes) != 1:
+        problems.append(f"{where}: a classification image needs one class, got {sorted(classes)}")
+        return None
+    return (Label(cls=classes.pop()),)
+
+
 def scan_source(
     source: str, spec: ProjectSpec, label_format: str, progress: Callable[[int], None] | None = None
 ) -> ScanResult:
     """Read and validate everything; raise ImportValidationError listing every problem found."""
-    if label_format not in LABEL_FORMATS:
+    if label_format not in SOURCE_FORMATS:
         raise ImportValidationError([f"--labels {label_format}: choose one of {', '.join(LABEL_FORMATS)}"])
     fs, root = _open_fs(source)
     problems: list[str] = []
-    class_names: list[str] = []
-    if label_format == "yolo":
-        classes_path = f"{root}/classes.txt"
-        if not fs.exists(f"{root}/images"):
-            problems.append(f"{root}/images: missing (the YOLO layout is images/, labels/, classes.txt)")
-        if not fs.exists(classes_path):
-            problems.append(f"{classes_path}: missing")
-        else:
-            class_names = [c.strip() for c in fs.cat_file(classes_path).decode().splitlines() if c.strip()]
-            for number, name in enumerate(class_names, start=1):
-                if _class_for(name, spec) is None:
-                    problems.append(f"{classes_path}:{number}: class {name!r} is not a class of project {spec.title!r}")
-            class_names = [_class_for(n, spec) or n for n in class_names]
-        if problems:
-            raise ImportValidationError(problems)
-        image_root = f"{root}/images"
-    else:
-        image_root = root
-    paths = _list_images(fs, image_root, problems)
-    if label_format == "folders":
-        for path in paths:
-            parts = posixpath.relpath(path, root).split("/")
-            if len(parts) < 2:
-                problems.append(f"{path}: images must sit in a folder named after their class")
-            elif _class_for(parts[0], spec) is None:
-                problems.append(f"{path}: folder {parts[0]!r} is not a class (or alias) of project {spec.title!r}")
-    if not paths and not problems:
-        problems.append(f"{image_root}: no images found")
+    readers = SOURCE_FORMATS[label_format](fs, root, spec, problems)
+    if problems:
+        raise ImportValidationError(problems)
+    if not readers:
+        raise ImportValidationError([f"{root}: no images found"])
+    paths = sorted(readers)
     decoded = _decode_all(fs, paths, problems, progress)
     items: list[SourceItem] = []
     seen: dict[str, str] = {}
@@ -241,23 +370,7 @@ def scan_source(
             continue
         sha256, width, height = decoded[path]
         rel = posixpath.relpath(path, root)
-        labels: tuple[Label, ...] | None = None
-        if label_format == "yolo":
-            stem = posixpath.splitext(posixpath.relpath(path, image_root))[0]
-            labels = _yolo_labels(fs, f"{root}/labels/{stem}.txt", class_names, width, height, problems)
-            if labels is not None and spec.kind == "classify":
-                # A YOLO file for a classification project: the image's class is its boxes' class.
-                kinds_of = {label.cls for label in labels}
-                if len(kinds_of) != 1:
-                    problems.append(f"{root}/labels/{stem}.txt: a classification image needs one class, got {kinds_of}")
-                    continue
-                labels = (Label(cls=kinds_of.pop()),)
-        elif label_format == "folders":
-            cls = _class_for(rel.split("/")[0], spec)
-            if spec.kind != "classify":
-                problems.append(f"{path}: --labels folders gives whole-image classes; project is {spec.kind!r}")
-                continue
-            labels = (Label(cls=cls),) if cls else None
+        labels = _as_kind(readers[path](width, height), spec, path, problems)
         if sha256 in seen:
             duplicates.append(f"{rel} (same bytes as {seen[sha256]})")
             continue

@@ -1,0 +1,287 @@
+"""The dataset version on disk: manifest.jsonl, classes.json and dataset.json.
+
+Everything here is deterministic: keys sorted, manifest lines sorted by (sha256, task_id), no
+wall-clock fields, floats rounded, a trailing newline. Two snapshots of an unchanged Label Studio
+project therefore give byte-identical files, and DVC sees no change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from crux.errors import CruxError
+
+MANIFEST = "manifest.jsonl"
+CLASSES = "classes.json"
+DATASET = "dataset.json"
+IMAGES = "images"
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+BOX_DECIMALS = 3
+
+Split = Literal["train", "val", "test"]
+
+
+class ManifestError(CruxError, ValueError):
+    """A manifest, classes.json or dataset.json is malformed; the message says where."""
+
+
+@dataclass(frozen=True, order=True)
+class ItemLabel:
+    """One label of a manifest item: a class and, for detection, a pixel box (x1, y1, x2, y2)."""
+
+    cls: str
+    box: tuple[float, float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        # Rounded at construction, so equality and the written JSON agree on what "the same box" is.
+        if self.box is not None:
+            object.__setattr__(self, "box", round_box(self.box))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"box": None if self.box is None else list(self.box), "class": self.cls}
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> ItemLabel:
+        box = data.get("box")
+        return ItemLabel(cls=str(data["class"]), box=None if box is None else round_box(box))
+
+
+def round_box(box: Sequence[float]) -> tuple[float, float, float, float]:
+    if len(box) != 4:
+        raise ManifestError(f"a box has 4 coordinates, got {list(box)!r}")
+    # +0.0 turns -0.0 into 0.0 so that the JSON text does not depend on the sign of a rounded zero.
+    x1, y1, x2, y2 = (round(float(v), BOX_DECIMALS) + 0.0 for v in box)
+    return (x1, y1, x2, y2)
+
+
+@dataclass(frozen=True)
+class ManifestItem:
+    """One labeled Label Studio task (one image) of a dataset version."""
+
+    sha256: str
+    task_id: int
+    image: str  # relative to the dataset folder: images/ab/<sha256>.<ext>
+    width: int
+    height: int
+    original_name: str
+    split: str
+    labels: tuple[ItemLabel, ...] = ()
+    annotators: tuple[str, ...] = ()
+    annotation_ids: tuple[int, ...] = ()
+    conflicted: bool = False
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Distinct classes of the item, sorted."""
+        return tuple(sorted({label.cls for label in self.labels}))
+
+    @property
+    def sort_key(self) -> tuple[str, int]:
+        return (self.sha256, self.task_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "annotation_ids": list(self.annotation_ids),
+            "annotators": list(self.annotators),
+            "conflicted": self.conflicted,
+            "height": self.height,
+            "image": self.image,
+            # Label order is kept as annotated but made canonical so that re-ordering regions in Label
+            # Studio is not a change.
+            "labels": [label.to_json() for label in sorted(self.labels, key=_label_sort_key)],
+            "original_name": self.original_name,
+            "sha256": self.sha256,
+            "split": self.split,
+            "task_id": self.task_id,
+            "width": self.width,
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> ManifestItem:
+        try:
+            return ManifestItem(
+                sha256=str(data["sha256"]),
+                task_id=int(data["task_id"]),
+                image=str(data["image"]),
+                width=int(data["width"]),
+                height=int(data["height"]),
+                original_name=str(data["original_name"]),
+                split=str(data["split"]),
+                labels=tuple(ItemLabel.from_json(lb) for lb in data["labels"]),
+                annotators=tuple(str(a) for a in data.get("annotators", ())),
+                annotation_ids=tuple(int(a) for a in data.get("annotation_ids", ())),
+                conflicted=bool(data.get("conflicted", False)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"manifest item {dict(data)!r}: {exc!r}") from exc
+
+
+def _label_sort_key(label: ItemLabel) -> tuple[str, tuple[float, ...]]:
+    return (label.cls, label.box or ())
+
+
+def dumps_line(data: Mapping[str, Any]) -> str:
+    # ensure_ascii keeps the bytes independent of the locale and of the platform's default encoding.
+    return json.dumps(data, sort_keys=True, ensure_ascii=True, separators=(", ", ": "))
+
+
+def write_manifest(path: Path, items: Iterable[ManifestItem]) -> None:
+    lines = sorted((item.sort_key, dumps_line(item.to_json())) for item in items)
+    seen: set[tuple[str, int]] = set()
+    for key, _ in lines:
+        if key in seen:
+            raise ManifestError(f"duplicate manifest item sha256={key[0]} task_id={key[1]}")
+        seen.add(key)
+    with path.open("w", encoding="utf-8", newline="\n") as f:
+        for _, line in lines:
+            f.write(line + "\n")
+
+
+def iter_manifest_lines(lines: Iterable[str], where: str = MANIFEST) -> Iterator[ManifestItem]:
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{where}:{n}: not JSON ({exc})") from exc
+        try:
+            yield ManifestItem.from_json(data)
+        except ManifestError as exc:
+            raise ManifestError(f"{where}:{n}: {exc}") from exc
+
+
+def read_manifest(path: Path) -> list[ManifestItem]:
+    with path.open(encoding="utf-8") as f:
+        return list(iter_manifest_lines(f, str(path)))
+
+
+def parse_manifest(text: str, where: str = MANIFEST) -> list[ManifestItem]:
+    return list(iter_manifest_lines(text.splitlines(), where))
+
+
+@dataclass(frozen=True)
+class ClassesInfo:
+    kind: str
+    classes: tuple[str, ...]
+    ok_class: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"classes": list(self.classes), "kind": self.kind, "ok_class": self.ok_class}
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> ClassesInfo:
+        try:
+            return ClassesInfo(
+                kind=str(data["kind"]), classes=tuple(str(c) for c in data["classes"]), ok_class=data.get("ok_class")
+            )
+        except (KeyError, TypeError) as exc:
+            raise ManifestError(f"{CLASSES}: {exc!r}") from exc
+
+
+@dataclass(frozen=True)
+class ExcludedItem:
+    task_id: int
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": self.reason, "task_id": self.task_id}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """dataset.json: what a version holds and what was left out, with reasons."""
+
+    project: str
+    counts: Mapping[str, Any]
+    excluded: tuple[ExcludedItem, ...] = ()
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    format_version: int = 1
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **dict(self.extra),
+            "counts": dict(self.counts),
+            "excluded": [e.to_json() for e in sorted(self.excluded, key=lambda e: (e.task_id, e.reason))],
+            "format_version": self.format_version,
+            "project": self.project,
+            "split_ratios": list(self.split_ratios),
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> DatasetInfo:
+        known = {"counts", "excluded", "format_version", "project", "split_ratios"}
+        try:
+            ratios = tuple(float(r) for r in data.get("split_ratios", (0.8, 0.1, 0.1)))
+            return DatasetInfo(
+                project=str(data["project"]),
+                counts=dict(data["counts"]),
+                excluded=tuple(ExcludedItem(int(e["task_id"]), str(e["reason"])) for e in data.get("excluded", ())),
+                split_ratios=(ratios[0], ratios[1], ratios[2]),
+                format_version=int(data.get("format_version", 1)),
+                extra={k: v for k, v in data.items() if k not in known},
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ManifestError(f"{DATASET}: {exc!r}") from exc
+
+
+def write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, sort_keys=True, ensure_ascii=True, indent=2)
+    path.write_text(text + "\n", encoding="utf-8", newline="\n")
+
+
+def write_classes(path: Path, info: ClassesInfo) -> None:
+    write_json(path, info.to_json())
+
+
+def read_classes(path: Path) -> ClassesInfo:
+    return ClassesInfo.from_json(_read_json(path))
+
+
+def write_dataset_info(path: Path, info: DatasetInfo) -> None:
+    write_json(path, info.to_json())
+
+
+def read_dataset_info(path: Path) -> DatasetInfo:
+    return DatasetInfo.from_json(_read_json(path))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not JSON ({exc})") from exc
+
+
+def count_items(items: Sequence[ManifestItem], classes: Sequence[str]) -> dict[str, Any]:
+    """Per-class and per-split counts of images and boxes, with every class and split present (zeros too)."""
+    per_class_images = dict.fromkeys(classes, 0)
+    per_class_boxes = dict.fromkeys(classes, 0)
+    per_split = dict.fromkeys(SPLITS, 0)
+    per_class_split = {c: dict.fromkeys(SPLITS, 0) for c in classes}
+    empty = conflicted = 0
+    for item in items:
+        per_split[item.split] = per_split.get(item.split, 0) + 1
+        if not item.labels:
+            empty += 1
+        conflicted += item.conflicted
+        for cls in item.classes:
+            per_class_images[cls] = per_class_images.get(cls, 0) + 1
+            per_class_split.setdefault(cls, dict.fromkeys(SPLITS, 0))[item.split] += 1
+        for label in item.labels:
+            if label.box is not None:
+                per_class_boxes[label.cls] = per_class_boxes.get(label.cls, 0) + 1
+    return {
+        "boxes_per_class": per_class_boxes,
+        "conflicted": conflicted,
+        "empty": empty,
+        "images": len(items),
+        "images_per_class": per_class_images,
+        "images_per_class_split": per_class_split,
+        "images_per_split": per_split,
+    }

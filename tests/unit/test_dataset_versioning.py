@@ -1,0 +1,109 @@
+"""Real git and real DVC in a temporary repository, with a local-folder DVC remote."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crux.dataset import versioning as V
+from crux.dataset.manifest import read_manifest
+from crux.dataset.snapshot import build_dataset
+from crux.dataset.store import make_fetcher
+from crux.dataset.synthetic import Ann, box, image_bytes, local_url, ls_task, write_export, write_image
+
+CLASSES = ("crazing", "patches")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # DVC's site cache would otherwise land in the shared system temp folder.
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "site-cache"))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    git(repo, "config", "user.email", "test@crux.local")
+    git(repo, "config", "user.name", "test")
+    V.init_repo(repo)
+    V.set_remote(repo, str(tmp_path / "remote"))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    return repo
+
+
+def snapshot(repo: Path, tasks: list[dict[str, Any]], files: Path) -> None:
+    export = write_export(repo.parent / "export.json", tasks)
+    build_dataset(
+        export, repo / "data", "detect", CLASSES, None, make_fetcher(files_root=files), (0.8, 0.1, 0.1),
+        previous_dir=repo / "data", project="p",
+    )  # fmt: skip
+
+
+def test_versions_commit_only_changes_and_read_back_through_dvc_api(repo: Path, tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    tasks = []
+    for n in range(1, 6):
+        sha = write_image(files, f"{n}.jpg", image_bytes(n))
+        tasks.append(
+            ls_task(n, local_url(f"{n}.jpg"), sha256=sha, original_name=f"{n}.jpg", width=64, height=48,
+                    annotations=[Ann([box("crazing", 1, 1, 20, 20)])])
+        )  # fmt: skip
+    snapshot(repo, tasks, files)
+    first = V.commit_version(repo, project="p")
+    assert first is not None and first.message.startswith("data(p): 5 items, +5 −0 ~0")
+    assert (tmp_path / "remote").is_dir()
+
+    snapshot(repo, tasks, files)
+    assert V.commit_version(repo, project="p") is None  # unchanged project: no version
+
+    tasks[1]["annotations"][0]["result"][0]["value"]["rectanglelabels"] = ["patches"]
+    snapshot(repo, tasks, files)
+    second = V.commit_version(repo, project="p")
+    assert second is not None
+    assert second.message == "data(p): 5 items, +0 −0 ~1\n\ncrazing: +0 −0 ~1\npatches: +0 −0 ~1\n"
+    assert [c.task_id for c in second.diff.relabelled] == [2]
+    assert git(repo, "log", "--format=%s").splitlines() == [
+        "data(p): 5 items, +0 −0 ~1",
+        "data(p): 5 items, +5 −0 ~0",
+        "init",
+    ]
+    assert git(repo, "show", "--name-only", "--format=", "HEAD").split() == ["data.dvc"]
+
+    old = V.read_manifest_at(repo, "HEAD~1")
+    new = V.read_manifest_at(repo, "HEAD")
+    assert {i.task_id: i.labels[0].cls for i in old}[2] == "crazing"
+    assert {i.task_id: i.labels[0].cls for i in new}[2] == "patches"
+    assert V.read_manifest_at(repo, "HEAD~2") == []
+    assert V.read_classes_at(repo, "HEAD").classes == CLASSES  # type: ignore[union-attr]
+
+    # Another clone gets the data from the remote.
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / "data")
+    V.pull(repo)
+    assert read_manifest(repo / "data" / "manifest.jsonl") == new
+    dest = V.materialize(repo, "HEAD~1", tmp_path / "v1")
+    assert read_manifest(dest / "manifest.jsonl") == old
+    assert all((dest / i.image).is_file() for i in old)
+
+
+def test_one_dataset_per_project_under_data(repo: Path, tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    sha = write_image(files, "1.jpg", image_bytes(1))
+    task = ls_task(1, local_url("1.jpg"), sha256=sha, original_name="1.jpg", width=64, height=48,
+                   annotations=[Ann([box("crazing", 1, 1, 20, 20)])])  # fmt: skip
+    export = write_export(tmp_path / "export.json", [task])
+    out = repo / "data" / "neu"
+    build_dataset(export, out, "detect", CLASSES, None, make_fetcher(files_root=files), (0.8, 0.1, 0.1))
+    result = V.commit_version(repo, project="neu", data_rel="data/neu")
+    assert result is not None
+    # One data.dvc versions every line's dataset; each project lives in its own folder under data/.
+    assert sorted(git(repo, "show", "--name-only", "--format=", "HEAD").split()) == [".gitignore", "data.dvc"]
+    assert [i.task_id for i in V.read_manifest_at(repo, "HEAD", "data/neu")] == [1]
+    assert V.read_manifest_at(repo, "HEAD", "data/tiles") == []  # a project without a dataset yet
