@@ -34,6 +34,12 @@ app.add_typer(project_app, name="project")
 app.add_typer(annotators_app, name="annotators")
 data_app = typer.Typer(help="Versioned datasets: reviewer diffs and health checks.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+keys_app = typer.Typer(help="The Ed25519 keys that sign published models.", no_args_is_help=True)
+models_app = typer.Typer(help="Published models of an inspection line.", no_args_is_help=True)
+edge_app = typer.Typer(help="The edge inspection runtime.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
+app.add_typer(edge_app, name="edge")
 ingest_app = typer.Typer(help="The HTTP ingest service edge stations upload captures to.", no_args_is_help=True)
 stations_app = typer.Typer(help="Edge stations and their upload tokens.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
@@ -79,14 +85,14 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 # Label Studio
 
 
-def _ls_config(ctx: Context) -> LabelStudioConfig:
+def labelstudio_config(ctx: Context) -> LabelStudioConfig:
     return from_mapping(LabelStudioConfig, ctx.section("labelstudio"), "labelstudio")
 
 
 def _server_settings(ctx: Context, host: str | None = None, port: int | None = None) -> Any:
     from crux.labelstudio.server import ServerSettings
 
-    cfg = _ls_config(ctx)
+    cfg = labelstudio_config(ctx)
     venv = Path(os.environ.get("CRUX_LS_VENV") or ctx.root / ".venv-ls")
     return ServerSettings(
         venv=venv,
@@ -108,31 +114,25 @@ def _credentials(settings: Any) -> tuple[Any, bool]:
     return load_or_create_credentials(settings.credentials_path, given)
 
 
-@dataclass(frozen=True)
-class Connection:
-    url: str
-    token: str
-    # Where the server reads local files from, when it is ours and on this machine (no HTTP needed).
-    files_root: Path | None
-
-
-def _connection(ctx: Context) -> Connection:
+def labelstudio_access(ctx: Context) -> Any:
     """The configured server: CRUX_LS_URL + CRUX_LS_TOKEN for an external one, else ours."""
+    from crux.loop import LabelStudioAccess
+
     if os.environ.get("CRUX_LS_URL"):
         token = os.environ.get("CRUX_LS_TOKEN")
         if not token:
             raise ConfigError("CRUX_LS_URL is set but CRUX_LS_TOKEN is not")
-        return Connection(os.environ["CRUX_LS_URL"].rstrip("/"), token, None)
+        return LabelStudioAccess(os.environ["CRUX_LS_URL"].rstrip("/"), token, None)
     settings = _server_settings(ctx)
     credentials, _ = _credentials(settings)
-    return Connection(settings.url, credentials.token, settings.files_root)
+    return LabelStudioAccess(settings.url, credentials.token, settings.files_root)
 
 
 def _client(ctx: Context) -> Any:
     from crux.labelstudio.client import connect
 
-    connection = _connection(ctx)
-    return connect(connection.url, connection.token)
+    access = labelstudio_access(ctx)
+    return connect(access.url, access.token)
 
 
 def start_labelstudio(ctx: Context, host: str | None = None, port: int | None = None) -> Any:
@@ -204,7 +204,7 @@ def project_sync(
     from crux.labelstudio.projects import sync_project
 
     ctx = load_context(params)
-    cfg = _ls_config(ctx)
+    cfg = labelstudio_config(ctx)
     client = _client(ctx)
     for name in names or list(cfg.projects):
         result = sync_project(client, name, cfg.project(name), force=force)
@@ -268,7 +268,7 @@ def import_command(
     from crux.labelstudio.projects import require_project
 
     ctx = load_context(params)
-    cfg = _ls_config(ctx)
+    cfg = labelstudio_config(ctx)
     spec = cfg.project(project)
     if "://" not in source:
         source = str(Path(source).resolve())
@@ -306,11 +306,11 @@ def _s3_storage_options() -> dict[str, Any]:
 # Datasets
 
 
-def _dataset_config(ctx: Context) -> DatasetConfig:
+def dataset_config(ctx: Context) -> DatasetConfig:
     return from_mapping(DatasetConfig, ctx.section("dataset"), "dataset")
 
 
-def _s3_fetch_options() -> dict[str, Any]:
+def s3_fetch_options() -> dict[str, Any]:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
 
@@ -322,41 +322,23 @@ def snapshot_command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Snapshot a Label Studio project into data/PROJECT (only new images are fetched)."""
-    from crux.dataset.snapshot import build_dataset, export_snapshot_to_file
-    from crux.dataset.store import make_fetcher
-    from crux.labelstudio.projects import require_project
+    from crux.loop import snapshot_project
 
     ctx = load_context(params)
-    spec = _ls_config(ctx).project(project)
-    cfg = _dataset_config(ctx)
-    out_dir = ctx.path(cfg.project_dir(project))
-    connection = _connection(ctx)
-    client = _client(ctx)
-    project_id = require_project(client, project).id
-    export_path = ctx.root / ".crux" / "exports" / f"{project}.json"
-    with console.status(f"Exporting {project} from Label Studio…"):
-        export_snapshot_to_file(client, project_id, export_path, retries=cfg.retries)
-    fetch = make_fetcher(
-        files_root=connection.files_root,
-        ls_url=connection.url,
-        token=connection.token,
-        storage_options=_s3_fetch_options(),
-        retries=cfg.retries,
-    )
-    with console.status(f"Building {out_dir.relative_to(ctx.root)} (fetching new images)…"):
-        summary = build_dataset(
-            export_path,
-            out_dir,
-            spec.kind,
-            spec.class_names,
-            spec.ok_class,
-            fetch,
-            cfg.split,
-            previous_dir=out_dir,
-            project=project,
-            workers=cfg.fetch_workers,
+    spec = labelstudio_config(ctx).project(project)
+    with console.status(
+        f"Snapshotting {project} (export, new images, {'dvc add/push, git commit' if commit else ''})…"
+    ):
+        outcome = snapshot_project(
+            labelstudio_access(ctx),
+            project,
+            spec,
+            dataset_config(ctx),
+            ctx.root,
+            commit=commit,
+            storage_options=s3_fetch_options(),
         )
-    export_path.unlink(missing_ok=True)
+    summary = outcome.summary
     out.print(
         f"{project}: {summary.items} items ({summary.conflicted} conflicted), {summary.skipped} skipped, "
         f"{summary.unlabeled} unlabeled, {len(summary.excluded)} excluded; "
@@ -365,15 +347,11 @@ def snapshot_command(
     for excluded in summary.excluded:
         console.print(f"[yellow]excluded[/] task {excluded.task_id}: {excluded.reason}")
     if commit:
-        from crux.dataset import versioning
-
-        with console.status("dvc add, dvc push, git commit…"):
-            versioning.init_repo(ctx.root)
-            result = versioning.commit_version(ctx.root, project=project, data_rel=str(cfg.project_dir(project)))
+        version = outcome.version
         out.print(
             "No change: no new dataset version."
-            if result is None
-            else f"New dataset version {result.commit[:10]}: {result.message.splitlines()[0]}"
+            if version is None
+            else f"New dataset version {version.commit[:10]}: {version.message.splitlines()[0]}"
         )
 
 
@@ -393,7 +371,7 @@ def export_dataset_command(
     from crux.dataset.manifest import read_classes, read_manifest
 
     ctx = load_context(params)
-    data_rel = str(_dataset_config(ctx).project_dir(project))
+    data_rel = str(dataset_config(ctx).project_dir(project))
     with tempfile.TemporaryDirectory(prefix="crux-export-") as tmp:
         src = versioning.materialize(ctx.root, rev, Path(tmp), data_rel)
         if not (src / "manifest.jsonl").exists():
@@ -405,7 +383,7 @@ def export_dataset_command(
 
 
 def _projects_with_data(ctx: Context, project: str | None) -> list[str]:
-    cfg = _ls_config(ctx)
+    cfg = labelstudio_config(ctx)
     return [project] if project else list(cfg.projects)
 
 
@@ -426,7 +404,7 @@ def data_diff(
     from crux.dataset.diff import diff_manifests, diff_to_json, diff_to_markdown
 
     ctx = load_context(params)
-    cfg = _dataset_config(ctx)
+    cfg = dataset_config(ctx)
     reports: dict[str, Any] = {}
     sections = []
     for name in _projects_with_data(ctx, project):
@@ -466,7 +444,7 @@ def data_check(
     from crux.dataset.manifest import read_classes, read_manifest
 
     ctx = load_context(params)
-    cfg = _dataset_config(ctx)
+    cfg = dataset_config(ctx)
     data_rel = str(cfg.project_dir(project))
     with tempfile.TemporaryDirectory(prefix="crux-check-") as tmp:
         src = versioning.materialize(ctx.root, rev, Path(tmp), data_rel)
@@ -477,6 +455,341 @@ def data_check(
         )
     out.print(findings_to_text(findings) or "No findings.", markup=False, highlight=False)
     raise typer.Exit(1 if has_errors(findings) else 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training pipeline (the dvc.yaml stages)
+
+
+@app.command("prepare")
+def prepare_command(
+    data_dir: Annotated[Path, typer.Argument(help="A dataset version, e.g. data/neu-det.")],
+    out_dir: Annotated[Path, typer.Argument(help="Where the training-ready split lists go.")],
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Dataset version → training-ready split lists (checks every image against its hash)."""
+    from crux.training.config import load_pipeline_config
+    from crux.training.prepare import prepare
+
+    cfg = load_pipeline_config(load_context(params).params, ("data",))
+    summary = prepare(data_dir, out_dir, cfg.data)
+    out.print(f"Prepared {summary['counts']} ({len(summary['excluded'])} excluded) → {out_dir}")
+
+
+@app.command("train")
+def train_command(
+    prepared_dir: Annotated[Path, typer.Argument(help="Output of `crux prepare`.")],
+    out_dir: Annotated[Path, typer.Argument(help="Model folder (model.pt, checkpoints, dvclive).")],
+    quick: Annotated[bool, typer.Option(help="The quick profile: tiny model, a few steps (CI, demo).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/last.ckpt.")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Train a model with Lightning (GPU when present); every setting is validated before training starts."""
+    from crux.training.config import load_pipeline_config, merge_params, quick_profile
+
+    ctx = load_context(params)
+    values = quick_profile(ctx.params) if quick else ctx.params
+    if resume:
+        values = merge_params(values, {"train": {"resume": True}})
+    cfg = load_pipeline_config(values, ("data", "augment", "train"))
+    from crux.training.pipeline import train
+
+    summary = train(prepared_dir, out_dir, cfg)
+    out.print(
+        f"{summary['monitor']} = {summary['best_val']} after {summary['global_step']} steps "
+        f"({summary['train_step_s']} s/step) → {out_dir}/model.pt"
+    )
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder from `crux train`.")],
+    prepared_dir: Annotated[Path, typer.Argument(help="Output of `crux prepare`.")],
+    out_dir: Annotated[Path, typer.Argument(help="Metrics folder (metrics.json, plots, report.md).")],
+    previous: Annotated[Path | None, typer.Option(help="A previous metrics.json to compare with.")] = None,
+    split: Annotated[str, typer.Option(help="Split to measure; test is the frozen yardstick.")] = "test",
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Measure a model on the frozen test split through the edge's own post-processing."""
+    import json
+
+    from crux.training.config import load_pipeline_config
+    from crux.training.pipeline import evaluate
+
+    cfg = load_pipeline_config(load_context(params).params, ("evaluate",))
+    metrics = evaluate(model_dir, prepared_dir, out_dir, cfg.evaluate, previous, split)
+    out.print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict | list)}))
+
+
+@app.command("export")
+def export_command(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder from `crux train`.")],
+    out_dir: Annotated[Path, typer.Argument(help="Where model.onnx and card.json go.")],
+    prepared: Annotated[Path | None, typer.Option(help="Prepared data for parity and INT8 calibration.")] = None,
+    metrics: Annotated[Path | None, typer.Option(help="metrics.json of `crux evaluate`, copied into the card.")] = None,
+    postprocess: Annotated[Path | None, typer.Option(help="postprocess.json of `crux evaluate`.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """ONNX export with onnx.checker and parity against torch, plus the model card."""
+    import json
+
+    from crux.export import ExportConfig, dataset_version, export, git_revision
+
+    ctx = load_context(params)
+    cfg = from_mapping(ExportConfig, ctx.section("export"), "export")
+
+    def read(path: Path | None) -> Any:
+        return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+    lineage = {
+        "dataset_version": dataset_version(ctx.root / "data.dvc"),
+        "git_revision": git_revision(ctx.root),
+        "model_dir": str(model_dir),
+    }
+    card = export(
+        model_dir,
+        out_dir,
+        cfg,
+        prepared_dir=prepared,
+        metrics=read(metrics),
+        postprocess=read(postprocess),
+        lineage=lineage,
+    )
+    out.print(json.dumps({"parity": card.get("parity"), "quantized": card.get("quantized")}, default=str))
+
+
+# --------------------------------------------------------------------------------------------------
+# Signing, publishing, the edge
+
+DEFAULT_PRIVATE_KEY = Path(".crux/keys/publish.key")
+DEFAULT_PUBLIC_KEY = Path(".crux/keys/publish.pub")
+
+
+def edge_config(ctx: Context) -> Any:
+    from crux.edge.runtime import EdgeConfig
+
+    return from_mapping(EdgeConfig, ctx.section("edge"), "edge")
+
+
+def model_remote(ctx: Context, remote: str | None) -> str:
+    """The model remote: an fsspec URL, or a folder relative to the project."""
+    url = remote or edge_config(ctx).remote
+    return url if "://" in url else str(ctx.path(Path(url)))
+
+
+def signing_key(ctx: Context, path: Path | None) -> Any:
+    """The signing key: CRUX_SIGNING_KEY (PEM text, e.g. a CI secret), else a file outside git."""
+    from crux.signing import load_private_key
+
+    if os.environ.get("CRUX_SIGNING_KEY"):
+        return load_private_key(os.environ["CRUX_SIGNING_KEY"])
+    key_file = path or Path(os.environ.get("CRUX_SIGNING_KEY_FILE") or ctx.path(DEFAULT_PRIVATE_KEY))
+    if not key_file.is_file():
+        raise ConfigError(f"no signing key at {key_file}: run `crux keys init` or set CRUX_SIGNING_KEY")
+    return load_private_key(key_file.read_bytes())
+
+
+def public_keys(ctx: Context) -> list[Any]:
+    from crux.signing import load_public_keys
+
+    paths = [ctx.path(Path(p)) for p in edge_config(ctx).public_keys]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ConfigError(f"edge.public_keys: {', '.join(missing)} not found (run `crux keys init`)")
+    return load_public_keys(paths)
+
+
+@keys_app.command("init")
+def keys_init(
+    private: Annotated[Path | None, typer.Option(help="Private key file (0600, git-ignored).")] = None,
+    public: Annotated[Path | None, typer.Option(help="Public key file, copied to every edge.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing keys (edges must get the new public key).")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Create the key pair that signs published models."""
+    from crux.signing import init_keys
+
+    ctx = load_context(params)
+    private_path = private or ctx.path(DEFAULT_PRIVATE_KEY)
+    public_path = public or ctx.path(DEFAULT_PUBLIC_KEY)
+    key_id = init_keys(private_path, public_path, overwrite)
+    out.print(f"Key {key_id}: private {private_path} (0600, never commit it), public {public_path} (give to edges).")
+
+
+def gate_config(ctx: Context) -> Any:
+    from crux.publish import GateConfig
+
+    return from_mapping(GateConfig, ctx.section("gate"), "gate")
+
+
+@app.command("publish")
+def publish_command(
+    line: Annotated[str, typer.Argument(help="Inspection line (the project name).")],
+    export_dir: Annotated[Path, typer.Argument(help="Output of `crux export` (model.onnx + card.json).")],
+    remote: Annotated[str | None, typer.Option(help="fsspec URL; default edge.remote.")] = None,
+    force: Annotated[bool, typer.Option(help="Publish although the gate refuses; needs --reason.")] = False,
+    reason: Annotated[str | None, typer.Option(help="Why the gate is overridden; recorded.")] = None,
+    int8: Annotated[bool, typer.Option(help="Publish the INT8 model instead of float32.")] = False,
+    key: Annotated[Path | None, typer.Option(help="Private key file.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Gate the candidate against production, then publish it signed: version folder first, pointer last."""
+    from crux.publish import publish
+
+    ctx = load_context(params)
+    gate = gate_config(ctx)
+    result = publish(
+        model_remote(ctx, remote),
+        line,
+        export_dir,
+        signing_key(ctx, key),
+        gate,
+        force=force,
+        reason=reason,
+        model_file="model.int8.onnx" if int8 else "model.onnx",
+    )
+    out.print(f"{line} v{result.version} published — {result.gate.report()}{' (FORCED)' if result.forced else ''}")
+
+
+@app.command("rollback")
+def rollback_command(
+    line: Annotated[str, typer.Argument(help="Inspection line.")],
+    to: Annotated[int | None, typer.Option("--to", help="Version to return to; default the previous one.")] = None,
+    reason: Annotated[str | None, typer.Option(help="Why; recorded in the signed rollback record.")] = None,
+    remote: Annotated[str | None, typer.Option(help="fsspec URL; default edge.remote.")] = None,
+    key: Annotated[Path | None, typer.Option(help="Private key file.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Point production back at an earlier version with a signed rollback record edges accept."""
+    from crux.publish import rollback
+
+    ctx = load_context(params)
+    pointer = rollback(model_remote(ctx, remote), line, signing_key(ctx, key), to_version=to, reason=reason)
+    out.print(f"{line}: production is now v{pointer['version']} (was v{pointer['previous_version']}).")
+
+
+@models_app.command("list")
+def models_list(
+    line: Annotated[str, typer.Argument(help="Inspection line.")],
+    remote: Annotated[str | None, typer.Option(help="fsspec URL; default edge.remote.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Every published version with its gate metric, override reason and lineage."""
+    import json
+
+    from rich.table import Table
+
+    from crux.publish import list_models
+
+    ctx = load_context(params)
+    history = list_models(model_remote(ctx, remote), line, public_keys(ctx))
+    if as_json:
+        out.print_json(json.dumps(history, default=str))
+        return
+    current = (history.get("current") or {}).get("version")
+    table = Table(title=f"{line} models")
+    for column in ("version", "live", "published", "gate", "forced", "dataset", "git", "signed"):
+        table.add_column(column)
+    for version in history.get("versions", []):
+        lineage = version.get("lineage") or {}
+        gate = version.get("gate") or {}
+        table.add_row(
+            str(version["version"]),
+            "●" if version["version"] == current else "",
+            str(version.get("published_at", ""))[:19],
+            f"{gate.get('metric', '')} {gate.get('candidate', '')}",
+            str(version.get("reason") or "") if version.get("forced") else "",
+            str(lineage.get("dataset_version") or "")[:10],
+            str(lineage.get("git_revision") or "")[:10],
+            "yes" if version.get("verified") else "NO",
+        )
+    out.print(table)
+
+
+@app.command("predict")
+def predict_command(
+    model_or_remote: Annotated[str, typer.Argument(help="A model folder, or a published line URL.")],
+    images: Annotated[list[str], typer.Argument(help="Image files.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line (the stable contract).")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Inspect images with the edge's own code path; `--json` prints the stable contract."""
+    import json
+
+    from crux.edge.predict import open_model, predict_paths
+
+    ctx = load_context(params)
+    keys = public_keys(ctx) if not (Path(model_or_remote) / "card.json").is_file() else []
+    model = open_model(model_or_remote, public_keys=keys)
+    for record in predict_paths(model, images):
+        if as_json:
+            print(json.dumps(record), flush=True)
+        else:
+            out.print(f"{record['image']}: {record.get('label', record.get('error'))} {record.get('score', '')}")
+
+
+@edge_app.command("run")
+def edge_run(
+    line: Annotated[str, typer.Argument(help="Inspection line whose published model to run.")],
+    watch: Annotated[Path | None, typer.Option(help="Folder to watch for new images.")] = None,
+    glob: Annotated[str | None, typer.Option(help="Glob of images to inspect once.")] = None,
+    view: Annotated[bool, typer.Option(help="A live rich view on stderr.")] = False,
+    poll: Annotated[bool, typer.Option(help="Poll the remote and hot-swap new models.")] = True,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Inspect frames (watched folder, glob, or paths on stdin) as JSON lines; hot-swap published models."""
+    import json
+    import threading
+
+    from crux.edge.runtime import EdgeRuntime, LiveView, glob_source, stdin_source, watch_folder
+
+    ctx = load_context(params)
+    cfg = edge_config(ctx)
+    outbox = None
+    if cfg.ingest_url:
+        from crux.edge.outbox import Outbox
+
+        token = os.environ.get("CRUX_STATION_TOKEN")
+        if not token:
+            raise ConfigError("edge.ingest_url is set: put this station's token in CRUX_STATION_TOKEN")
+        outbox = Outbox(ctx.path(Path(cfg.outbox_dir)), cfg.ingest_url, token, quota_bytes=cfg.outbox_quota_mb << 20)
+        outbox.start()
+    runtime = EdgeRuntime(
+        f"{model_remote(ctx, None)}/{line}",
+        line,
+        cfg,
+        public_keys(ctx),
+        ctx.path(Path(cfg.state_dir)),
+        outbox=outbox,
+        on_event=lambda name, detail: console.print(f"[yellow]{name}[/] {detail}"),
+    )
+    stop = threading.Event()
+    if watch:
+        frames = watch_folder(watch, stop, cfg.watch_interval_s)
+    elif glob:
+        frames = glob_source(glob)
+    else:
+        frames = stdin_source(sys.stdin)
+    live_view = LiveView()
+
+    def emit(record: dict[str, Any]) -> None:
+        print(json.dumps(record), flush=True)
+        live_view.update(record)
+
+    try:
+        if view:
+            from rich.live import Live
+
+            with Live(live_view.render(), console=console, refresh_per_second=4) as live:
+                runtime.run(frames, lambda record: (emit(record), live.update(live_view.render())), poll=poll)
+        else:
+            runtime.run(frames, emit, poll=poll)
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        if outbox:
+            outbox.stop()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -551,21 +864,51 @@ def stations_revoke(
 # The main job
 
 
+def _prefect_defaults(ctx: Context) -> None:
+    """A local Prefect (ephemeral API on SQLite under .crux/prefect) unless the user configured one."""
+    os.environ.setdefault("PREFECT_HOME", str(ctx.root / ".crux" / "prefect"))
+    # The 20 s default start-up budget of the ephemeral server is tight on 2 cores.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@app.command("cycle")
+def cycle_command(
+    project: Annotated[str, typer.Argument(help="Project (inspection line) from params.yaml.")],
+    quick: Annotated[bool, typer.Option(help="Train with the quick profile (CI, demo).")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Run the improvement cycle once, as a Prefect flow: snapshot → train → evaluate → gate → publish."""
+    ctx = load_context(params)
+    _prefect_defaults(ctx)
+    from flows.cycle import cycle
+
+    result = cycle(project, params_path=str(params), quick=quick)
+    out.print_json(data=result)
+
+
 @app.command("demo")
 def demo(
     neu: Annotated[Path | None, typer.Option(help="NEU-DET folder; default ../shared/datasets/neu-det.")] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Start Label Studio, provision the projects, import NEU-DET with its labels, print where to look."""
+    """The whole loop on embedded defaults: Label Studio with NEU-DET and its labels (standing in for a team of
+    annotators) → the Prefect cycle (quick profile) → a signed model in the local remote → the edge runtime on
+    test-split images the model never trained on."""
+    import json
+    import shutil
+
     from crux import importer
     from crux.labelstudio.client import connect
     from crux.labelstudio.projects import sync_project
 
+    started = time.perf_counter()
     ctx = load_context(params)
-    cfg = _ls_config(ctx)
+    cfg = labelstudio_config(ctx)
     source = neu or ctx.root.parent / "shared" / "datasets" / "neu-det"
     if not source.exists():
         raise ConfigError(f"{source}: NEU-DET not found; pass --neu PATH (the images/, labels/, classes.txt layout)")
+    console.rule("1/4 Label Studio")
     settings, credentials = start_labelstudio(ctx)
     client = connect(settings.url, credentials.token)
     for name, spec in cfg.projects.items():
@@ -577,10 +920,64 @@ def demo(
     project_id = sync_project(client, "neu-det", spec).project_id
     with progress_bar("Importing NEU-DET with its boxes", len(scan.items)) as advance:
         report = importer.import_items(client, project_id, spec, scan, settings.files_root, progress=advance)
-    out.print(f"NEU-DET: {report.created} new task(s) with annotations, {report.already_present} already present.")
-    out.print(f"\nLabel Studio: {settings.url}/projects/{project_id}/data")
-    out.print(f"Login: {credentials.username} — password in {settings.credentials_path}")
-    out.print("Stop the server with: .venv/bin/crux labelstudio down")
+    console.print(f"NEU-DET: {report.created} new task(s) with annotations, {report.already_present} already there.")
+
+    console.rule("2/4 The cycle (Prefect flow, quick profile)")
+    private = ctx.path(DEFAULT_PRIVATE_KEY)
+    if not private.exists() and not os.environ.get("CRUX_SIGNING_KEY"):
+        from crux.signing import init_keys
+
+        init_keys(private, ctx.path(DEFAULT_PUBLIC_KEY))
+        console.print(f"Signing key created: {private} (0600)")
+    _prefect_defaults(ctx)
+    with console.status("snapshot → dvc exp run (prepare, train, evaluate, export) → dvc push → gate → publish…"):
+        from flows.cycle import cycle
+
+        result = cycle("neu-det", params_path=str(ctx.root / "params.yaml"), quick=True)
+    dataset, published = result["dataset"], result["published"]
+    console.print(f"Dataset: {dataset['message'].splitlines()[0] if dataset else 'no change since the last version'}")
+    console.print(f"Published: v{published['version']}" if published else "Published: nothing new")
+
+    console.rule("3/4 The edge runtime on unseen images")
+    from crux.dataset.manifest import read_manifest
+    from crux.edge.runtime import EdgeRuntime
+
+    data_dir = ctx.path(dataset_config(ctx).project_dir("neu-det"))
+    frames_dir = ctx.root / ".crux" / "demo-frames"
+    shutil.rmtree(frames_dir, ignore_errors=True)
+    frames_dir.mkdir(parents=True)
+    for item in (i for i in read_manifest(data_dir / "manifest.jsonl") if i.split == "test"):
+        shutil.copy(data_dir / item.image, frames_dir / item.original_name)
+    edge = edge_config(ctx)
+    runtime = EdgeRuntime(
+        f"{model_remote(ctx, None)}/neu-det",
+        "neu-det",
+        edge,
+        public_keys(ctx),
+        ctx.path(Path(edge.state_dir)),
+        on_event=lambda name, detail: None,
+    )
+    records: list[dict[str, Any]] = []
+    log = ctx.root / ".crux" / "demo-edge.jsonl"
+    runtime.run(sorted(frames_dir.iterdir()), records.append, poll=False)
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    latencies = sorted(r["latency_ms"] for r in records)
+    ng = sum(1 for r in records if r.get("verdict") == "NG")
+    console.print(
+        f"{len(records)} test-split frames inspected by model v{records[0]['model_version']}: "
+        f"{ng} NG, median latency {latencies[len(latencies) // 2]:.1f} ms → {log}"
+    )
+
+    console.rule("4/4 Where to look")
+    card = ctx.root / "models" / "neu-det" / "export" / "card.json"
+    out.print(f"Label Studio:   {settings.url}/projects/{project_id}/data")
+    out.print(f"Login:          {credentials.username} — password in {settings.credentials_path}")
+    out.print(f"Prefect UI:     PREFECT_HOME={os.environ['PREFECT_HOME']} .venv/bin/prefect server start")
+    out.print(f"Model card:     {card}")
+    out.print("Model history:  .venv/bin/crux models list neu-det")
+    out.print("Dataset diff:   .venv/bin/crux data diff  (metrics: .venv/bin/dvc metrics show)")
+    out.print(f"Edge frames:    {log}")
+    out.print(f"Done in {time.perf_counter() - started:.0f} s. Stop Label Studio with: make down")
 
 
 def main() -> None:

@@ -18,6 +18,22 @@ NEU = DATASETS / "neu-det"
 MAGNETIC_TILE = DATASETS / "magnetic-tile"
 
 
+@pytest.fixture(autouse=True)
+def _isolate_library_globals() -> Iterator[None]:
+    """Two process-wide caches would leak between tests: DVC's log handler keeps the stdout of the test that
+    first used DVC (a closed capture later), and fsspec reuses S3 filesystems bound to an earlier endpoint."""
+    import logging
+    import sys
+
+    for handler in logging.getLogger("dvc").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            # Not setStream(): that flushes the old stream, which may be closed already.
+            handler.stream = sys.stderr if handler.level >= logging.WARNING else sys.stdout
+    if "s3fs" in sys.modules:
+        sys.modules["s3fs"].S3FileSystem.clear_instance_cache()
+    yield
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,0 +1,231 @@
+"""ONNX inference for `crux predict`, the edge runtime and ONNX evaluation — one code path, no torch.
+
+image (uint8 array) → `crux.postprocess.preprocess` → ONNX Runtime → `postprocess_classify` / `postprocess_detect`
+→ `Result` → the stable `crux predict --json` record (`contract_record`):
+
+  {"image": <path as given>, "label": <class>, "score": p, "scores": {<class>: p},
+   "boxes": [{"label": <class>, "score": p, "xyxy": [x1, y1, x2, y2]}], "model_version": int | null}
+
+- Boxes are in pixels of the original image, rounded to 2 decimals; scores rounded to 6.
+- Classifier: label = arg-max class, score = its probability, scores = all class probabilities, boxes = [].
+- Detector: boxes = the boxes scoring >= the model's box threshold (card `postprocess.box_threshold`), highest
+  first; label = class of the highest-scoring box, or "OK" when there is none; scores = per class, the highest
+  score among all decoded boxes (0 when none); score = the top box's score, or 1 - max(scores) for "OK".
+- model_version = the published version (integer), or null for a model folder that was never published.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crux.postprocess import (
+    DetectSpec,
+    InputSpec,
+    load_image,
+    postprocess_classify,
+    postprocess_detect,
+    preprocess,
+)
+
+MODEL_FILE = "model.onnx"
+CARD_FILE = "card.json"
+NO_DEFECT_LABEL = "OK"  # the detector's label when it finds no box (the contract)
+CONTRACT_KEYS = ("image", "label", "score", "scores", "boxes", "model_version")
+
+
+@dataclass(frozen=True)
+class Box:
+    label: str
+    score: float
+    xyxy: tuple[float, float, float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "score": round(self.score, 6), "xyxy": [round(v, 2) for v in self.xyxy]}
+
+
+@dataclass(frozen=True)
+class Result:
+    """One image's prediction, before any OK/NG policy."""
+
+    label: str
+    score: float
+    scores: dict[str, float]
+    boxes: list[Box] = field(default_factory=list)
+    # Classifier: probabilities in class order; detector: the decoded scores of all boxes (for uncertainty).
+    probs: np.ndarray | None = None
+
+
+def ng_threshold_of(card: Mapping[str, Any]) -> float:
+    return float((card.get("postprocess") or {}).get("ng_threshold", 0.5))
+
+
+def box_threshold_of(card: Mapping[str, Any]) -> float:
+    return float((card.get("postprocess") or {}).get("box_threshold", 0.3))
+
+
+class OnnxModel:
+    """An ONNX Runtime session plus the model card that says how to feed it and read its output."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        card: Mapping[str, Any],
+        version: int | None = None,
+        threads: int = 1,
+        box_threshold: float | None = None,
+    ) -> None:
+        import onnxruntime as ort  # ~0.3 s: only when a model is actually loaded
+
+        opts = ort.SessionOptions()
+        # One frame at a time on a small box: intra-op threads = the cores we may use, no inter-op parallelism.
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self.path = Path(model_path)
+        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.card = dict(card)
+        self.version = version
+        self.kind: str = card["kind"]
+        self.classes: list[str] = list(card["classes"])
+        self.ok_class: str | None = card.get("ok_class")
+        self.spec = InputSpec.from_dict(card["input"])
+        detect = (card.get("postprocess") or {}).get("detect")
+        self.detect: DetectSpec | None = DetectSpec.from_dict(detect) if detect else None
+        if self.kind == "detect" and self.detect is None:
+            raise ValueError(f"{model_path}: detector card has no postprocess.detect parameters")
+        self.box_threshold = box_threshold_of(card) if box_threshold is None else float(box_threshold)
+        self.ng_threshold = ng_threshold_of(card)
+
+    @classmethod
+    def from_dir(
+        cls, folder: Path, version: int | None = None, threads: int = 1, model_file: str | None = None
+    ) -> OnnxModel:
+        folder = Path(folder)
+        card = json.loads((folder / CARD_FILE).read_text())
+        name = model_file or (card.get("onnx") or {}).get("file") or MODEL_FILE
+        return cls(folder / name, card, version=version, threads=threads)
+
+    def warm_up(self) -> None:
+        """One inference on zeros: proves the session runs and the output matches the card before a swap."""
+        s = self.spec
+        raw = self.run_raw(np.zeros((1, s.channels, s.image_size, s.image_size), np.float32))
+        self._check_raw(raw)
+
+    def _check_raw(self, raw: np.ndarray) -> None:
+        if self.kind == "classify" and raw.shape[1:] != (len(self.classes),):
+            raise ValueError(f"model output {raw.shape} does not match {len(self.classes)} classes of its card")
+        if self.kind == "detect" and raw.shape[2] != 5 + len(self.classes):
+            raise ValueError(f"model output {raw.shape} does not match {len(self.classes)} classes of its card")
+
+    def run_raw(self, x: np.ndarray) -> np.ndarray:
+        """Raw model output for a preprocessed float32 batch (B, C, S, S)."""
+        return np.asarray(self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0])
+
+    def results_from_raw(self, raw: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[Result]:
+        if self.kind == "classify":
+            return [self._classify_result(p) for p in postprocess_classify(raw)]
+        assert self.detect is not None
+        return [self._detect_result(r, size) for r, size in zip(raw, sizes, strict=True)]
+
+    def _classify_result(self, probs: np.ndarray) -> Result:
+        top = int(np.argmax(probs))
+        scores = {c: float(p) for c, p in zip(self.classes, probs, strict=True)}
+        return Result(self.classes[top], float(probs[top]), scores, [], probs)
+
+    def _detect_result(self, raw: np.ndarray, size: tuple[int, int]) -> Result:
+        assert self.detect is not None
+        dets = postprocess_detect(raw, size, self.spec, self.detect)
+        scores = dict.fromkeys(self.classes, 0.0)
+        for s, c in zip(dets.scores, dets.class_ids, strict=True):
+            name = self.classes[int(c)]
+            scores[name] = max(scores[name], float(s))
+        boxes = [
+            Box(self.classes[int(c)], float(s), tuple(float(v) for v in b))  # type: ignore[arg-type]
+            for b, s, c in zip(dets.boxes, dets.scores, dets.class_ids, strict=True)
+            if s >= self.box_threshold
+        ]  # postprocess_detect returns them highest score first
+        if boxes:
+            return Result(boxes[0].label, boxes[0].score, scores, boxes, dets.scores)
+        return Result(NO_DEFECT_LABEL, 1.0 - max(scores.values(), default=0.0), scores, [], dets.scores)
+
+    def predict_array(self, image: np.ndarray) -> Result:
+        x, size = preprocess(image, self.spec)
+        return self.results_from_raw(self.run_raw(x[None]), [size])[0]
+
+    def predict_bytes(self, data: bytes) -> Result:
+        return self.predict_array(load_image(io.BytesIO(data), self.spec.channels))  # type: ignore[arg-type]
+
+    def predict_file(self, path: Path) -> Result:
+        return self.predict_array(load_image(path, self.spec.channels))
+
+
+def contract_record(image: str, result: Result, model_version: int | None) -> dict[str, Any]:
+    """The stable `crux predict --json` object (keys exactly CONTRACT_KEYS)."""
+    return {
+        "image": image,
+        "label": result.label,
+        "score": round(result.score, 6),
+        "scores": {k: round(v, 6) for k, v in result.scores.items()},
+        "boxes": [b.to_dict() for b in result.boxes],
+        "model_version": model_version,
+    }
+
+
+def predict_paths(model: OnnxModel, images: Iterable[str]) -> Iterable[dict[str, Any]]:
+    """`crux predict`: one contract record per image, in the order given; an unreadable image yields an error
+    record {"image", "error"} instead of stopping the run."""
+    for image in images:
+        try:
+            result = model.predict_file(Path(image))
+        except (OSError, ValueError) as exc:
+            yield {"image": image, "error": f"{type(exc).__name__}: {exc}"}
+            continue
+        yield contract_record(image, result, model.version)
+
+
+def open_model(
+    ref: str,
+    *,
+    public_keys: Sequence[Any] = (),
+    cache_dir: Path | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    threads: int = 1,
+) -> OnnxModel:
+    """`MODEL_OR_REMOTE`: a local model folder (model.onnx + card.json, e.g. `crux export` output or a published
+    version folder), or a published line URL (`models/neu-det`, `s3://bucket/models/neu-det`) whose current
+    release is downloaded and verified (sha256 always; signature when `public_keys` are given)."""
+    local = Path(ref)
+    if (local / CARD_FILE).is_file():
+        version = None
+        manifest = local / "manifest.json"
+        if manifest.is_file():
+            version = int(json.loads(manifest.read_text())["version"])
+        return OnnxModel.from_dir(local, version=version, threads=threads)
+    import tempfile
+
+    from crux.publish import fetch_release
+
+    dest = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="crux-predict-"))
+    release = fetch_release(
+        ref, dest, public_keys, installed=None, storage_options=storage_options, require_signature=bool(public_keys)
+    )
+    assert release is not None  # installed=None: there is always something to fetch or an error
+    return OnnxModel.from_dir(release.path, version=release.version, threads=threads, model_file=release.model_file)
+
+
+def timed_predict(model: OnnxModel, data: bytes) -> tuple[Result, float]:
+    """Decode + preprocess + inference + post-processing of one encoded image; (result, milliseconds)."""
+    started = time.perf_counter()
+    result = model.predict_bytes(data)
+    return result, (time.perf_counter() - started) * 1000.0

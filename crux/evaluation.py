@@ -1,0 +1,316 @@
+"""Metrics on post-processed predictions (numpy, pycocotools, Pillow; no torch).
+
+Inputs are what `crux.postprocess` returns for the model's raw outputs, so the numbers here are the numbers of
+the edge. Detection AP comes from pycocotools' COCOeval, not a re-implementation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from crux.postprocess import Detections, ng_scores
+
+THRESHOLD_GRID = np.round(np.linspace(0.0, 1.0, 101), 2)
+
+
+def _r(x: float) -> float:
+    # Rounded floats keep metrics files diff-friendly and identical across runs on the same machine.
+    return round(float(x), 6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Classification
+
+
+def confusion_matrix(targets: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts [actual, predicted]."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (targets, preds), 1)
+    return cm
+
+
+def classification_metrics(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    classes: Sequence[str],
+    ok_class: str | None = None,
+    ng_threshold: float = 0.5,
+    max_false_reject: float = 0.02,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, plots): accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, OK/NG view.
+
+    Macro-F1 averages over classes present in targets or predictions (as scikit-learn does).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64)
+    preds = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
+    k = len(classes)
+    cm = confusion_matrix(targets, preds, k)
+    tp = np.diag(cm).astype(np.float64)
+    predicted = cm.sum(axis=0).astype(np.float64)
+    actual = cm.sum(axis=1).astype(np.float64)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros(k), where=actual > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    present = (actual > 0) | (predicted > 0)
+    metrics: dict[str, Any] = {
+        "n_images": len(targets),
+        "accuracy": _r(tp.sum() / max(len(targets), 1)),
+        "macro_f1": _r(f1[present].mean() if present.any() else 0.0),
+        "per_class": {
+            c: {"precision": _r(precision[i]), "recall": _r(recall[i]), "f1": _r(f1[i]), "support": int(actual[i])}
+            for i, c in enumerate(classes)
+        },
+        "confusion_matrix": cm.tolist(),
+    }
+    plots: dict[str, Any] = {
+        "confusion": [{"actual": classes[t], "predicted": classes[p]} for t, p in zip(targets, preds, strict=True)],
+    }
+    if ok_class is not None and ok_class in classes:
+        ok = list(classes).index(ok_class)
+        metrics["inspection"], plots["threshold_curve"] = inspection_metrics(
+            ng_scores(probs, ok), targets != ok, ng_threshold, max_false_reject
+        )
+    return metrics, plots
+
+
+def inspection_metrics(
+    scores: np.ndarray, is_ng: np.ndarray, threshold: float, max_false_reject: float
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """OK/NG view: an image is rejected when its NG score >= threshold.
+
+    NG recall = rejected NG / all NG (escapes are the expensive error); false-reject rate = rejected OK / all OK.
+    Also the best NG recall whose false-reject rate stays <= max_false_reject, over every distinct score.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    is_ng = np.asarray(is_ng, dtype=bool)
+    n_ng, n_ok = int(is_ng.sum()), int((~is_ng).sum())
+
+    def rates(t: float) -> tuple[float, float]:
+        flagged = scores >= t
+        recall = flagged[is_ng].sum() / n_ng if n_ng else float("nan")
+        frr = flagged[~is_ng].sum() / n_ok if n_ok else float("nan")
+        return float(recall), float(frr)
+
+    recall, frr = rates(threshold)
+    # Recall and false rejects both fall as the threshold rises, so the lowest threshold within the false-reject
+    # budget gives the best recall; candidates are the distinct scores (exact) plus "reject nothing".
+    best: tuple[float, float] | None = None  # (threshold, recall)
+    if n_ok:
+        for t in np.unique(np.concatenate([scores, [np.nextafter(1.0, 2.0)]])):
+            r, f = rates(float(t))
+            if f <= max_false_reject + 1e-12:
+                best = (float(t), r)
+                break
+    out: dict[str, Any] = {
+        "n_ng": n_ng,
+        "n_ok": n_ok,
+        "threshold": _r(threshold),
+        "ng_recall": _nan_none(recall),
+        "false_reject_rate": _nan_none(frr),
+        "max_false_reject": _r(max_false_reject),
+        "ng_recall_at_max_false_reject": _nan_none(best[1]) if best else None,
+        "threshold_at_max_false_reject": _r(best[0]) if best else None,
+    }
+    curve = []
+    for t in THRESHOLD_GRID:
+        r, f = rates(float(t))
+        curve.append({"threshold": float(t), "ng_recall": _nan_none(r), "false_reject_rate": _nan_none(f)})
+    return out, curve
+
+
+def _nan_none(x: float) -> float | None:
+    return None if math.isnan(x) else _r(x)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Detection
+
+
+def coco_ground_truth(
+    gt_boxes: Sequence[np.ndarray],
+    gt_labels: Sequence[np.ndarray],
+    sizes: Sequence[tuple[int, int]],
+    classes: Sequence[str],
+) -> dict[str, Any]:
+    """A COCO-format ground-truth dict; image ids are 1-based positions, category ids class index + 1."""
+    images, annotations = [], []
+    for i, (boxes, labels, (w, h)) in enumerate(zip(gt_boxes, gt_labels, sizes, strict=True)):
+        images.append({"id": i + 1, "width": int(w), "height": int(h)})
+        for box, label in zip(np.asarray(boxes, np.float64).reshape(-1, 4), labels, strict=True):
+            bw, bh = float(box[2] - box[0]), float(box[3] - box[1])
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(label) + 1,
+                    "bbox": [float(box[0]), float(box[1]), bw, bh],
+                    "area": bw * bh,
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": i + 1, "name": c} for i, c in enumerate(classes)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def coco_detections(preds: Sequence[Detections]) -> list[dict[str, Any]]:
+    out = []
+    for i, det in enumerate(preds):
+        for box, score, cls in zip(det.boxes, det.scores, det.class_ids, strict=True):
+            out.append(
+                {
+                    "image_id": i + 1,
+                    "category_id": int(cls) + 1,
+                    "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
+                    "score": float(score),
+                }
+            )
+    return out
+
+
+def run_coco_eval(gt: dict[str, Any], dets: list[dict[str, Any]]) -> Any | None:
+    """COCOeval after evaluate/accumulate/summarize (its prints swallowed); None when there is nothing to match."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not dets or not gt["annotations"]:
+        return None
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = json.loads(json.dumps(gt))  # COCO mutates its dataset; keep the caller's intact
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(json.loads(json.dumps(dets)))
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
+def detection_metrics(
+    preds: Sequence[Detections],
+    gt_boxes: Sequence[np.ndarray],
+    gt_labels: Sequence[np.ndarray],
+    sizes: Sequence[tuple[int, int]],
+    classes: Sequence[str],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, plots): COCO mAP@0.5, mAP@0.5:0.95, per-class AP (area all, 100 detections), PR curves at IoU 0.5.
+
+    Per-class AP is the mean of COCOeval's interpolated precision array, which is how COCOeval computes mAP.
+    """
+    gt = coco_ground_truth(gt_boxes, gt_labels, sizes, classes)
+    ev = run_coco_eval(gt, coco_detections(preds))
+    n_gt = np.bincount([a["category_id"] - 1 for a in gt["annotations"]], minlength=len(classes))
+    metrics: dict[str, Any] = {
+        "n_images": len(gt["images"]),
+        "n_boxes": len(gt["annotations"]),
+        "n_detections": int(sum(len(p) for p in preds)),
+        "map50": 0.0,
+        "map50_95": 0.0,
+        "per_class": {},
+    }
+    plots: dict[str, Any] = {"pr_curve": []}
+    if ev is None:
+        metrics["per_class"] = {
+            c: {"ap50": 0.0 if n_gt[i] else None, "ap50_95": 0.0 if n_gt[i] else None, "n_boxes": int(n_gt[i])}
+            for i, c in enumerate(classes)
+        }
+        return metrics, plots
+    metrics["map50"] = _r(max(ev.stats[1], 0.0))
+    metrics["map50_95"] = _r(max(ev.stats[0], 0.0))
+    precision = ev.eval["precision"]  # [IoU thresholds, recall points, classes, area ranges, max dets]
+    rec_thrs = ev.params.recThrs
+    curves: dict[str, np.ndarray] = {}
+    for k, c in enumerate(classes):
+        p_all = precision[:, :, k, 0, -1]
+        p50 = precision[0, :, k, 0, -1]
+        has = n_gt[k] > 0
+        metrics["per_class"][c] = {
+            "ap50": _r(p50[p50 > -1].mean()) if has and (p50 > -1).any() else None,
+            "ap50_95": _r(p_all[p_all > -1].mean()) if has and (p_all > -1).any() else None,
+            "n_boxes": int(n_gt[k]),
+        }
+        if has:
+            curves[c] = np.clip(p50, 0.0, None)
+    # One row per recall point: the class-mean precision (what `dvc plots` draws) and each class's own.
+    if curves:
+        mean = np.mean(list(curves.values()), axis=0)
+        for i, r in enumerate(rec_thrs):
+            row = {"recall": _r(r), "precision": _r(mean[i])}
+            row.update({f"precision_{c}": _r(curve[i]) for c, curve in curves.items()})
+            plots["pr_curve"].append(row)
+    return metrics, plots
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def confusion_png(cm: np.ndarray, classes: Sequence[str], path: Path) -> None:
+    """A confusion-matrix heat map, Pillow only: rows actual, columns predicted, row-normalised colour, counts."""
+    k = len(classes)
+    cell, margin = 56, 120
+    img = Image.new("RGB", (margin + k * cell + 10, margin + k * cell + 10), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    rows = cm.sum(axis=1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    for i in range(k):
+        for j in range(k):
+            x0, y0 = margin + j * cell, margin + i * cell
+            shade = int(255 - 200 * frac[i, j])
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline="grey")
+            draw.text(
+                (x0 + 6, y0 + cell // 2 - 6), str(int(cm[i, j])), fill="black" if shade > 120 else "white", font=font
+            )
+        draw.text((4, margin + i * cell + cell // 2 - 6), classes[i][:18], fill="black", font=font)
+        # Column labels, staggered so long names do not overlap.
+        draw.text((margin + i * cell + 2, margin - 16 - 14 * (i % 2)), classes[i][:9], fill="black", font=font)
+    draw.text((4, 4), "rows: actual, columns: predicted", fill="black", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG")
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Scalar metrics as dotted keys (lists such as the confusion matrix are left out)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_metrics(value, f"{name}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def compare_markdown(current: Mapping[str, Any], previous: Mapping[str, Any] | None, title: str = "Evaluation") -> str:
+    """A Markdown report: every scalar metric, with the previous model's value and the change when given."""
+    cur = flatten_metrics(current)
+    lines = [f"# {title}", ""]
+    if previous is None:
+        lines += ["No previous metrics to compare with.", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in cur.items()]
+        return "\n".join(lines) + "\n"
+    prev = flatten_metrics(previous)
+    lines += ["| metric | previous | current | change |", "|---|---|---|---|"]
+    for key in list(cur) + [k for k in prev if k not in cur]:
+        c, p = cur.get(key), prev.get(key)
+        delta = f"{c - p:+.4f}" if c is not None and p is not None else ""
+        lines.append(f"| {key} | {'' if p is None else f'{p:.4f}'} | {'' if c is None else f'{c:.4f}'} | {delta} |")
+    if current.get("n_images") != previous.get("n_images"):
+        lines += ["", "Note: the test splits differ in size; the comparison is not like for like."]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,275 @@
+"""Pre- and post-processing shared by training, evaluation and the edge runtime — numpy and Pillow only.
+
+The edge runtime has no torch, so everything between an image file and a model input, and between a model's raw
+output and a prediction, lives here once. Evaluation calls the same functions on the same raw outputs, so an
+edge box and `crux evaluate` measure the same thing.
+
+Conventions
+- Model input: float32 (C, S, S), x = (pixel / 255 - mean) / std; the original image is resized to S x S
+  (bilinear, aspect ratio not kept) by Pillow — training uses `resize` too, so there is no resampling mismatch.
+- Classifier raw output: logits (B, C).
+- Detector raw output: (B, N, 5 + C) over the N anchor points of all pyramid levels (level by level, row-major):
+  [l, t, r, b] distances in input pixels from the point to the box sides (>= 0), a centerness logit and C class
+  logits. Score = sqrt(sigmoid(class) * sigmoid(centerness)), as in FCOS. NMS is not inside the model (export).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+# ----------------------------------------------------------------------------------------------------------------
+# Input
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model expects; recorded in the model bundle and the model card."""
+
+    image_size: int
+    channels: int
+    mean: float = 0.5
+    std: float = 0.25
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputSpec:
+        return cls(int(data["image_size"]), int(data["channels"]), float(data["mean"]), float(data["std"]))
+
+
+def load_image(path: str | Path, channels: int) -> np.ndarray:
+    """Decode an image file to uint8 (H, W, channels)."""
+    with Image.open(path) as img:
+        img.draft("L" if channels == 1 else "RGB", img.size)  # JPEG: decode straight to the target mode
+        return to_channels(np.asarray(img.convert("L" if channels == 1 else "RGB")), channels)
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) to (H, W, channels); RGB→gray as Pillow (ITU-R 601-2)."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.shape[2] == channels:
+        return np.ascontiguousarray(image)
+    if channels == 3:
+        return np.ascontiguousarray(np.repeat(image, 3, axis=2))
+    # Pillow's conversion, so an array from a camera and a decoded file give the same gray values.
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).convert("L"))[:, :, None]
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, C) to (size, size, C), bilinear (Pillow). A no-op when already that size."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    if image.shape[2] == 1:
+        out = np.asarray(Image.fromarray(image[:, :, 0]).resize((size, size), Image.Resampling.BILINEAR))
+        return out[:, :, None]
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def normalise(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 (S, S, C) to float32 (C, S, S)."""
+    x = image.astype(np.float32) * np.float32(1.0 / 255.0)
+    x = (x - np.float32(spec.mean)) / np.float32(spec.std)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def preprocess(image: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, tuple[int, int]]:
+    """An original uint8 image to the model input; also returns the original (width, height) for box mapping."""
+    image = to_channels(image, spec.channels)
+    h, w = image.shape[:2]
+    return normalise(resize(image, spec.image_size), spec), (w, h)
+
+
+def preprocess_batch(images: Sequence[np.ndarray], spec: InputSpec) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    items = [preprocess(img, spec) for img in images]
+    return np.stack([x for x, _ in items]), [size for _, size in items]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Classification
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    # Split by sign so large |x| neither overflows nor loses precision.
+    x = x.astype(np.float64)
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out.astype(np.float32)
+
+
+def postprocess_classify(logits: np.ndarray) -> np.ndarray:
+    """Raw classifier logits (B, C) to class probabilities (B, C)."""
+    return softmax(np.asarray(logits), axis=-1)
+
+
+def ng_scores(probs: np.ndarray, ok_index: int) -> np.ndarray:
+    """The inspection score of each image: probability that it is not OK."""
+    return 1.0 - probs[:, ok_index]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Detection
+
+
+@dataclass(frozen=True)
+class DetectSpec:
+    """Decoding and NMS parameters; recorded in the model bundle so the edge decodes exactly as evaluation."""
+
+    strides: tuple[int, ...]
+    num_classes: int
+    score_threshold: float = 0.05
+    nms_iou: float = 0.6
+    max_detections: int = 100
+    # Candidates kept per image before NMS (bounds NMS cost on a noisy, untrained model).
+    pre_nms_topk: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["strides"] = list(self.strides)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectSpec:
+        return cls(
+            strides=tuple(int(s) for s in data["strides"]),
+            num_classes=int(data["num_classes"]),
+            score_threshold=float(data.get("score_threshold", 0.05)),
+            nms_iou=float(data.get("nms_iou", 0.6)),
+            max_detections=int(data.get("max_detections", 100)),
+            pre_nms_topk=int(data.get("pre_nms_topk", 1000)),
+        )
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections of one image: boxes (K, 4) x1 y1 x2 y2 in original-image pixels, scores (K,), class ids (K,)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def feature_sizes(image_size: int, strides: Sequence[int]) -> list[int]:
+    """Side of each pyramid level: every stride-2 conv (k3, p1) maps n to ceil(n / 2), so level s has ceil(S / s)."""
+    return [-(-image_size // s) for s in strides]
+
+
+def anchor_points(image_size: int, strides: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Centres (N, 2) as x, y in input pixels and the stride (N,) of every anchor point, in raw-output order.
+
+    Cached per (size, strides) — the edge decodes every frame with the same model — and returned read-only.
+    """
+    return _anchor_points(int(image_size), tuple(int(s) for s in strides))
+
+
+@functools.lru_cache(maxsize=16)
+def _anchor_points(image_size: int, strides: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    points, point_strides = [], []
+    for s, n in zip(strides, feature_sizes(image_size, strides), strict=True):
+        c = (np.arange(n, dtype=np.float32) + 0.5) * s
+        yy, xx = np.meshgrid(c, c, indexing="ij")
+        points.append(np.stack([xx.ravel(), yy.ravel()], axis=1))
+        point_strides.append(np.full(n * n, s, dtype=np.float32))
+    out = np.concatenate(points), np.concatenate(point_strides)
+    for a in out:
+        a.flags.writeable = False
+    return out
+
+
+def distances_to_boxes(points: np.ndarray, ltrb: np.ndarray) -> np.ndarray:
+    return np.concatenate([points - ltrb[:, :2], points + ltrb[:, 2:4]], axis=1)
+
+
+def detection_scores(raw: np.ndarray) -> np.ndarray:
+    """Per-point, per-class scores (N, C) from one image's raw output (N, 5 + C)."""
+    return np.sqrt(sigmoid(raw[:, 5:]) * sigmoid(raw[:, 4:5]))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU (N, M) of xyxy boxes."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS: indices of kept boxes, highest score first. Ties keep the lower index (stable sort)."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        if order.size == 1:
+            break
+        ious = box_iou(boxes[i : i + 1], boxes[order[1:]])[0]
+        order = order[1:][ious <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Class-aware NMS: boxes of different classes never suppress each other (offset trick, one NMS pass)."""
+    if boxes.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    offset = (boxes.max() + 1.0) * class_ids.astype(boxes.dtype)
+    return nms(boxes + offset[:, None], scores, iou_threshold)
+
+
+def postprocess_detect(
+    raw: np.ndarray, original_size: tuple[int, int], input_spec: InputSpec, spec: DetectSpec
+) -> Detections:
+    """One image's raw detector output (N, 5 + C) to detections in original-image pixels."""
+    raw = np.asarray(raw, dtype=np.float32)
+    points, _ = anchor_points(input_spec.image_size, spec.strides)
+    if raw.shape != (points.shape[0], 5 + spec.num_classes):
+        raise ValueError(f"raw output {raw.shape} does not match {points.shape[0]} points x {5 + spec.num_classes}")
+    scores = detection_scores(raw)
+    flat = scores.ravel()
+    cand = np.flatnonzero(flat > spec.score_threshold)
+    if cand.size > spec.pre_nms_topk:
+        top = np.argsort(-flat[cand], kind="stable")[: spec.pre_nms_topk]
+        cand = np.sort(cand[top])
+    point_idx, class_ids = np.divmod(cand, spec.num_classes)
+    size = float(input_spec.image_size)
+    boxes = np.clip(distances_to_boxes(points[point_idx], np.maximum(raw[point_idx, :4], 0.0)), 0.0, size)
+    cand_scores = flat[cand]
+    keep = batched_nms(boxes, cand_scores, class_ids, spec.nms_iou)[: spec.max_detections]
+    w, h = original_size
+    scale = np.array([w / size, h / size, w / size, h / size], dtype=np.float32)
+    return Detections(
+        boxes=(boxes[keep] * scale).astype(np.float32),
+        scores=cand_scores[keep].astype(np.float32),
+        class_ids=class_ids[keep].astype(np.int64),
+    )
+
+
+def postprocess_detect_batch(
+    raw: np.ndarray, original_sizes: Sequence[tuple[int, int]], input_spec: InputSpec, spec: DetectSpec
+) -> list[Detections]:
+    return [postprocess_detect(r, size, input_spec, spec) for r, size in zip(raw, original_sizes, strict=True)]

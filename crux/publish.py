@@ -1,0 +1,613 @@
+"""Publish exported models to an fsspec remote, gate them against production, roll back; read side for the edge.
+
+Remote layout (ROOT is any fsspec URL: a local folder, `s3://bucket/prefix`, …):
+
+  ROOT/LINE/000007/model.onnx          immutable version folder: written once, never modified
+  ROOT/LINE/000007/card.json           the model card from `crux export`
+  ROOT/LINE/000007/manifest.json       signed: version, sha256 + size of every file, metrics, lineage, gate
+  ROOT/LINE/events/00000012.json       signed pointer records, one per publish or rollback (the history)
+  ROOT/LINE/current.json               signed pointer to the production version, written LAST
+
+A reader follows current.json → manifest.json (sha256 in the pointer) → files (sha256 in the manifest), so it
+either sees the previous complete release or the new complete one, never a mix: current.json is written after
+everything it points to, as one object (S3 PUT) or a rename (local folders).
+
+Pointer: {"format", "line", "version", "sequence", "action": "publish"|"rollback", "manifest_sha256",
+"previous_version", "reason", "at"}. `sequence` grows by one with every event; an edge accepts a pointer only
+when its sequence is higher than the one it runs, and a lower version only when the action is an explicit,
+signed rollback — so replaying an old, genuinely signed pointer cannot downgrade an edge.
+
+The read side (`read_pointer`, `fetch_release`, `list_models`) needs only fsspec and cryptography (edge-safe).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import re
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from crux.config import ConfigError
+from crux.errors import CruxError
+from crux.signing import SignatureError, canonical_json, sign, verify
+
+log = logging.getLogger(__name__)
+
+POINTER_FORMAT = "crux-pointer/1"
+MANIFEST_FORMAT = "crux-release/1"
+CURRENT = "current.json"
+MANIFEST = "manifest.json"
+EVENTS = "events"
+# The ingest service's name rule (crux.ingest.names), repeated so the edge need not import the ingest package.
+LINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_METRIC = {"classify": "macro_f1", "detect": "map50"}  # the kinds' monitor metrics (crux.kinds)
+
+
+class PublishError(CruxError, RuntimeError):
+    """The remote is inconsistent or a publish/rollback request is impossible."""
+
+
+class ReleaseError(CruxError, ValueError):
+    """A release on the remote was rejected by a reader (bad signature or hash, older version, …)."""
+
+
+class GateRefused(PublishError):
+    def __init__(self, result: GateResult) -> None:
+        super().__init__(result.report())
+        self.result = result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Gate
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """params.yaml `gate`."""
+
+    # Dotted key of the model card's test metrics compared with production; null: the kind's monitor metric.
+    metric: str | None = None
+    # How much worse than production the candidate may be and still ship (absolute, in metric units).
+    tolerance: float = 0.0
+    higher_is_better: bool = True
+
+    def __post_init__(self) -> None:
+        if self.tolerance < 0:
+            raise ConfigError(f"gate.tolerance: {self.tolerance} must be >= 0")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    passed: bool
+    metric: str
+    candidate: float | None
+    production: float | None
+    production_version: int | None
+    tolerance: float
+    reason: str
+
+    def report(self) -> str:
+        return f"gate {'passed' if self.passed else 'REFUSED'} on {self.metric}: {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def metric_value(metrics: Mapping[str, Any] | None, path: str) -> float | None:
+    node: Any = metrics
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
+
+
+def gate_check(
+    candidate_metrics: Mapping[str, Any] | None,
+    production_metrics: Mapping[str, Any] | None,
+    cfg: GateConfig,
+    kind: str,
+    production_version: int | None = None,
+) -> GateResult:
+    """Candidate vs production on `cfg.metric` (both measured on the frozen test split)."""
+    metric = cfg.metric or DEFAULT_METRIC.get(kind, "accuracy")
+    cand = metric_value(candidate_metrics, metric)
+    if production_version is None:
+        return GateResult(True, metric, cand, None, None, cfg.tolerance, "no model in production yet")
+    prod = metric_value(production_metrics, metric)
+    if cand is None:
+        return GateResult(False, metric, None, prod, production_version, cfg.tolerance, "candidate has no such metric")
+    if prod is None:
+        return GateResult(
+            True, metric, cand, None, production_version, cfg.tolerance, "production has no such metric to beat"
+        )
+    delta = cand - prod if cfg.higher_is_better else prod - cand
+    passed = delta >= -cfg.tolerance - 1e-12
+    reason = (
+        f"candidate {cand:.4f} vs production v{production_version} {prod:.4f} "
+        f"(change {delta:+.4f}, tolerance {cfg.tolerance:.4f})"
+    )
+    return GateResult(passed, metric, cand, prod, production_version, cfg.tolerance, reason)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Remote helpers
+
+
+def _fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    from fsspec.core import url_to_fs
+
+    return url_to_fs(url, **dict(storage_options or {}))
+
+
+def _is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts))
+
+
+def _write(fs: Any, path: str, data: bytes) -> None:
+    """Write one object so no reader ever sees part of it: a PUT on object stores, write + rename locally."""
+    if _is_local(fs):
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with fs.open(tmp, "wb") as fh:
+            fh.write(data)
+        fs.mv(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def _put_file(fs: Any, local: Path, path: str) -> None:
+    if _is_local(fs):
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        fs.put_file(str(local), tmp)
+        fs.mv(tmp, path)
+    else:
+        fs.put_file(str(local), path)
+
+
+def _cat(fs: Any, path: str) -> bytes | None:
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _version_dir(version: int) -> str:
+    return f"{version:06d}"
+
+
+def _now(now: dt.datetime | None) -> str:
+    return (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _list_versions(fs: Any, line_path: str) -> list[int]:
+    fs.invalidate_cache(line_path)  # s3fs caches listings per instance: a stale one would reuse a version number
+    try:
+        entries = fs.ls(line_path, detail=False)
+    except FileNotFoundError:
+        return []
+    versions = []
+    for entry in entries:
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if name.isdigit():
+            versions.append(int(name))
+    return sorted(versions)
+
+
+def _list_events(fs: Any, line_path: str) -> list[int]:
+    fs.invalidate_cache(_join(line_path, EVENTS))
+    try:
+        entries = fs.ls(_join(line_path, EVENTS), detail=False)
+    except FileNotFoundError:
+        return []
+    seqs = []
+    for entry in entries:
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if name.endswith(".json") and name[:-5].isdigit():
+            seqs.append(int(name[:-5]))
+    return sorted(seqs)
+
+
+def read_pointer(
+    line_url: str, public_keys: Sequence[Any], storage_options: Mapping[str, Any] | None = None, verify_sig: bool = True
+) -> dict[str, Any] | None:
+    """The verified production pointer of a line, or None when nothing was published yet."""
+    fs, line_path = _fs(line_url, storage_options)
+    raw = _cat(fs, _join(line_path, CURRENT))
+    if raw is None:
+        return None
+    return _parse_pointer(raw, public_keys, verify_sig)
+
+
+def _parse_pointer(raw: bytes, public_keys: Sequence[Any], verify_sig: bool) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise ReleaseError(f"current.json is not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != POINTER_FORMAT:
+        raise ReleaseError("current.json is not a crux pointer")
+    if verify_sig:
+        try:
+            doc = verify(doc, public_keys)
+        except SignatureError as exc:
+            raise ReleaseError(f"pointer: {exc}") from exc
+    return {k: v for k, v in doc.items() if k != "signature"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Write side
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    line: str
+    version: int
+    sequence: int
+    url: str
+    gate: GateResult
+    forced: bool
+
+
+def publish(
+    root_url: str,
+    line: str,
+    export_dir: Path,
+    private_key: Any,
+    gate_cfg: GateConfig,
+    *,
+    force: bool = False,
+    reason: str | None = None,
+    production_metrics: Mapping[str, Any] | None = None,
+    model_file: str = "model.onnx",
+    storage_options: Mapping[str, Any] | None = None,
+    now: dt.datetime | None = None,
+) -> PublishResult:
+    """Publish `export_dir` (model + card.json from `crux export`) as the next version of `line`.
+
+    The gate compares the card's metrics with production's (the production manifest's metrics, or
+    `production_metrics` when the caller re-evaluated production on the current test split). A refused gate
+    raises GateRefused unless `force`, which needs a `reason`; both are recorded in the manifest and the event.
+    """
+    if not LINE_NAME.match(line) or ".." in line:
+        raise PublishError(f"line {line!r}: use 1-64 letters, digits, '_', '.', '-' (it becomes a folder name)")
+    if force and not (reason and reason.strip()):
+        raise PublishError("--force needs --reason: the override is recorded in the model history")
+    export_dir = Path(export_dir)
+    card_path = export_dir / "card.json"
+    if not card_path.is_file() or not (export_dir / model_file).is_file():
+        raise PublishError(f"{export_dir} has no card.json and {model_file}: run `crux export` first")
+    card = json.loads(card_path.read_text())
+    public = private_key.public_key()
+    fs, line_path = _fs(_join(root_url, line), storage_options)
+
+    current = _cat(fs, _join(line_path, CURRENT))
+    pointer = _parse_pointer(current, [public], True) if current is not None else None
+    prod_version = int(pointer["version"]) if pointer else None
+    prod_metrics = production_metrics
+    if pointer is not None and prod_metrics is None:
+        prod_manifest = _read_manifest(fs, line_path, prod_version, [public], pointer.get("manifest_sha256"))  # type: ignore[arg-type]
+        prod_metrics = prod_manifest.get("metrics")
+    gate = gate_check(card.get("metrics"), prod_metrics, gate_cfg, card["kind"], prod_version)
+    if not gate.passed and not force:
+        raise GateRefused(gate)
+    if gate.passed and force:
+        log.info("publish --force given but the gate passed anyway")
+
+    version = max([*_list_versions(fs, line_path), prod_version or 0]) + 1
+    sequence = max([*_list_events(fs, line_path), int(pointer["sequence"]) if pointer else 0]) + 1
+    vpath = _join(line_path, _version_dir(version))
+    if fs.exists(_join(vpath, MANIFEST)):
+        raise PublishError(f"{vpath} already exists: versions are immutable")
+
+    files = sorted({model_file, "card.json"} | {p.name for p in export_dir.glob("*.onnx")})
+    entries: dict[str, dict[str, Any]] = {}
+    for name in files:
+        local = export_dir / name
+        entries[name] = {"sha256": _sha256_file(local), "bytes": local.stat().st_size}
+        _put_file(fs, local, _join(vpath, name))
+    at = _now(now)
+    manifest = sign(
+        {
+            "format": MANIFEST_FORMAT,
+            "line": line,
+            "version": version,
+            "model_file": model_file,
+            "files": entries,
+            "kind": card["kind"],
+            "classes": card["classes"],
+            "metrics": card.get("metrics"),
+            "lineage": card.get("lineage"),
+            "gate": gate.to_dict(),
+            "forced": bool(force and not gate.passed),
+            "reason": reason,
+            "parent_version": prod_version,
+            "published_at": at,
+        },
+        private_key,
+    )
+    manifest_bytes = canonical_json(manifest)
+    _write(fs, _join(vpath, MANIFEST), manifest_bytes)  # last in the version folder: marks it complete
+    new_pointer = sign(
+        {
+            "format": POINTER_FORMAT,
+            "line": line,
+            "version": version,
+            "sequence": sequence,
+            "action": "publish",
+            "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+            "previous_version": prod_version,
+            "reason": reason,
+            "at": at,
+        },
+        private_key,
+    )
+    _write_pointer(fs, line_path, new_pointer)
+    return PublishResult(line, version, sequence, vpath, gate, bool(force and not gate.passed))
+
+
+def _write_pointer(fs: Any, line_path: str, pointer: Mapping[str, Any]) -> None:
+    data = canonical_json(pointer)
+    _write(fs, _join(line_path, EVENTS, f"{int(pointer['sequence']):08d}.json"), data)  # history first
+    _write(fs, _join(line_path, CURRENT), data)  # then the switch, as one object
+
+
+def _read_manifest(
+    fs: Any, line_path: str, version: int, public_keys: Sequence[Any], expected_sha256: str | None
+) -> dict[str, Any]:
+    raw = _cat(fs, _join(line_path, _version_dir(version), MANIFEST))
+    if raw is None:
+        raise ReleaseError(f"version {version} has no manifest (incomplete or deleted)")
+    if expected_sha256 is not None and hashlib.sha256(raw).hexdigest() != expected_sha256:
+        raise ReleaseError(f"manifest of version {version} does not match the sha256 in the pointer (tampered)")
+    try:
+        doc = verify(json.loads(raw), public_keys)
+    except (SignatureError, ValueError) as exc:
+        raise ReleaseError(f"manifest of version {version}: {exc}") from exc
+    if int(doc.get("version", -1)) != version:
+        raise ReleaseError(f"manifest of version {version} names version {doc.get('version')}")
+    return doc
+
+
+def rollback(
+    root_url: str,
+    line: str,
+    private_key: Any,
+    *,
+    to_version: int | None = None,
+    reason: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Point production at an earlier (or any existing) version with a signed rollback record.
+
+    Default target: the version that was in production before the current one. Returns the new pointer.
+    """
+    public = private_key.public_key()
+    fs, line_path = _fs(_join(root_url, line), storage_options)
+    current = _cat(fs, _join(line_path, CURRENT))
+    if current is None:
+        raise PublishError(f"{line}: nothing published, nothing to roll back")
+    pointer = _parse_pointer(current, [public], True)
+    cur_version = int(pointer["version"])
+    if to_version is None:
+        to_version = _previous_production(fs, line_path, [public], cur_version)
+        if to_version is None:
+            raise PublishError(f"{line}: no earlier production version to roll back to (pass --to VERSION)")
+    if to_version == cur_version:
+        raise PublishError(f"{line}: version {to_version} is already in production")
+    manifest_raw = _cat(fs, _join(line_path, _version_dir(to_version), MANIFEST))
+    if manifest_raw is None:
+        raise PublishError(f"{line}: version {to_version} does not exist")
+    _read_manifest(fs, line_path, to_version, [public], None)  # exists and is genuinely ours
+    sequence = max([*_list_events(fs, line_path), int(pointer["sequence"])]) + 1
+    new_pointer = sign(
+        {
+            "format": POINTER_FORMAT,
+            "line": line,
+            "version": to_version,
+            "sequence": sequence,
+            "action": "rollback",
+            "manifest_sha256": hashlib.sha256(manifest_raw).hexdigest(),
+            "previous_version": cur_version,
+            "reason": reason or f"rollback from {cur_version} to {to_version}",
+            "at": _now(now),
+        },
+        private_key,
+    )
+    _write_pointer(fs, line_path, new_pointer)
+    return {k: v for k, v in new_pointer.items() if k != "signature"}
+
+
+def _events(fs: Any, line_path: str, public_keys: Sequence[Any], verify_sig: bool) -> list[dict[str, Any]]:
+    events = []
+    for seq in _list_events(fs, line_path):
+        raw = _cat(fs, _join(line_path, EVENTS, f"{seq:08d}.json"))
+        if raw is None:
+            continue
+        try:
+            events.append(_parse_pointer(raw, public_keys, verify_sig))
+        except ReleaseError as exc:
+            log.warning("%s: event %d ignored: %s", line_path, seq, exc)
+    return events
+
+
+def _previous_production(fs: Any, line_path: str, public_keys: Sequence[Any], current: int) -> int | None:
+    versions = [int(e["version"]) for e in _events(fs, line_path, public_keys, True)]
+    # Walk back from the latest event to the first production version that is not the current one.
+    for v in reversed(versions):
+        if v != current:
+            return v
+    return None
+
+
+def list_models(
+    root_url: str, line: str, public_keys: Sequence[Any] = (), storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """History of a line: every version (metrics, lineage, gate, forced reason, verified?) and every event."""
+    fs, line_path = _fs(_join(root_url, line), storage_options)
+    verify_sig = bool(public_keys)
+    current_raw = _cat(fs, _join(line_path, CURRENT))
+    current = _parse_pointer(current_raw, public_keys, verify_sig) if current_raw is not None else None
+    versions = []
+    for v in _list_versions(fs, line_path):
+        raw = _cat(fs, _join(line_path, _version_dir(v), MANIFEST))
+        if raw is None:
+            versions.append({"version": v, "complete": False})
+            continue
+        doc = json.loads(raw)
+        verified: bool | None = None
+        if verify_sig:
+            try:
+                verify(doc, public_keys)
+                verified = True
+            except SignatureError:
+                verified = False
+        versions.append(
+            {
+                "version": v,
+                "complete": True,
+                "verified": verified,
+                "current": current is not None and int(current["version"]) == v,
+                "published_at": doc.get("published_at"),
+                "kind": doc.get("kind"),
+                "metrics": doc.get("metrics"),
+                "gate": doc.get("gate"),
+                "forced": doc.get("forced"),
+                "reason": doc.get("reason"),
+                "parent_version": doc.get("parent_version"),
+                "lineage": doc.get("lineage"),
+            }
+        )
+    return {
+        "line": line,
+        "current": current,
+        "versions": versions,
+        "events": _events(fs, line_path, public_keys, verify_sig),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Read side for the edge
+
+
+@dataclass(frozen=True)
+class Release:
+    """A verified release downloaded to `path`."""
+
+    line: str
+    version: int
+    sequence: int
+    action: str
+    model_file: str
+    path: Path
+    pointer: dict[str, Any]
+    manifest: dict[str, Any]
+
+
+def check_monotonic(new: Mapping[str, Any], installed: Mapping[str, Any] | None) -> bool:
+    """True when `new` should replace `installed`; False when it is the same release; ReleaseError when older.
+
+    Sequence must grow; the version may only go down through a signed rollback record.
+    """
+    if installed is None:
+        return True
+    new_seq, old_seq = int(new["sequence"]), int(installed["sequence"])
+    new_v, old_v = int(new["version"]), int(installed["version"])
+    if new_seq == old_seq and new_v == old_v:
+        return False
+    if new_seq <= old_seq:
+        raise ReleaseError(f"pointer sequence {new_seq} is not newer than the running {old_seq} (replayed or stale)")
+    if new_v < old_v and new.get("action") != "rollback":
+        raise ReleaseError(f"version {new_v} is older than the running {old_v} and not a signed rollback")
+    return True
+
+
+def fetch_release(
+    line_url: str,
+    dest_root: Path,
+    public_keys: Sequence[Any],
+    *,
+    installed: Mapping[str, Any] | None,
+    storage_options: Mapping[str, Any] | None = None,
+    require_signature: bool = True,
+) -> Release | None:
+    """Download and verify the line's production release into `dest_root/<version>-<sequence>/`.
+
+    Returns None when `installed` (the pointer the caller runs) is already current; raises ReleaseError when the
+    release is not acceptable (signature, hash, size, older version); nothing partial is left behind.
+    """
+    fs, line_path = _fs(line_url, storage_options)
+    raw = _cat(fs, _join(line_path, CURRENT))
+    if raw is None:
+        raise ReleaseError(f"{line_url}: nothing published yet")
+    pointer = _parse_pointer(raw, public_keys, require_signature)
+    if not check_monotonic(pointer, installed):
+        return None
+    version, sequence = int(pointer["version"]), int(pointer["sequence"])
+    mraw = _cat(fs, _join(line_path, _version_dir(version), MANIFEST))
+    if mraw is None:
+        raise ReleaseError(f"version {version} has no manifest")
+    if hashlib.sha256(mraw).hexdigest() != pointer.get("manifest_sha256"):
+        raise ReleaseError(f"manifest of version {version} does not match the pointer's sha256 (tampered)")
+    try:
+        doc = json.loads(mraw)
+        manifest = verify(doc, public_keys) if require_signature else {k: v for k, v in doc.items() if k != "signature"}
+    except (SignatureError, ValueError) as exc:
+        raise ReleaseError(f"manifest of version {version}: {exc}") from exc
+    if int(manifest.get("version", -1)) != version or manifest.get("line") != pointer.get("line"):
+        raise ReleaseError("manifest and pointer disagree on line/version")
+
+    dest_root = Path(dest_root)
+    dest_root.mkdir(parents=True, exist_ok=True)
+    final = dest_root / f"{version:06d}-{sequence:08d}"
+    tmp = dest_root / f".incoming-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        for name, entry in sorted(manifest["files"].items()):
+            if "/" in name or "\\" in name or name.startswith("."):
+                raise ReleaseError(f"manifest file name {name!r} is not a plain file name")
+            local = tmp / name
+            fs.get_file(_join(line_path, _version_dir(version), name), str(local))
+            if local.stat().st_size != int(entry["bytes"]) or _sha256_file(local) != entry["sha256"]:
+                raise ReleaseError(f"{name} of version {version} does not match its sha256 in the manifest (tampered)")
+        (tmp / MANIFEST).write_bytes(mraw)
+        (tmp / "pointer.json").write_bytes(raw)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except FileNotFoundError as exc:
+        raise ReleaseError(f"version {version}: file missing on the remote: {exc}") from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return Release(
+        line=str(pointer["line"]),
+        version=version,
+        sequence=sequence,
+        action=str(pointer["action"]),
+        model_file=str(manifest.get("model_file", "model.onnx")),
+        path=final,
+        pointer=pointer,
+        manifest=manifest,
+    )

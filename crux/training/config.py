@@ -1,0 +1,323 @@
+"""Frozen, validated configuration of the training pipeline: params.yaml sections data, augment, train, evaluate.
+
+No torch, lightning or albumentations here: the CLI validates params before any heavy import, so a typo
+fails in milliseconds with the dotted key, not after a minute of imports or an hour of training.
+Transform names of `augment` are checked against albumentations lazily in `validate_augment`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crux.config import ConfigError, from_mapping
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How a dataset version becomes model input (shared by training, evaluation and the edge)."""
+
+    # null: the dataset's own kind (data/<project>/classes.json), so one params file serves every line.
+    kind: str | None = None
+    image_size: int = 200
+    channels: int = 1
+    # One scalar for every channel: x = (pixel / 255 - mean) / std. Recorded in the model card.
+    mean: float = 0.5
+    std: float = 0.25
+    # null: keep the split written in the manifest (frozen test split). [train, val, test]: re-split by sha256.
+    split_ratios: tuple[float, ...] | None = None
+    # Conflicted items (annotators disagree) carry uncertain labels; training on them teaches noise.
+    drop_conflicted: bool = True
+    # Verify each image's sha256 against the manifest during prepare (catches a corrupt pull).
+    verify_hashes: bool = True
+
+    def __post_init__(self) -> None:
+        from crux.kinds import KINDS
+
+        if self.kind is not None and self.kind not in KINDS:
+            raise ConfigError(f"data.kind: {self.kind!r} is not a task kind; known: {', '.join(sorted(KINDS))}")
+        # Any size works (each stride-2 conv maps n to ceil(n / 2), and crux.postprocess uses the same rule);
+        # multiples of 32 waste no border pixels.
+        if not 32 <= self.image_size <= 4096:
+            raise ConfigError(f"data.image_size: {self.image_size} must be in 32..4096")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"data.channels: {self.channels} must be 1 (grayscale) or 3 (RGB)")
+        if not self.std > 0.0:
+            raise ConfigError(f"data.std: {self.std} must be > 0")
+        if self.split_ratios is not None:
+            r = self.split_ratios
+            if len(r) != 3 or any(x < 0 for x in r) or not math.isclose(sum(r), 1.0, abs_tol=1e-6) or r[0] <= 0:
+                raise ConfigError(
+                    f"data.split_ratios: {list(r)} must be 3 non-negative numbers summing to 1, train > 0"
+                )
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """One albumentations transform: class name and keyword arguments."""
+
+    name: str
+    args: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Train-time augmentation, applied after the resize to `data.image_size` (so it runs on small images)."""
+
+    transforms: tuple[TransformSpec, ...] = ()
+    # Detection: drop a box when less than this fraction of it is left after a crop (albumentations min_visibility).
+    min_visibility: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_visibility <= 1.0:
+            raise ConfigError(f"augment.min_visibility: {self.min_visibility} must be in 0..1")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Architecture knobs shared by the classifier and the detector backbone."""
+
+    # Channels of the first stage; stage i has width * 2**i.
+    width: int = 32
+    # Residual blocks per stage; the number of stages is len(depth). The detector needs >= 3 stages.
+    depth: tuple[int, ...] = (1, 1, 2, 1)
+    # Detector only: channels of the feature pyramid and the head.
+    neck_width: int = 64
+    # Detector only: output strides of the pyramid levels (each a stride of the backbone).
+    strides: tuple[int, ...] = (8, 16, 32)
+    dropout: float = 0.0
+    # Optional local state_dict (.pt) to start from (no weights are downloaded). Missing/unexpected keys are reported.
+    init_weights: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not 4 <= self.width <= 512:
+            raise ConfigError(f"train.model.width: {self.width} must be in 4..512")
+        if not 1 <= len(self.depth) <= 6 or any(d < 1 or d > 8 for d in self.depth):
+            raise ConfigError(f"train.model.depth: {list(self.depth)} must be 1..6 stages of 1..8 blocks")
+        if self.neck_width < 8:
+            raise ConfigError(f"train.model.neck_width: {self.neck_width} must be >= 8")
+        if (
+            not self.strides
+            or any(s not in (4, 8, 16, 32, 64) for s in self.strides)
+            or list(self.strides) != sorted(set(self.strides))
+        ):
+            raise ConfigError(f"train.model.strides: {list(self.strides)} must be increasing values from 4,8,16,32,64")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"train.model.dropout: {self.dropout} must be in [0, 1)")
+
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant", "onecycle")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelParams = field(default_factory=ModelParams)
+    epochs: int = 30
+    # Stop after this many optimiser steps (-1: no limit); the quick profile uses it to train "a few steps".
+    max_steps: int = -1
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    # Classification only: softens one-hot targets; helps from-scratch models on small datasets.
+    label_smoothing: float = 0.0
+    seed: int = 42
+    accelerator: str = "auto"
+    precision: str = "auto"
+    devices: int | str = "auto"
+    num_workers: int = 2
+    # Validate every N epochs (validation runs the full post-processing and metrics).
+    val_every: int = 1
+    # Continue from <out>/checkpoints/last.ckpt when it exists.
+    resume: bool = False
+    # Rich progress bar on a terminal; off in CI logs.
+    progress_bar: bool = True
+    # Clamp gradients: from-scratch detectors spike early.
+    grad_clip: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"train.epochs: {self.epochs} must be >= 1")
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise ConfigError(f"train.max_steps: {self.max_steps} must be -1 (no limit) or >= 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"train.batch_size: {self.batch_size} must be >= 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"train.optimizer: {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule: {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if not 0.0 < self.lr <= 10.0:
+            raise ConfigError(f"train.lr: {self.lr} must be in (0, 10]")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay: {self.weight_decay} must be >= 0")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"train.warmup_epochs: {self.warmup_epochs} must be >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing: {self.label_smoothing} must be in [0, 1)")
+        if self.accelerator not in ACCELERATORS:
+            raise ConfigError(f"train.accelerator: {self.accelerator!r} is not one of {', '.join(ACCELERATORS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if (isinstance(self.devices, str) and self.devices != "auto") or (
+            isinstance(self.devices, int) and self.devices < 1
+        ):
+            raise ConfigError(f"train.devices: {self.devices!r} must be 'auto' or a count >= 1")
+        if self.num_workers < 0:
+            raise ConfigError(f"train.num_workers: {self.num_workers} must be >= 0")
+        if self.val_every < 1:
+            raise ConfigError(f"train.val_every: {self.val_every} must be >= 1")
+        if self.grad_clip < 0:
+            raise ConfigError(f"train.grad_clip: {self.grad_clip} must be >= 0 (0 disables)")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    # Detection: boxes below this score are dropped before NMS (keep low for mAP, raise for the edge).
+    score_threshold: float = 0.05
+    # Detection: class-aware NMS IoU.
+    nms_iou: float = 0.6
+    # Detection: boxes kept per image after NMS (COCO counts at most 100).
+    max_detections: int = 100
+    # Classification with an OK class: flag NG when 1 - p(OK) >= this.
+    ng_threshold: float = 0.5
+    # Classification with an OK class: report NG recall at the best threshold whose false-reject rate <= this.
+    max_false_reject: float = 0.02
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("score_threshold", "nms_iou", "ng_threshold", "max_false_reject"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"evaluate.{name}: {value} must be in 0..1")
+        if self.max_detections < 1:
+            raise ConfigError(f"evaluate.max_detections: {self.max_detections} must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"evaluate.batch_size: {self.batch_size} must be >= 1")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The four params.yaml sections the pipeline reads, validated together (cross-section rules)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.kind == "detect":
+            if len(self.train.model.depth) < 3:
+                raise ConfigError("train.model.depth: the detector needs at least 3 backbone stages")
+            deepest = 2 ** (len(self.train.model.depth) + 1)  # stem stride 2, then one stride 2 per stage
+            for s in self.train.model.strides:
+                if s > deepest or s < 4:
+                    raise ConfigError(
+                        f"train.model.strides: stride {s} not produced by a {len(self.train.model.depth)}-stage "
+                        f"backbone (strides 4..{deepest})"
+                    )
+            if max(self.train.model.strides) > self.data.image_size:
+                raise ConfigError("train.model.strides: largest stride exceeds data.image_size")
+
+
+def load_pipeline_config(
+    params: Mapping[str, Any], sections: tuple[str, ...] = ("data", "augment", "train", "evaluate")
+) -> PipelineConfig:
+    """Build the pipeline config from a params mapping (e.g. parsed params.yaml), checking transforms too.
+
+    Only the sections listed are read; the others keep defaults, so `crux prepare` does not depend on `train`.
+    """
+    values = {name: params.get(name) for name in sections if params.get(name) is not None}
+    cfg = from_mapping(PipelineConfig, values, "params")
+    # Transforms are checked here against the generic rules, and again by `train` against the dataset's kind
+    # (bbox-safety for detection), in both cases before any training starts.
+    validate_augment(cfg.augment, cfg.data if cfg.data.kind else dataclasses.replace(cfg.data, kind="classify"))
+    return cfg
+
+
+# A quick profile: tiny images, a tiny model and a few steps. CI and the demo select it with
+# `dvc exp run -S train.epochs=1 ...` or by merging QUICK_PROFILE over params.yaml (`quick_profile`).
+QUICK_PROFILE: Mapping[str, Mapping[str, Any]] = types.MappingProxyType(
+    {
+        "data": {"image_size": 64},
+        "train": {
+            "model": {"width": 8, "depth": [1, 1, 1], "neck_width": 16, "strides": [8, 16]},
+            "epochs": 1,
+            "max_steps": 4,
+            "batch_size": 8,
+            "num_workers": 0,
+            "warmup_epochs": 0.0,
+            "progress_bar": False,
+        },
+        "evaluate": {"batch_size": 16},
+    }
+)
+
+
+def merge_params(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge `override` into `base` (mappings merge, everything else replaces)."""
+    out: dict[str, Any] = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_params(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def quick_profile(params: Mapping[str, Any]) -> dict[str, Any]:
+    return merge_params(params, QUICK_PROFILE)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def default_params(kind: str | None = None) -> dict[str, Any]:
+    """Every key of the four sections with its default, as plain YAML-able values (DVC needs each key that a
+    stage lists under `params:` to exist in params.yaml)."""
+    return _plain(PipelineConfig(data=DataConfig(kind=kind)))
+
+
+def quick_overrides() -> list[str]:
+    """QUICK_PROFILE as `dvc exp run` arguments: ["-S", "data.image_size=64", "-S", ...] (YAML flow values)."""
+    import yaml
+
+    def walk(prefix: str, value: Any) -> list[str]:
+        if isinstance(value, Mapping):
+            return [item for k, v in value.items() for item in walk(f"{prefix}{k}.", v)]
+        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        return ["-S", f"{prefix[:-1]}={text.replace(', ', ',')}"]  # no spaces: safe in $(...)
+
+    return walk("", QUICK_PROFILE)
+
+
+def validate_augment(cfg: AugmentConfig, data: DataConfig) -> None:
+    """Check each transform exists in albumentations and accepts its arguments; detection needs bbox-safe ones.
+
+    Imports albumentations (~4 s) only when there is a transform to check.
+    """
+    if not cfg.transforms:
+        return
+    from crux.training.augment import build_augment
+
+    build_augment(cfg, data.kind, data.image_size, data.channels)

@@ -1,0 +1,21 @@
+"""The improvement cycle of one inspection line: snapshot → only when a new dataset version appears:
+train + evaluate + export (`dvc repro`) → push → gate → publish."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.tasks import publish_task, push_task, reproduce_task, snapshot_task
+
+
+@flow(name="cycle")
+def cycle(project: str, params_path: str = "params.yaml", quick: bool = False, remote: str | None = None) -> dict:
+    version = snapshot_task(project, params_path)
+    if version is None:
+        return {"project": project, "dataset": None, "published": None}
+    reproduce_task(project, params_path, quick)
+    push_task(params_path)
+    published: Any = publish_task(project, params_path, remote)
+    return {"project": project, "dataset": version, "published": published}

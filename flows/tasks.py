@@ -1,0 +1,92 @@
+"""Prefect tasks: one side effect each, with retries where repeating is safe. They resolve config through
+`crux.cli` (the only reader of params.yaml and the environment) and call `crux.loop`; no ML logic here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+
+def _context(params_path: str) -> Any:
+    from crux.cli import load_context
+
+    return load_context(Path(params_path))
+
+
+@task(retries=2, retry_delay_seconds=15)
+def snapshot_task(project: str, params_path: str) -> dict[str, Any] | None:
+    """Label Studio → a new dataset version (git commit of data.dvc), or None when nothing changed."""
+    from crux.cli import dataset_config, labelstudio_access, labelstudio_config, s3_fetch_options
+    from crux.dataset.diff import diff_to_markdown
+    from crux.loop import snapshot_project
+
+    ctx = _context(params_path)
+    outcome = snapshot_project(
+        labelstudio_access(ctx),
+        project,
+        labelstudio_config(ctx).project(project),
+        dataset_config(ctx),
+        ctx.root,
+        commit=True,
+        storage_options=s3_fetch_options(),
+    )
+    if outcome.version is None:
+        create_markdown_artifact(
+            key=f"{project}-dataset", markdown=f"# {project}: no change in Label Studio\n", description="Dataset diff"
+        )
+        return None
+    version = outcome.version
+    markdown = diff_to_markdown(version.diff, "previous version", version.commit[:10])
+    create_markdown_artifact(
+        key=f"{project}-dataset",
+        markdown=f"# {project} dataset {version.commit[:10]}\n\n{markdown}",
+        description="Dataset diff",
+    )
+    return {"commit": version.commit, "message": version.message, "items": outcome.summary.items}
+
+
+@task  # no retries: training is deterministic, a retry repeats the same failure at full cost
+def reproduce_task(line: str, params_path: str, quick: bool) -> str:
+    from crux.loop import metrics_report, reproduce
+    from crux.training.config import quick_overrides
+
+    ctx = _context(params_path)
+    output = reproduce(ctx.root, line, quick_overrides=quick_overrides() if quick else None)
+    report = metrics_report(ctx.root, line)
+    if report:
+        create_markdown_artifact(key=f"{line}-evaluation", markdown=report, description="Test-split metrics")
+    return output
+
+
+@task(retries=2, retry_delay_seconds=15)
+def push_task(params_path: str) -> None:
+    """Dataset and pipeline outputs to the DVC remote, so a clean clone can `dvc pull` this state."""
+    from crux.loop import push
+
+    push(_context(params_path).root)
+
+
+@task(retries=2, retry_delay_seconds=15)
+def publish_task(line: str, params_path: str, remote: str | None) -> dict[str, Any] | None:
+    """Gate against production; publish when it passes. A refusal is a decision, not a failure: None."""
+    from crux.cli import gate_config, model_remote, signing_key
+    from crux.loop import publish_candidate
+    from crux.publish import GateRefused
+
+    ctx = _context(params_path)
+    try:
+        result = publish_candidate(ctx.root, line, model_remote(ctx, remote), signing_key(ctx, None), gate_config(ctx))
+    except GateRefused as refused:
+        create_markdown_artifact(
+            key=f"{line}-gate", markdown=f"# {line}: not published\n\n{refused}\n", description="Gate decision"
+        )
+        return None
+    create_markdown_artifact(
+        key=f"{line}-gate",
+        markdown=f"# {line}: published v{result.version}\n\n{result.gate.report()}\n",
+        description="Gate decision and published version",
+    )
+    return {"version": result.version, "gate": result.gate.to_dict()}

@@ -1,0 +1,119 @@
+"""params sections data/augment/train/evaluate: every bad value fails before training with the dotted key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from crux.config import ConfigError
+from crux.training.config import QUICK_PROFILE, PipelineConfig, load_pipeline_config, merge_params, quick_profile
+
+
+def _load(params: dict[str, Any]) -> PipelineConfig:
+    return load_pipeline_config(params)
+
+
+def test_defaults_and_quick_profile_validate() -> None:
+    cfg = _load({})
+    assert cfg.data.kind is None  # the dataset's own kind
+    assert cfg.train.precision == "auto" and cfg.train.accelerator == "auto"
+    quick = _load(quick_profile({"data": {"kind": "detect"}}))
+    assert quick.data.image_size == 64 and quick.train.max_steps == 4 and quick.train.model.strides == (8, 16)
+    assert merge_params({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}}) == {"a": {"b": 3, "c": 2}}
+    assert "train" in QUICK_PROFILE
+
+
+def test_valid_augment_pipeline_for_detection() -> None:
+    cfg = _load(
+        {
+            "data": {"kind": "detect", "image_size": 64},
+            "augment": {
+                "transforms": [
+                    {"name": "HorizontalFlip", "args": {"p": 0.5}},
+                    {"name": "RandomBrightnessContrast", "args": {"brightness_limit": [-0.2, 0.2]}},
+                    {"name": "RandomSizedBBoxSafeCrop", "args": {"height": 64, "width": 64, "p": 0.3}},
+                ]
+            },
+        }
+    )
+    assert cfg.augment.transforms[0].name == "HorizontalFlip"
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"data": {"imgsize": 64}}, r"params\.data: unknown key\(s\) imgsize"),
+        ({"train": {"model": {"widht": 8}}}, r"params\.train\.model: unknown key\(s\) widht"),
+        ({"evaluate": {"iou": 0.5}}, r"unknown key\(s\) iou"),
+        ({"data": {"kind": "segment"}}, r"data\.kind: 'segment' is not a task kind"),
+        ({"data": {"image_size": 16}}, r"data\.image_size: 16 must be in 32\.\.4096"),
+        ({"data": {"channels": 2}}, r"data\.channels"),
+        ({"data": {"split_ratios": [0.5, 0.2]}}, r"data\.split_ratios"),
+        ({"data": {"split_ratios": [0.8, 0.2, 0.2]}}, r"data\.split_ratios"),
+        ({"train": {"epochs": 0}}, r"train\.epochs"),
+        ({"train": {"batch_size": "32"}}, r"train\.batch_size: expected an integer"),
+        ({"train": {"optimizer": "adam"}}, r"train\.optimizer: 'adam' is not one of"),
+        ({"train": {"precision": "fp16"}}, r"train\.precision"),
+        ({"train": {"accelerator": "tpu"}}, r"train\.accelerator"),
+        ({"train": {"devices": "two"}}, r"train\.devices"),
+        ({"train": {"lr": -1}}, r"train\.lr"),
+        ({"train": {"model": {"depth": []}}}, r"train\.model\.depth"),
+        ({"train": {"model": {"strides": [16, 8]}}}, r"train\.model\.strides"),
+        ({"evaluate": {"nms_iou": 1.5}}, r"evaluate\.nms_iou"),
+        ({"augment": {"min_visibility": 2}}, r"augment\.min_visibility"),
+        (
+            {"data": {"kind": "detect"}, "train": {"model": {"depth": [1, 1], "strides": [8]}}},
+            r"detector needs at least 3 backbone stages",
+        ),
+        (
+            {"data": {"kind": "detect"}, "train": {"model": {"depth": [1, 1, 1], "strides": [8, 32]}}},
+            r"stride 32 not produced by a 3-stage backbone",
+        ),
+    ],
+)
+def test_bad_params_are_rejected(params: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _load(params)
+
+
+@pytest.mark.parametrize(
+    ("transform", "kind", "message"),
+    [
+        ({"name": "FancyWarp"}, "classify", r"transforms\[0\]\.name: 'FancyWarp' is not an albumentations transform"),
+        ({"name": "HorizontalFlip", "args": {"p": 2}}, "classify", r"transforms\[0\]\.args: HorizontalFlip"),
+        ({"name": "HorizontalFlip", "args": {"prob": 0.5}}, "classify", r"unknown argument\(s\) prob"),
+        ({"name": "Normalize"}, "classify", r"applied by crux from params `data`"),
+        ({"name": "OverlayElements"}, "detect", r"does not move boxes"),
+        ({"name": "RandomCrop3D", "args": {"size": [2, 2, 2]}}, "classify", r"does not transform 2-D images"),
+        ({"name": "RandomCrop", "args": {"height": 32, "width": 32}}, "classify", r"expected data\.image_size 64"),
+        ({"args": {"p": 0.5}}, "classify", r"transforms\[0\]\.name: required key is missing"),
+    ],
+)
+def test_bad_transforms_are_rejected(transform: dict[str, Any], kind: str, message: str) -> None:
+    params = {"data": {"kind": kind, "image_size": 64}, "augment": {"transforms": [transform]}}
+    with pytest.raises(ConfigError, match=message):
+        _load(params)
+
+
+def test_default_params_round_trip_and_quick_overrides() -> None:
+    from crux.training.config import default_params, quick_overrides
+
+    params = default_params("detect")
+    cfg = _load(params)
+    assert cfg == PipelineConfig(data=cfg.data) and cfg.data.kind == "detect"
+    assert params["train"]["model"]["depth"] == [1, 1, 2, 1] and params["train"]["model"]["init_weights"] is None
+    args = quick_overrides()
+    assert args[:2] == ["-S", "data.image_size=64"] and "train.model.depth=[1,1,1]" in args
+    assert all(" " not in a for a in args)
+
+
+def test_precision_auto_is_fp32_on_cpu() -> None:
+    import torch
+
+    from crux.training.pipeline import resolve_precision
+
+    expected = "32-true" if not torch.cuda.is_available() else resolve_precision("auto", "auto")
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("auto", "auto") == expected
+    assert resolve_precision("16-mixed", "auto") == "16-mixed"
