@@ -40,6 +40,8 @@ edge_app = typer.Typer(help="The edge inspection runtime.", no_args_is_help=True
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.add_typer(edge_app, name="edge")
+webhooks_app = typer.Typer(help="The Label Studio webhook receiver that starts cycles.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
 ingest_app = typer.Typer(help="The HTTP ingest service edge stations upload captures to.", no_args_is_help=True)
 stations_app = typer.Typer(help="Edge stations and their upload tokens.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
@@ -100,6 +102,7 @@ def _server_settings(ctx: Context, host: str | None = None, port: int | None = N
         host=host or cfg.host,
         port=port or int(os.environ.get("CRUX_LS_PORT") or cfg.port),
         files_root=ctx.path(cfg.files_root),
+        extra_env=None if cfg.block_private_urls else {"SSRF_PROTECTION_ENABLED": "false"},
     )
 
 
@@ -198,6 +201,7 @@ def labelstudio_url(params: ParamsOption = Path("params.yaml")) -> None:
 def project_sync(
     names: Annotated[list[str] | None, typer.Argument(help="Projects to sync; default all declared.")] = None,
     force: Annotated[bool, typer.Option(help="Allow removing classes that annotations still use.")] = False,
+    webhook: Annotated[bool, typer.Option(help="Register the webhook that reports new labels.")] = True,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Create or update the Label Studio projects declared in params.yaml (idempotent)."""
@@ -210,6 +214,31 @@ def project_sync(
         result = sync_project(client, name, cfg.project(name), force=force)
         detail = f" ({', '.join(result.changed_fields)})" if result.action == "updated" else ""
         out.print(f"{name}: {result.action}{detail} — project id {result.project_id}")
+        if webhook:
+            _register_webhook(ctx, client, name, result.project_id)
+
+
+def _webhooks_config(ctx: Context) -> Any:
+    from crux.webhooks import WebhooksConfig
+
+    return from_mapping(WebhooksConfig, ctx.section("webhooks"), "webhooks")
+
+
+def _webhook_secret(ctx: Context) -> str:
+    from crux.webhooks import load_or_create_secret
+
+    return os.environ.get("CRUX_WEBHOOK_SECRET") or load_or_create_secret(ctx.path(_webhooks_config(ctx).secret_file))
+
+
+def _register_webhook(ctx: Context, client: Any, name: str, project_id: int) -> None:
+    """Label Studio tells our receiver about new labels; a failure here is a warning, not a failed sync."""
+    from crux.labelstudio.webhooks import WebhookRegistrationError, ensure_webhook
+
+    url = _webhooks_config(ctx).url
+    try:
+        ensure_webhook(client, project_id, url, _webhook_secret(ctx))
+    except WebhookRegistrationError as exc:
+        console.print(f"[yellow]warning:[/] {name}: webhook to {url} not registered: {exc}")
 
 
 @annotators_app.command("add")
@@ -278,7 +307,7 @@ def import_command(
     matched = importer.match_predictions(scan, importer.read_predictions(predictions, spec)) if predictions else {}
     client = _client(ctx)
     project_id = require_project(client, project).id
-    s3_options = _s3_storage_options() if source.startswith("s3://") else {}
+    s3_options = s3_storage_options() if source.startswith("s3://") else {}
     with progress_bar(f"Importing into {project}", len(scan.items)) as advance:
         report = importer.import_items(
             client, project_id, spec, scan, ctx.path(cfg.files_root), matched, s3_options=s3_options, progress=advance
@@ -291,7 +320,7 @@ def import_command(
     )
 
 
-def _s3_storage_options() -> dict[str, Any]:
+def s3_storage_options() -> dict[str, Any]:
     """Credentials Label Studio needs to serve an S3 source, from the usual AWS variables."""
     options = {
         "aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
@@ -796,7 +825,7 @@ def edge_run(
 # Ingest
 
 
-def _ingest_settings(ctx: Context) -> Any:
+def ingest_settings(ctx: Context) -> Any:
     """`ingest:` from params, with relative SQLite and storage paths anchored at the project folder."""
     import dataclasses
 
@@ -817,9 +846,38 @@ def _ingest_settings(ctx: Context) -> Any:
 def _ingest_engine(ctx: Context) -> Any:
     from crux.ingest import create_db_engine, migrate
 
-    engine = create_db_engine(_ingest_settings(ctx).database_url)
+    engine = create_db_engine(ingest_settings(ctx).database_url)
     migrate(engine)
     return engine
+
+
+@app.command("collect")
+def collect_command(
+    project: Annotated[str, typer.Argument(help="Project (inspection line) from params.yaml.")],
+    batch_size: Annotated[int, typer.Option(help="Tasks per import request.")] = 500,
+    max_tasks: Annotated[int | None, typer.Option(help="Import at most this many (most important first).")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Edge captures not yet in Label Studio → tasks of their line's project, NG and most uncertain first."""
+    from crux.collect import collect
+    from crux.ingest.storage import ImageStore
+
+    ctx = load_context(params)
+    spec = labelstudio_config(ctx).project(project)
+    settings = ingest_settings(ctx)
+    s3 = s3_storage_options() if settings.storage_url.startswith("s3://") else {}
+    report = collect(
+        _ingest_engine(ctx),
+        _client(ctx),
+        project,
+        spec,
+        ImageStore(settings.storage_url, settings.storage_options),
+        labelstudio_access(ctx).files_root,
+        batch_size,
+        s3_options=s3,
+        max_tasks=max_tasks,
+    )
+    out.print(report.summary())
 
 
 @ingest_app.command("serve")
@@ -831,7 +889,7 @@ def ingest_serve(
     """Serve POST /v1/captures for edge stations (FastAPI + uvicorn)."""
     from crux.ingest import serve
 
-    serve(_ingest_settings(load_context(params)), host=host, port=port)
+    serve(ingest_settings(load_context(params)), host=host, port=port)
 
 
 @stations_app.command("add")
@@ -885,6 +943,74 @@ def cycle_command(
 
     result = cycle(project, params_path=str(params), quick=quick)
     out.print_json(data=result)
+
+
+@app.command("deploy")
+def deploy_command(
+    projects: Annotated[list[str] | None, typer.Argument(help="Projects; default all declared.")] = None,
+    serve: Annotated[bool, typer.Option(help="Run the schedules in this process (no worker).")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Register the cycle-PROJECT deployments (cron from params `deploy:`) with the Prefect API."""
+    import dataclasses
+
+    ctx = load_context(params)
+    _prefect_defaults(ctx)
+    from flows import deploy
+
+    cfg = from_mapping(deploy.DeployConfig, ctx.section("deploy"), "deploy")
+    declared = list(labelstudio_config(ctx).projects)
+    names = projects or declared
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print("[yellow]PREFECT_API_URL is not set: registering with the local ephemeral API.[/]")
+    if serve:
+        local = dataclasses.replace(cfg, work_pool=None, work_queue=None)
+        deploy.serve(deploy.deployments_from_config(names, local, working_dir=ctx.root))
+        return
+    ids = deploy.register(deploy.deployments_from_config(names, cfg, working_dir=ctx.root), cfg.work_pool)
+    for name, deployment_id in zip(names, ids, strict=True):
+        out.print(f"cycle/cycle-{name}: {deployment_id} — {cfg.schedule_cron} {cfg.timezone}, pool {cfg.work_pool}")
+    for name in [] if projects else deploy.prune(declared):
+        out.print(f"{name}: removed (no longer declared)")
+
+
+@app.command("trigger")
+def trigger_command(
+    project: Annotated[str, typer.Argument(help="Project (inspection line).")],
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Start the cycle deployment of PROJECT now (refused while one is queued or running)."""
+    ctx = load_context(params)
+    labelstudio_config(ctx).project(project)
+    _prefect_defaults(ctx)
+    from flows.deploy import trigger_cycle
+
+    run_id = trigger_cycle(project)
+    out.print(f"Started flow run {run_id}." if run_id else f"A cycle of {project} is already queued or running.")
+
+
+@webhooks_app.command("serve")
+def webhooks_serve(params: ParamsOption = Path("params.yaml")) -> None:
+    """Receive Label Studio webhooks; start cycle-PROJECT after trigger.min_new_labels label changes."""
+    from crux.labelstudio.webhooks import project_names
+    from crux.webhooks import ReceiverSettings, TriggerConfig, serve
+
+    ctx = load_context(params)
+    _prefect_defaults(ctx)
+    from flows.deploy import trigger_cycle
+
+    webhooks = _webhooks_config(ctx)
+    trigger = from_mapping(TriggerConfig, ctx.section("trigger"), "trigger")
+    declared = set(labelstudio_config(ctx).projects)
+    client = _client(ctx)
+    settings = ReceiverSettings.from_config(webhooks, trigger, _webhook_secret(ctx))
+    serve(
+        settings,
+        lambda project: trigger_cycle(project, reason="labels"),
+        lambda: {i: n for i, n in project_names(client).items() if n in declared},
+        host=webhooks.host,
+        port=webhooks.port,
+    )
 
 
 @app.command("demo")

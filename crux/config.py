@@ -147,6 +147,10 @@ class LabelStudioConfig:
     files_root: Path = Path("..")
     # Where the server keeps its SQLite database, media, logs, pid file and generated secrets.
     state_dir: Path = Path(".crux/labelstudio")
+    # Label Studio refuses storage endpoints and webhook URLs on private addresses (its SSRF guard); the
+    # webhook receiver, MinIO or a test S3 on this machine need it off. Keep it on when users you do not
+    # trust can create storages in a Label Studio that sees an internal network.
+    block_private_urls: bool = False
     projects: Mapping[str, ProjectSpec] = field(default_factory=lambda: types.MappingProxyType({}))
 
     def __post_init__(self) -> None:

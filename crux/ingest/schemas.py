@@ -66,6 +66,9 @@ class CaptureMetadata(BaseModel):
     scores: dict[ClassName, Score] = Field(default_factory=dict, description="class -> probability/confidence")
     boxes: list[Box] = Field(default_factory=list, max_length=MAX_BOXES)
     original_name: Name | None = Field(default=None, description="file name on the edge (no path)")
+    reason: Literal["ng", "uncertain", "sample"] | None = Field(
+        default=None, description="why the edge kept the frame: an NG verdict, an uncertain prediction, or sampling"
+    )
 
     @field_validator("scores")
     @classmethod

@@ -412,3 +412,27 @@ def test_s3_import_serves_images_through_a_label_studio_s3_storage(ls_server: tu
     image = httpx.get(task["data"]["image"], headers=headers, follow_redirects=True)
     assert image.status_code == 200
     assert hashlib.sha256(image.content).hexdigest() == task["data"]["sha256"]
+
+
+def test_project_sync_cli_is_idempotent_and_registers_the_webhook(ls_server: tuple, ls_client, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from crux.cli import app
+
+    settings, credentials = ls_server
+    name = unique("cli")
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "labelstudio:\n  projects:\n"
+        f"    {name}:\n      title: CLI test\n      kind: classify\n      classes: {{OK: '#00ff00', NG: '#ff0000'}}\n"
+        "webhooks:\n  port: 8791\n"
+    )
+    env = {"CRUX_LS_URL": settings.url, "CRUX_LS_TOKEN": credentials.token, "CRUX_WEBHOOK_SECRET": "s" * 32}
+    runner = CliRunner()
+    first = runner.invoke(app, ["project", "sync", "--params", str(params)], env=env)
+    assert first.exit_code == 0 and f"{name}: created" in first.output, first.output
+    second = runner.invoke(app, ["project", "sync", "--params", str(params)], env=env)
+    assert second.exit_code == 0 and f"{name}: unchanged" in second.output, second.output
+    project_id = find_project(ls_client, name).id
+    hooks = [h for h in ls_client.webhooks.list(project=project_id) if h.url.endswith(":8791/webhooks/labelstudio")]
+    assert len(hooks) == 1  # registered once, not once per sync
