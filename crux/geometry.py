@@ -8,6 +8,7 @@ pixel form so that a round trip is exact up to float rounding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -81,3 +82,14 @@ def clip_box(box: PixelBox, image_w: int, image_h: int) -> PixelBox:
         x2=min(max(box.x2, 0.0), image_w),
         y2=min(max(box.y2, 0.0), image_h),
     )
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes; 0 for disjoint or degenerate boxes."""
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

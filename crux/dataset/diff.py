@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crux.dataset.manifest import SPLITS, ItemLabel, ManifestItem
+from crux.geometry import iou
 
 # Boxes of the same class overlapping at least this much are "the same box" (moved if not identical).
 MATCH_IOU = 0.3
@@ -103,21 +104,11 @@ class DatasetDiff:
         return {c: (v[0], v[1], v[2]) for c, v in out.items()}
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _match(old: list[ItemLabel], new: list[ItemLabel], same_class: bool) -> list[tuple[ItemLabel, ItemLabel]]:
     """Greedy best-IoU matching; matched labels are removed from `old` and `new`."""
     pairs = sorted(
         (
-            (-_iou(o.box, n.box), i, j)  # type: ignore[arg-type]
+            (-iou(o.box, n.box), i, j)  # type: ignore[arg-type]
             for i, o in enumerate(old)
             for j, n in enumerate(new)
             if (o.cls == n.cls) == same_class

@@ -49,6 +49,7 @@ from crux.dataset.store import (
     write_image,
 )
 from crux.errors import CruxError
+from crux.geometry import iou
 from crux.kinds import IMAGE_KEY, Label, LabelError, get_kind
 
 
@@ -202,16 +203,6 @@ def _latest_key(annotation: Mapping[str, Any]) -> tuple[str, int]:
     return (str(annotation.get("updated_at") or annotation.get("created_at") or ""), int(annotation.get("id") or 0))
 
 
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def labels_agree(a: Sequence[Label], b: Sequence[Label], iou_threshold: float = 0.5) -> bool:
     """Same classes, and (detection) every box of one matches a same-class box of the other at IoU ≥ threshold."""
     if sorted(lb.cls for lb in a) != sorted(lb.cls for lb in b):
@@ -223,10 +214,10 @@ def labels_agree(a: Sequence[Label], b: Sequence[Label], iou_threshold: float = 
         box = tuple(label.box.as_list())
         best = max(
             (c for c in unmatched if c.cls == label.cls),
-            key=lambda c: _iou(box, tuple(c.box.as_list())),  # type: ignore[union-attr]
+            key=lambda c: iou(box, tuple(c.box.as_list())),  # type: ignore[union-attr]
             default=None,
         )
-        if best is None or _iou(box, tuple(best.box.as_list())) < iou_threshold:  # type: ignore[union-attr]
+        if best is None or iou(box, tuple(best.box.as_list())) < iou_threshold:  # type: ignore[union-attr]
             return False
         unmatched.remove(best)
     return True

@@ -120,3 +120,12 @@ def test_classify_results_round_trip() -> None:
     results = kind.to_results([Label("Crack")], 10, 10, score=0.4)
     assert results[0]["score"] == 0.4
     assert kind.from_results(results, 10, 10) == [Label("Crack")]
+
+
+def test_iou_of_pixel_boxes() -> None:
+    from crux.geometry import iou
+
+    assert iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1.0
+    assert iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(50 / 150)
+    assert iou([0, 0, 1, 1], [2, 2, 3, 3]) == 0.0
+    assert iou([0, 0, 0, 0], [0, 0, 0, 0]) == 0.0  # degenerate boxes do not divide by zero
