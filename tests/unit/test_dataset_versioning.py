@@ -107,3 +107,19 @@ def test_one_dataset_per_project_under_data(repo: Path, tmp_path: Path) -> None:
     assert sorted(git(repo, "show", "--name-only", "--format=", "HEAD").split()) == [".gitignore", "data.dvc"]
     assert [i.task_id for i in V.read_manifest_at(repo, "HEAD", "data/neu")] == [1]
     assert V.read_manifest_at(repo, "HEAD", "data/tiles") == []  # a project without a dataset yet
+
+
+def test_a_version_is_committed_where_git_has_no_identity(repo: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.gitconfig
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "none"))
+    git(repo, "config", "--unset", "user.email")
+    git(repo, "config", "--unset", "user.name")
+    files = tmp_path / "files"
+    sha = write_image(files, "1.jpg", image_bytes(1))
+    task = ls_task(1, local_url("1.jpg"), sha256=sha, original_name="1.jpg", width=64, height=48,
+                   annotations=[Ann([box("crazing", 1, 1, 20, 20)])])  # fmt: skip
+    build_dataset(write_export(tmp_path / "e.json", [task]), repo / "data", "detect", CLASSES, None,
+                  make_fetcher(files_root=files), (0.8, 0.1, 0.1))  # fmt: skip
+    assert V.commit_version(repo, project="neu") is not None
+    assert git(repo, "log", "-1", "--format=%ae").strip() == "crux@localhost"
