@@ -748,8 +748,9 @@ def predict_command(
 
     from crux.edge.predict import open_model, predict_paths
 
-    ctx = load_context(params)
-    keys = public_keys(ctx) if not (Path(model_or_remote) / "card.json").is_file() else []
+    # A local model folder needs no params; a published line is verified with the trusted keys from params.
+    is_folder = (Path(model_or_remote) / "card.json").is_file()
+    keys = [] if is_folder else public_keys(load_context(params))
     model = open_model(model_or_remote, public_keys=keys)
     for record in predict_paths(model, images):
         if as_json:
