@@ -32,6 +32,34 @@ from dataloader import make_neu_dataset  # noqa: E402
 from crux.training.config import load_pipeline_config, merge_params  # noqa: E402
 
 
+def export_and_time(root: Path, src: Path, params: dict) -> dict:
+    """The trained model as the edge gets it: fp32 and INT8 ONNX, their test metrics and latencies."""
+    import statistics
+
+    from crux.config import from_mapping
+    from crux.edge.predict import OnnxModel, timed_predict
+    from crux.export import ExportConfig, export
+
+    cfg = from_mapping(ExportConfig, {**params["export"], "quantize": True}, "export")
+    postprocess = json.loads((root / "eval" / "postprocess.json").read_text())
+    card = export(
+        root / "model",
+        root / "export",
+        cfg,
+        prepared_dir=root / "prepared",
+        metrics=json.loads((root / "eval" / "metrics.json").read_text()),
+        postprocess=postprocess,
+    )
+    frames = [p.read_bytes() for p in sorted((src / "images").glob("*.jpg"))[:100]]
+    latency = {}
+    for name in ("model.onnx", "model.int8.onnx"):
+        model = OnnxModel.from_dir(root / "export", version=None, threads=1, model_file=name)
+        for frame in frames[:10]:
+            timed_predict(model, frame)  # warm-up
+        latency[name] = round(statistics.median(timed_predict(model, f)[1] for f in frames), 3)
+    return {"parity": card.get("parity"), "quantized": card.get("quantized"), "frame_ms_median": latency}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "datasets" / "neu-det")
@@ -40,6 +68,7 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=200)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--export", action="store_true", help="also export ONNX + INT8; report both on the test split")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     out = args.out or ROOT / "bench" / "results" / f"train_neu_{args.kind}.json"
@@ -68,6 +97,7 @@ def main() -> int:
         summary = train(root / "prepared", root / "model", cfg)
         train_s = time.perf_counter() - started
         metrics = evaluate(root / "model", root / "prepared", root / "eval", cfg.evaluate)
+        exported = export_and_time(root, args.src, params) if args.export else None
     headline = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
     figures = {
         "kind": args.kind,
@@ -79,6 +109,7 @@ def main() -> int:
         "train_step_s": summary.get("train_step_s"),
         "best_val": summary.get("best_val"),
         "test": headline,
+        "onnx": exported,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores",
         "machine": platform.machine(),
     }
