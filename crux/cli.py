@@ -78,11 +78,6 @@ def load_context(params_path: Path) -> Context:
     return Context(root=params_path.resolve().parent, params=params)
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
-
-
 # --------------------------------------------------------------------------------------------------
 # Label Studio
 
@@ -284,7 +279,8 @@ def import_command(
     labels: Annotated[
         str,
         typer.Option(
-            help="Existing labels: yolo (images/, labels/, classes.txt), folders (one folder per class) or none."
+            help="Existing labels: yolo (images/, labels/, classes.txt), coco (annotations.json), "
+            "folders (one folder per class) or none."
         ),
     ] = "none",
     predictions: Annotated[
