@@ -19,10 +19,10 @@ from crux.errors import CruxError
 
 T = TypeVar("T")
 
-HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
-PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}\Z")
+PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 # Label Studio label values end up in XML attributes and in file names of exports.
-CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,62}$")
+CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,62}\Z")
 
 
 class ConfigError(CruxError, ValueError):

@@ -46,7 +46,7 @@ CURRENT = "current.json"
 MANIFEST = "manifest.json"
 EVENTS = "events"
 # The ingest service's name rule (crux.ingest.names), repeated so the edge need not import the ingest package.
-LINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+LINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 DEFAULT_METRIC = {"classify": "macro_f1", "detect": "map50"}  # the kinds' monitor metrics (crux.kinds)
 
 

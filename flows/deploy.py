@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 FLOW_NAME = "cycle"
 DEFAULT_POOL = "crux"
-CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?#LW-]+$")
+CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?#LW-]+\Z")
 # A run started by the scheduler this close to now counts as running: a label-triggered run just before
 # the nightly one would only do the same work twice.
 DUE_WITHIN_S = 900.0

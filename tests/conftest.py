@@ -104,39 +104,50 @@ def neu_stems(per_class: int) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real S3 endpoint (moto_server) on loopback; the AWS variables point s3fs and boto at it."""
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 endpoint (moto_server) on loopback, one per test session; tests use buckets of their own."""
     port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
     moto = Path(os.environ.get("CRUX_MOTO_SERVER") or REPO / ".venv" / "bin" / "moto_server")
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115 - closed at teardown
     process = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    saved = {
-        k: os.environ.get(k)
-        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
-    }
-    # moto trap: pass no region_name to s3fs; the default region comes from the environment.
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL=endpoint,
-    )
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        while True:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     break
             except OSError:
+                if time.monotonic() > deadline:
+                    raise
                 time.sleep(0.1)
-        yield endpoint
+        yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         process.wait(timeout=10)
         log.close()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    # moto trap: never region_name in s3fs client_kwargs; the default region comes from the environment.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture
+def moto_s3(moto_endpoint: str, s3_credentials: None, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The moto endpoint with the AWS variables pointing s3fs and boto at it for this test."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    return moto_endpoint
+
+
+def new_bucket(prefix: str) -> str:
+    """A bucket no other test uses (the moto server lives for the whole session)."""
+    import uuid
+
+    import s3fs
+
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+    return name

@@ -19,7 +19,7 @@ from pathlib import Path
 from crux.labelstudio.server import Credentials, LabelStudioError, ServerSettings, _write_private, read_env_file
 from crux.labelstudio.server import server_environment as _server_environment
 
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+\Z")
 ANNOTATORS_FILE = "annotators.env"
 
 

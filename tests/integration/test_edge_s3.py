@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import new_bucket
 from edge_support import exported
 from PIL import Image
 
@@ -23,44 +19,9 @@ from crux.signing import generate_private_key
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    # Credentials and endpoint from the environment; never region_name in client_kwargs (STACK-NOTES).
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.1)
-    try:
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()
-        s3fs.S3FileSystem(skip_instance_cache=True).mkdir("models")
-        yield "s3://models/crux"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def s3(moto_s3: str) -> str:
+    return f"s3://{new_bucket('models')}/crux"
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +66,7 @@ def test_tampered_object_on_s3_is_rejected(s3: str, exports: dict[str, Path], tm
     rt.wait_for_model(timeout_s=10)
     publish(s3, "line-a", exports["v2"], key, GateConfig())
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    fs.pipe_file("models/crux/line-a/000002/model.onnx", b"garbage")
+    fs.pipe_file(f"{s3.removeprefix('s3://')}/line-a/000002/model.onnx", b"garbage")
     assert not rt.check_update() and rt.running.version == 1  # type: ignore[union-attr]
 
 

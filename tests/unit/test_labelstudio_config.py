@@ -68,6 +68,8 @@ def test_labelstudio_section_rejects_unknown_keys_and_bad_names() -> None:
         from_mapping(LabelStudioConfig, {"prot": 1}, "labelstudio")
     with pytest.raises(ConfigError, match=r"labelstudio\.projects\.Bad Name"):
         from_mapping(LabelStudioConfig, {"projects": {"Bad Name": DETECT}}, "labelstudio")
+    with pytest.raises(ConfigError, match="names use a-z"):  # `$` would let a trailing newline through
+        from_mapping(LabelStudioConfig, {"projects": {"neu\n": DETECT}}, "labelstudio")
     with pytest.raises(ConfigError, match="expected an integer"):
         from_mapping(LabelStudioConfig, {"port": "80"}, "labelstudio")
 
