@@ -109,7 +109,10 @@ def reproduce(root: Path, line: str, *, quick_overrides: list[str] | None = None
     the workspace; params.yaml is put back byte for byte afterwards (DVC rewrites it without comments),
     so dvc.lock records the quick values and the next full `dvc repro` knows to retrain.
     """
+    from crux.dataset.versioning import identity_env
+
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.update(identity_env(root))  # `dvc exp run` commits the experiment
     target = f"export@{line}"
     params_file = root / "params.yaml"
     original = params_file.read_bytes()

@@ -191,12 +191,31 @@ def commit_version(
     return VersionResult(commit=sha, message=message, diff=d)
 
 
+# The committer on machines where git has none configured (a fresh CI box, a demo), so that a dataset version
+# or an experiment is never lost to "Please tell me who you are"; a configured identity always wins.
+FALLBACK_IDENTITY = ("CRUX", "crux@localhost")
+
+
+def has_git_identity(repo: Path) -> bool:
+    return bool(git(repo, "config", "user.email", check=False).stdout.strip())
+
+
 def _identity(repo: Path) -> list[str]:
-    """A committer for machines where git has none configured (a fresh CI box, a demo), so that a dataset
-    version is never lost to "Please tell me who you are"; a configured identity always wins."""
-    if git(repo, "config", "user.email", check=False).stdout.strip():
-        return []
-    return ["-c", "user.name=CRUX", "-c", "user.email=crux@localhost"]
+    name, email = FALLBACK_IDENTITY
+    return [] if has_git_identity(repo) else ["-c", f"user.name={name}", "-c", f"user.email={email}"]
+
+
+def identity_env(repo: Path) -> dict[str, str]:
+    """The same fallback for tools that commit on their own (`dvc exp run`), as git's environment variables."""
+    if has_git_identity(repo):
+        return {}
+    name, email = FALLBACK_IDENTITY
+    return {
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_COMMITTER_NAME": name,
+        "GIT_COMMITTER_EMAIL": email,
+    }
 
 
 def pull(repo: Path, *, data_rel: str = "data", remote: str | None = None) -> None:

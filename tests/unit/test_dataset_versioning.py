@@ -123,3 +123,12 @@ def test_a_version_is_committed_where_git_has_no_identity(repo: Path, tmp_path: 
                   make_fetcher(files_root=files), (0.8, 0.1, 0.1))  # fmt: skip
     assert V.commit_version(repo, project="neu") is not None
     assert git(repo, "log", "-1", "--format=%ae").strip() == "crux@localhost"
+
+
+def test_identity_env_only_where_git_has_none(repo: Path, tmp_path: Path, monkeypatch) -> None:
+    assert V.identity_env(repo) == {}  # the fixture repo has an identity: it always wins
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "none"))
+    git(repo, "config", "--unset", "user.email")
+    assert V.identity_env(repo)["GIT_COMMITTER_EMAIL"] == "crux@localhost"
