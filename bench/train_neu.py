@@ -71,7 +71,8 @@ def main() -> int:
     parser.add_argument("--export", action="store_true", help="also export ONNX + INT8; report both on the test split")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    out = args.out or ROOT / "bench" / "results" / f"train_neu_{args.kind}.json"
+    # Absolute before the chdir into the work folder below.
+    out = (args.out or ROOT / "bench" / "results" / f"train_neu_{args.kind}.json").resolve()
 
     import torch
 
