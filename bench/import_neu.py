@@ -14,25 +14,19 @@ import argparse
 import json
 import os
 import platform
-import socket
 import tempfile
 import time
 from pathlib import Path
 
 from crux import importer
 from crux.config import ProjectSpec, from_mapping
+from crux.ingest.testing import free_port
 from crux.kinds import get_kind
 from crux.labelstudio import server
 from crux.labelstudio.client import connect
 from crux.labelstudio.projects import sync_project
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> None:

@@ -289,7 +289,6 @@ def import_command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Import images with their labels (and model pre-annotations) in bulk; re-running adds nothing twice."""
-    from crux import importer
     from crux.labelstudio.projects import require_project
 
     ctx = load_context(params)
@@ -298,16 +297,9 @@ def import_command(
     if "://" not in source:
         source = str(Path(source).resolve())
     started = time.perf_counter()
-    with progress_bar(f"Reading {source}", None) as advance:
-        scan = importer.scan_source(source, spec, labels, progress=advance)
-    matched = importer.match_predictions(scan, importer.read_predictions(predictions, spec)) if predictions else {}
     client = _client(ctx)
     project_id = require_project(client, project).id
-    s3_options = s3_storage_options() if source.startswith("s3://") else {}
-    with progress_bar(f"Importing into {project}", len(scan.items)) as advance:
-        report = importer.import_items(
-            client, project_id, spec, scan, ctx.path(cfg.files_root), matched, s3_options=s3_options, progress=advance
-        )
+    report = _scan_and_import(client, project, project_id, spec, source, labels, ctx.path(cfg.files_root), predictions)
     elapsed = time.perf_counter() - started
     out.print(
         f"{project}: {report.created} new task(s), {report.already_present} already present, "
@@ -316,13 +308,40 @@ def import_command(
     )
 
 
+def _scan_and_import(
+    client: Any,
+    project: str,
+    project_id: int,
+    spec: Any,
+    source: str,
+    label_format: str,
+    files_root: Path,
+    predictions: Path | None = None,
+) -> Any:
+    """Validate the whole source, then bulk-import it, with progress bars (`crux import` and the demo)."""
+    from crux import importer
+
+    with progress_bar(f"Reading {source}", None) as advance:
+        scan = importer.scan_source(source, spec, label_format, progress=advance)
+    matched = importer.match_predictions(scan, importer.read_predictions(predictions, spec)) if predictions else {}
+    s3_options = s3_storage_options() if source.startswith("s3://") else {}
+    with progress_bar(f"Importing into {project}", len(scan.items)) as advance:
+        return importer.import_items(
+            client, project_id, spec, scan, files_root, matched, s3_options=s3_options, progress=advance
+        )
+
+
+def _s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
 def s3_storage_options() -> dict[str, Any]:
     """Credentials Label Studio needs to serve an S3 source, from the usual AWS variables."""
     options = {
         "aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
         "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
         "region_name": os.environ.get("AWS_DEFAULT_REGION"),
-        "s3endpoint": os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+        "s3endpoint": _s3_endpoint(),
     }
     return {key: value for key, value in options.items() if value}
 
@@ -336,7 +355,7 @@ def dataset_config(ctx: Context) -> DatasetConfig:
 
 
 def s3_fetch_options() -> dict[str, Any]:
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = _s3_endpoint()
     return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
 
 
@@ -1021,7 +1040,6 @@ def demo(
     import json
     import shutil
 
-    from crux import importer
     from crux.labelstudio.client import connect
     from crux.labelstudio.projects import sync_project
 
@@ -1034,15 +1052,15 @@ def demo(
     console.rule("1/4 Label Studio")
     settings, credentials = start_labelstudio(ctx)
     client = connect(settings.url, credentials.token)
+    project_ids = {}
     for name, spec in cfg.projects.items():
         result = sync_project(client, name, spec)
+        project_ids[name] = result.project_id
         console.print(f"Project {name}: {result.action} (id {result.project_id})")
-    spec = cfg.project("neu-det")
-    with progress_bar("Reading NEU-DET", None) as advance:
-        scan = importer.scan_source(str(source.resolve()), spec, "yolo", progress=advance)
-    project_id = sync_project(client, "neu-det", spec).project_id
-    with progress_bar("Importing NEU-DET with its boxes", len(scan.items)) as advance:
-        report = importer.import_items(client, project_id, spec, scan, settings.files_root, progress=advance)
+    project_id = project_ids["neu-det"]
+    report = _scan_and_import(
+        client, "neu-det", project_id, cfg.project("neu-det"), str(source.resolve()), "yolo", settings.files_root
+    )
     console.print(f"NEU-DET: {report.created} new task(s) with annotations, {report.already_present} already there.")
 
     console.rule("2/4 The cycle (Prefect flow, quick profile)")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from crux.ingest.testing import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
 NEU = DATASETS / "neu-det"
@@ -32,12 +34,6 @@ def _isolate_library_globals() -> Iterator[None]:
     if "s3fs" in sys.modules:
         sys.modules["s3fs"].S3FileSystem.clear_instance_cache()
     yield
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
