@@ -10,6 +10,8 @@ from torch import nn
 
 from crux.models.common import ResNetBackbone
 
+POOLS = ("avg", "avgmax")
+
 
 @dataclass(frozen=True)
 class ClassifierConfig:
@@ -18,6 +20,13 @@ class ClassifierConfig:
     width: int = 32
     depth: tuple[int, ...] = (1, 1, 2, 1)
     dropout: float = 0.0
+    # "avg": global average pooling. "avgmax": average and max concatenated; a defect covering one cell of the last
+    # feature map is diluted ~50x by the average alone, the max keeps it.
+    pool: str = "avg"
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ValueError(f"pool {self.pool!r} is not one of {', '.join(POOLS)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -37,8 +46,12 @@ class Classifier(nn.Module):
         self.cfg = cfg
         self.backbone = ResNetBackbone(cfg.in_channels, cfg.width, cfg.depth)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.fc = nn.Linear(self.backbone.channels[-1], cfg.num_classes)
+        pooled = self.backbone.channels[-1] * (2 if cfg.pool == "avgmax" else 1)
+        self.fc = nn.Linear(pooled, cfg.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.backbone(x)[-1]
-        return self.fc(self.dropout(feat.mean(dim=(2, 3))))
+        pooled = feat.mean(dim=(2, 3))
+        if self.cfg.pool == "avgmax":
+            pooled = torch.cat([pooled, feat.amax(dim=(2, 3))], dim=1)
+        return self.fc(self.dropout(pooled))

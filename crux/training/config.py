@@ -93,6 +93,9 @@ class ModelParams:
     # Detector only: output strides of the pyramid levels (each a stride of the backbone).
     strides: tuple[int, ...] = (8, 16, 32)
     dropout: float = 0.0
+    # Classifier only: "avg" pooling, or "avgmax" (average and max concatenated) for defects much smaller than
+    # the image.
+    pool: str = "avg"
     # Optional local state_dict (.pt) to start from (no weights are downloaded). Missing/unexpected keys are reported.
     init_weights: Path | None = None
 
@@ -111,6 +114,8 @@ class ModelParams:
             raise ConfigError(f"train.model.strides: {list(self.strides)} must be increasing values from 4,8,16,32,64")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"train.model.dropout: {self.dropout} must be in [0, 1)")
+        if self.pool not in ("avg", "avgmax"):
+            raise ConfigError(f"train.model.pool: {self.pool!r} is not one of avg, avgmax")
 
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -133,6 +138,11 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     # Classification only: softens one-hot targets; helps from-scratch models on small datasets.
     label_smoothing: float = 0.0
+    # Classification only: sample train items with weight count(class)^-class_balance; 0 keeps the natural
+    # frequencies, 1 shows every class equally often (rare defect types on an OK-heavy line).
+    class_balance: float = 0.0
+    # Exponential moving average of the weights (0 = off): validation, checkpoints and the bundle use the average.
+    ema_decay: float = 0.0
     seed: int = 42
     accelerator: str = "auto"
     precision: str = "auto"
@@ -166,6 +176,10 @@ class TrainConfig:
             raise ConfigError(f"train.warmup_epochs: {self.warmup_epochs} must be >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing: {self.label_smoothing} must be in [0, 1)")
+        if not 0.0 <= self.class_balance <= 1.0:
+            raise ConfigError(f"train.class_balance: {self.class_balance} must be in [0, 1]")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay: {self.ema_decay} must be in [0, 1) (0 disables)")
         if self.accelerator not in ACCELERATORS:
             raise ConfigError(f"train.accelerator: {self.accelerator!r} is not one of {', '.join(ACCELERATORS)}")
         if self.precision not in PRECISIONS:

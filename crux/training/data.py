@@ -7,7 +7,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from crux.postprocess import InputSpec
 from crux.training.dataset import InspectionDataset, collate, worker_init
@@ -24,6 +24,7 @@ class InspectionDataModule(pl.LightningDataModule):
         num_workers: int,
         seed: int,
         eval_batch_size: int | None = None,
+        class_balance: float = 0.0,
     ) -> None:
         super().__init__()
         self.prepared_dir = Path(prepared_dir)
@@ -34,6 +35,7 @@ class InspectionDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.class_balance = class_balance
         self.datasets: dict[str, InspectionDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -43,12 +45,24 @@ class InspectionDataModule(pl.LightningDataModule):
                 self.datasets[split] = InspectionDataset(self.prepared_dir, split, self.kind, self.spec, aug)
         self.datasets["train"].seed_augment(self.seed)
 
+    def _balanced_sampler(self, generator: torch.Generator) -> WeightedRandomSampler | None:
+        """Items drawn with weight count(class)^-class_balance (with replacement, an epoch's worth of draws)."""
+        items = self.datasets["train"].items
+        if self.kind != "classify" or not self.class_balance or not items:
+            return None
+        labels = torch.tensor([item["label"] for item in items])
+        counts = torch.bincount(labels).to(torch.float64)
+        weights = counts[labels] ** -self.class_balance
+        return WeightedRandomSampler(weights, num_samples=len(items), replacement=True, generator=generator)
+
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
+        sampler = self._balanced_sampler(generator) if split == "train" else None
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate,
             worker_init_fn=worker_init,

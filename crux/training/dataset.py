@@ -85,12 +85,23 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     if "label" in batch[0]:
         out["label"] = torch.tensor([b["label"] for b in batch], dtype=torch.long)
     else:
-        out["targets"] = [
-            {"boxes": torch.from_numpy(b["boxes"]), "labels": torch.from_numpy(b["labels"])} for b in batch
-        ]
+        # Flat tensors plus per-image counts: every tensor a loader worker returns costs a shared-memory segment,
+        # and two per image made 2 workers slower than none. `split_targets` restores the per-image view.
+        out["boxes"] = torch.from_numpy(np.concatenate([b["boxes"] for b in batch]).reshape(-1, 4))
+        out["box_labels"] = torch.from_numpy(np.concatenate([b["labels"] for b in batch]))
+        out["box_counts"] = [len(b["labels"]) for b in batch]
         out["orig_boxes"] = [b["orig_boxes"] for b in batch]
         out["orig_labels"] = [b["orig_labels"] for b in batch]
     return out
+
+
+def split_targets(batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+    """The per-image {"boxes", "labels"} of a detection batch made by `collate` (views, no copies)."""
+    counts = batch["box_counts"]
+    return [
+        {"boxes": boxes, "labels": labels}
+        for boxes, labels in zip(batch["boxes"].split(counts), batch["box_labels"].split(counts), strict=True)
+    ]
 
 
 def worker_init(worker_id: int) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 from crux.evaluation import classification_metrics, detection_metrics
 from crux.postprocess import DetectSpec, InputSpec, postprocess_classify, postprocess_detect_batch
 from crux.training.config import ModelParams
+from crux.training.dataset import split_targets
 
 
 class ClassifyTask:
@@ -34,7 +35,7 @@ class ClassifyTask:
     def model_config(params: ModelParams, num_classes: int, in_channels: int) -> dict[str, Any]:
         from crux.models.classifier import ClassifierConfig
 
-        cfg = ClassifierConfig(num_classes, in_channels, params.width, tuple(params.depth), params.dropout)
+        cfg = ClassifierConfig(num_classes, in_channels, params.width, tuple(params.depth), params.dropout, params.pool)
         return cfg.to_dict()
 
     @staticmethod
@@ -92,7 +93,7 @@ class DetectTask:
         if self._loss is None:
             self._loss = DetectionLoss(self.spec.image_size, self.detect.strides, len(self.classes))
         self._loss.to(raw.device)
-        targets = [{k: v.to(raw.device) for k, v in t.items()} for t in batch["targets"]]
+        targets = [{k: v.to(raw.device) for k, v in t.items()} for t in split_targets(batch)]
         return self._loss(raw, targets)
 
     def new_state(self) -> dict[str, list[Any]]:

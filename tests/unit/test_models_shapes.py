@@ -102,3 +102,61 @@ def test_torch_normalise_is_bit_identical_to_the_edge() -> None:
     image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     ours = normalise(torch.from_numpy(image.transpose(2, 0, 1).copy())[None], spec)[0].numpy()
     assert np.array_equal(ours, np_normalise(image, spec))
+
+
+def test_ramped_ema_follows_early_then_settles_at_decay() -> None:
+    from torch.optim.swa_utils import AveragedModel
+
+    from crux.training.pipeline import ramped_ema
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    average = AveragedModel(model, avg_fn=ramped_ema(0.9), use_buffers=True)
+    expected = float(model.weight)
+    for step in range(1, 40):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        average.update_parameters(model)
+        # The first update copies; then decay min(0.9, (1 + n) / (10 + n)) with n updates before this one.
+        n = step - 1
+        d = 0.0 if n == 0 else min(0.9, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * step
+        assert float(average.module.weight) == pytest.approx(expected, rel=1e-5)
+    # After 39 steps of a fixed 0.9 the initial weight would still weigh 0.9^39 ≈ 1.6%; here it is gone.
+    assert float(average.module.weight) > 30
+
+
+def test_detection_collate_flattens_boxes_and_split_restores_them() -> None:
+    import numpy as np
+
+    from crux.training.dataset import collate, split_targets
+
+    def item(i: int, n: int) -> dict:
+        boxes = np.arange(n * 4, dtype=np.float32).reshape(n, 4) + i
+        labels = np.full(n, i, np.int64)
+        return {
+            "index": i,
+            "size": (8, 8),
+            "image": torch.zeros(1, 8, 8, dtype=torch.uint8),
+            "boxes": boxes,
+            "labels": labels,
+            "orig_boxes": boxes,
+            "orig_labels": labels,
+        }
+
+    batch = collate([item(0, 2), item(1, 0), item(2, 3)])
+    # Three tensors for the whole batch, whatever the box count: each tensor a loader worker returns costs IPC.
+    assert batch["boxes"].shape == (5, 4) and batch["box_labels"].shape == (5,) and batch["box_counts"] == [2, 0, 3]
+    targets = split_targets(batch)
+    assert [t["boxes"].shape[0] for t in targets] == [2, 0, 3]
+    assert torch.equal(targets[2]["boxes"], torch.from_numpy(item(2, 3)["boxes"]))
+    assert targets[2]["labels"].tolist() == [2, 2, 2]
+
+
+def test_avgmax_pool_keeps_a_one_cell_defect_visible() -> None:
+    cfg = ClassifierConfig(num_classes=2, width=8, depth=(1, 1), pool="avgmax")
+    model = Classifier(cfg).eval()
+    assert model.fc.in_features == 2 * 16
+    assert model(torch.zeros(2, 1, 64, 64)).shape == (2, 2)
+    assert ClassifierConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "pool"}).pool == "avg"
+    with pytest.raises(ValueError, match="pool 'gem'"):
+        ClassifierConfig(num_classes=2, pool="gem")
