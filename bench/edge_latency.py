@@ -71,29 +71,13 @@ def _stats(samples: list[float]) -> dict[str, float]:
 
 
 def _int8_model(out: Path, card: dict[str, Any], calib: list[Any]) -> Any:
-    """Static INT8 (QDQ) of the exported model, calibrated on the first benchmark inputs (as `export.quantize`)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
+    """Static INT8 of the exported model with `crux export`'s own quantisation, calibrated on the first benchmark
+    inputs."""
     from crux.edge.predict import OnnxModel
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter(calib)
-
-        def get_next(self) -> dict[str, Any] | None:
-            x = next(self._it, None)
-            return None if x is None else {"input": x}
+    from crux.export import quantize_onnx
 
     path = out / "model.int8.onnx"
-    quantize_static(
-        str(out / "model.onnx"),
-        str(path),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
+    quantize_onnx(out / "model.onnx", path, calib)
     return OnnxModel(path, card, threads=1)
 
 

@@ -14,7 +14,6 @@ torch/onnx are imported inside functions; the card and ONNX evaluation need only
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import shutil
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from crux.config import ConfigError
+from crux.dataset.store import sha256_file
 from crux.errors import CruxError
 from crux.postprocess import DetectSpec, InputSpec, box_iou, load_image, preprocess
 
@@ -109,14 +109,6 @@ def git_revision(repo: Path) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{rev}-dirty" if dirty else rev
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -371,20 +363,15 @@ def export(
 # INT8 and ONNX evaluation
 
 
-def _quantize(
-    fp32: Path, int8: Path, card: Mapping[str, Any], prepared_dir: Path | None, spec: InputSpec, cfg: ExportConfig
-) -> dict[str, Any]:
+def quantize_onnx(fp32: Path, int8: Path, calibration: Sequence[np.ndarray]) -> None:
+    """Static INT8 (QDQ: per-channel int8 weights, uint8 activations) of `fp32`, calibrated on the given model
+    inputs (each a batch of one); what `crux export` ships and `bench/edge_latency.py` times."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    train = _split_records(prepared_dir, "train")[: cfg.calibration_images]
-    if not train:
-        raise ExportError("export.quantize needs a prepared dataset with train images for calibration")
-    x, _ = _load_batch(prepared_dir, train, spec)  # type: ignore[arg-type]
-
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._it = iter(x[i : i + 1] for i in range(len(x)))
+            self._it = iter(calibration)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self._it, None)
@@ -407,6 +394,16 @@ def _quantize(
         weight_type=QuantType.QInt8,
     )
     pre.unlink(missing_ok=True)
+
+
+def _quantize(
+    fp32: Path, int8: Path, card: Mapping[str, Any], prepared_dir: Path | None, spec: InputSpec, cfg: ExportConfig
+) -> dict[str, Any]:
+    train = _split_records(prepared_dir, "train")[: cfg.calibration_images]
+    if not train:
+        raise ExportError("export.quantize needs a prepared dataset with train images for calibration")
+    x, _ = _load_batch(prepared_dir, train, spec)  # type: ignore[arg-type]
+    quantize_onnx(fp32, int8, [x[i : i + 1] for i in range(len(x))])
     report: dict[str, Any] = {
         "file": int8.name,
         "sha256": sha256_file(int8),

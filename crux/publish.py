@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from crux.config import ConfigError
+from crux.dataset.store import sha256_file
 from crux.errors import CruxError
 from crux.signing import SignatureError, canonical_json, sign, verify
 
@@ -185,14 +186,6 @@ def _cat(fs: Any, path: str) -> bytes | None:
         return None
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _version_dir(version: int) -> str:
     return f"{version:06d}"
 
@@ -324,7 +317,7 @@ def publish(
     entries: dict[str, dict[str, Any]] = {}
     for name in files:
         local = export_dir / name
-        entries[name] = {"sha256": _sha256_file(local), "bytes": local.stat().st_size}
+        entries[name] = {"sha256": sha256_file(local), "bytes": local.stat().st_size}
         _put_file(fs, local, _join(vpath, name))
     at = _now(now)
     manifest = sign(
@@ -589,7 +582,7 @@ def fetch_release(
                 raise ReleaseError(f"manifest file name {name!r} is not a plain file name")
             local = tmp / name
             fs.get_file(_join(line_path, _version_dir(version), name), str(local))
-            if local.stat().st_size != int(entry["bytes"]) or _sha256_file(local) != entry["sha256"]:
+            if local.stat().st_size != int(entry["bytes"]) or sha256_file(local) != entry["sha256"]:
                 raise ReleaseError(f"{name} of version {version} does not match its sha256 in the manifest (tampered)")
         (tmp / MANIFEST).write_bytes(mraw)
         (tmp / "pointer.json").write_bytes(raw)

@@ -83,6 +83,15 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks (models and images alike; light enough for the edge)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def relative_image_path(sha256: str, ext: str) -> str:
     return f"{IMAGES}/{sha256[:2]}/{sha256}.{ext}"
 

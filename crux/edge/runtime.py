@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from crux.config import ConfigError
+from crux.dataset.store import sha256_file
 from crux.edge.predict import NO_DEFECT_LABEL, OnnxModel, Result, contract_record
 from crux.publish import ReleaseError, fetch_release
 
@@ -237,11 +238,9 @@ class EdgeRuntime:
             return False
 
     def _install(self, folder: Path, pointer: dict[str, Any]) -> None:
-        from crux.publish import _sha256_file
-
         manifest = json.loads((folder / "manifest.json").read_text())
         for name, entry in manifest["files"].items():
-            if _sha256_file(folder / name) != entry["sha256"]:
+            if sha256_file(folder / name) != entry["sha256"]:
                 raise ValueError(f"{folder / name} changed on disk since it was verified")
         model = OnnxModel.from_dir(
             folder, version=int(pointer["version"]), threads=self.cfg.threads, model_file=manifest.get("model_file")

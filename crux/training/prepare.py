@@ -8,13 +8,13 @@ Output layout
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from crux.config import ConfigError
+from crux.dataset.store import sha256_file
 from crux.errors import CruxError
 from crux.training.config import SPLITS, DataConfig
 
@@ -31,14 +31,6 @@ def _ratio_split(sha256: str, ratios: tuple[float, ...]) -> str:
     if u < ratios[0] + ratios[1]:
         return "val"
     return "test"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def prepare(data_dir: Path, out_dir: Path, cfg: DataConfig) -> dict[str, Any]:
@@ -68,7 +60,7 @@ def prepare(data_dir: Path, out_dir: Path, cfg: DataConfig) -> dict[str, Any]:
         image = data_dir / item["image"]
         if not image.is_file():
             raise DatasetError(f"{where}: image {image} is missing (dvc pull?)")
-        if cfg.verify_hashes and _sha256(image) != item["sha256"]:
+        if cfg.verify_hashes and sha256_file(image) != item["sha256"]:
             raise DatasetError(f"{where}: {image} does not match its sha256 (corrupt or edited file)")
         labels = item.get("labels", [])
         unknown = sorted({lab["class"] for lab in labels} - set(index))
