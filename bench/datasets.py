@@ -100,9 +100,12 @@ def make_neu_dataset(src: Path, dst: Path, kind: str, every: int = 5) -> Path:
     return _write_version(data, rows, classes, kind, None, f"neu-{kind}")
 
 
-def make_magnetic_tile_dataset(src: Path, dst: Path, every: int = 5) -> Path:
-    """Magnetic Tile as a 6-class classification version (`ok` + five defect types) with `ok` as the OK class, so
-    evaluation reports the inspection view (NG recall at a bounded false-reject rate) beside the class accuracy."""
+def make_magnetic_tile_dataset(src: Path, dst: Path, every: int = 5, kind: str = "classify") -> Path:
+    """Magnetic Tile as a 6-class version (`ok` + five defect types) with `ok` as the OK class, so evaluation reports
+    the inspection view (NG recall at a bounded false-reject rate) beside the class accuracy.
+
+    kind "segment" also stores each tile's mask as `crux snapshot` does (content-addressed class-index PNG: 0
+    background, 1 + class index for defect pixels) with the folder's class as the verdict."""
     data = dst / "data"
     classes = list(MAGNETIC_TILE_CLASSES.values())
     rows, task_id = [], 0
@@ -110,5 +113,31 @@ def make_magnetic_tile_dataset(src: Path, dst: Path, every: int = 5) -> Path:
         for i, img in enumerate(sorted((src / folder).glob("*.jpg"))):
             task_id += 1
             rel, sha, w, h = _store(data, img)
-            rows.append(_row(task_id, img, rel, sha, w, h, [{"box": None, "class": cls}], _split(i, every)))
-    return _write_version(data, rows, classes, "classify", "ok", "magnetic-tile")
+            labels: list[dict[str, Any]] = [{"box": None, "class": cls}]
+            extra: dict[str, Any] = {}
+            if kind == "segment":
+                labels, extra = _segment_labels(data, img.with_suffix(".png"), classes.index(cls) + 1, cls)
+            rows.append({**_row(task_id, img, rel, sha, w, h, labels, _split(i, every)), **extra})
+    return _write_version(data, rows, classes, kind, "ok", "magnetic-tile")
+
+
+def _segment_labels(data: Path, mask_file: Path, value: int, cls: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(mask_file) as m:
+        fg = np.asarray(m.convert("L")) > 127
+    buf = io.BytesIO()
+    Image.fromarray((fg * value).astype(np.uint8), mode="L").save(buf, format="PNG")
+    blob = buf.getvalue()
+    sha = hashlib.sha256(blob).hexdigest()
+    rel = f"masks/{sha[:2]}/{sha}.png"
+    (data / rel).parent.mkdir(parents=True, exist_ok=True)
+    (data / rel).write_bytes(blob)
+    labels = []
+    if fg.any():
+        ys, xs = np.nonzero(fg)
+        labels = [{"box": [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)], "class": cls}]
+    return labels, {"mask": rel, "verdict": cls}

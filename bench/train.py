@@ -82,7 +82,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("neu-det", "magnetic-tile"), default="neu-det")
     parser.add_argument("--src", type=Path, default=None, help="default ../shared/datasets/<dataset>")
-    parser.add_argument("--kind", choices=("classify", "detect"), default="classify")
+    parser.add_argument("--kind", choices=("classify", "detect", "segment"), default="classify")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--image-size", type=int, default=200)
     parser.add_argument("--width", type=int, default=32)
@@ -97,8 +97,10 @@ def main() -> int:
     parser.add_argument("--export", action="store_true", help="also export ONNX + INT8; report both on the test split")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    if args.dataset == "magnetic-tile" and args.kind != "classify":
-        parser.error("magnetic-tile is benchmarked as classification (its masks are not boxes)")
+    if args.dataset == "magnetic-tile" and args.kind == "detect":
+        parser.error("magnetic-tile is benchmarked as classification or segmentation (its masks are not boxes)")
+    if args.dataset == "neu-det" and args.kind == "segment":
+        parser.error("neu-det has boxes, not masks: it cannot be benchmarked as segmentation")
     src = args.src or ROOT.parent / "shared" / "datasets" / args.dataset
     # Absolute before the chdir into the work folder below.
     out = (args.out or ROOT / "bench" / "results" / f"train_{args.dataset}_{args.kind}.json").resolve()
@@ -129,7 +131,7 @@ def main() -> int:
         root = Path(tmp)
         os.chdir(root)  # dvclive writes beside the working directory; keep it out of the project's git
         if args.dataset == "magnetic-tile":
-            data = make_magnetic_tile_dataset(src, root)
+            data = make_magnetic_tile_dataset(src, root, kind=args.kind)
         else:
             data = make_neu_dataset(src, root, args.kind)
         prepare(data, root / "prepared", cfg.data)

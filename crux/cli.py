@@ -505,17 +505,29 @@ def data_check(
 # Training pipeline (the dvc.yaml stages)
 
 
+LineOption = Annotated[
+    str | None, typer.Option(help="The line whose params.yaml `pipeline.overrides` apply (dvc.yaml passes it).")
+]
+
+
+def _line_values(params: dict[str, Any], line: str | None) -> dict[str, Any]:
+    from crux.training.config import line_params
+
+    return params if line is None else line_params(params, line)
+
+
 @app.command("prepare")
 def prepare_command(
     data_dir: Annotated[Path, typer.Argument(help="A dataset version, e.g. data/neu-det.")],
     out_dir: Annotated[Path, typer.Argument(help="Where the training-ready split lists go.")],
+    line: LineOption = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Dataset version → training-ready split lists (checks every image against its hash)."""
     from crux.training.config import load_pipeline_config
     from crux.training.prepare import prepare
 
-    cfg = load_pipeline_config(load_context(params).params, ("data",))
+    cfg = load_pipeline_config(_line_values(load_context(params).params, line), ("data",))
     summary = prepare(data_dir, out_dir, cfg.data)
     out.print(f"Prepared {summary['counts']} ({len(summary['excluded'])} excluded) → {out_dir}")
 
@@ -526,13 +538,14 @@ def train_command(
     out_dir: Annotated[Path, typer.Argument(help="Model folder (model.pt, checkpoints, dvclive).")],
     quick: Annotated[bool, typer.Option(help="The quick profile: tiny model, a few steps (CI, demo).")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoints/last.ckpt.")] = False,
+    line: LineOption = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Train a model with Lightning (GPU when present); every setting is validated before training starts."""
     from crux.training.config import load_pipeline_config, merge_params, quick_profile
 
     ctx = load_context(params)
-    values = quick_profile(ctx.params) if quick else ctx.params
+    values = quick_profile(ctx.params) if quick else _line_values(ctx.params, line)
     if resume:
         values = merge_params(values, {"train": {"resume": True}})
     cfg = load_pipeline_config(values, ("data", "augment", "train"))
@@ -552,6 +565,7 @@ def evaluate_command(
     out_dir: Annotated[Path, typer.Argument(help="Metrics folder (metrics.json, plots, report.md).")],
     previous: Annotated[Path | None, typer.Option(help="A previous metrics.json to compare with.")] = None,
     split: Annotated[str, typer.Option(help="Split to measure; test is the frozen yardstick.")] = "test",
+    line: LineOption = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Measure a model on the frozen test split through the edge's own post-processing."""
@@ -560,7 +574,7 @@ def evaluate_command(
     from crux.training.config import load_pipeline_config
     from crux.training.pipeline import evaluate
 
-    cfg = load_pipeline_config(load_context(params).params, ("evaluate",))
+    cfg = load_pipeline_config(_line_values(load_context(params).params, line), ("evaluate",))
     metrics = evaluate(model_dir, prepared_dir, out_dir, cfg.evaluate, previous, split)
     out.print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict | list)}))
 
@@ -572,6 +586,7 @@ def export_command(
     prepared: Annotated[Path | None, typer.Option(help="Prepared data for parity and INT8 calibration.")] = None,
     metrics: Annotated[Path | None, typer.Option(help="metrics.json of `crux evaluate`, copied into the card.")] = None,
     postprocess: Annotated[Path | None, typer.Option(help="postprocess.json of `crux evaluate`.")] = None,
+    line: LineOption = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """ONNX export with onnx.checker and parity against torch, plus the model card."""
@@ -580,7 +595,7 @@ def export_command(
     from crux.export import ExportConfig, dataset_version, export, git_revision
 
     ctx = load_context(params)
-    cfg = from_mapping(ExportConfig, ctx.section("export"), "export")
+    cfg = from_mapping(ExportConfig, _line_values(ctx.params, line).get("export"), "export")
 
     def read(path: Path | None) -> Any:
         return json.loads(path.read_text()) if path is not None and path.is_file() else None
@@ -816,7 +831,7 @@ def edge_run(
         frames = glob_source(glob)
     else:
         frames = stdin_source(sys.stdin)
-    live_view = LiveView()
+    live_view = LiveView(overlay_path=ctx.path(Path(cfg.state_dir)) / "last-ng-overlay.png" if view else None)
 
     def emit(record: dict[str, Any]) -> None:
         print(json.dumps(record), flush=True)

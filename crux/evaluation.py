@@ -252,6 +252,91 @@ def detection_metrics(
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Segmentation
+
+
+def pixel_confusion(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixel counts [actual, predicted] of two class-index maps of one image (same shape)."""
+    if truth.shape != pred.shape:
+        raise ValueError(f"mask {truth.shape} and prediction {pred.shape} differ in size")
+    idx = truth.astype(np.int64).ravel() * num_classes + pred.astype(np.int64).ravel()
+    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def segmentation_metrics(
+    pixel_cm: np.ndarray,
+    ng_scores: np.ndarray,
+    strongest: np.ndarray,
+    targets: np.ndarray,
+    classes: Sequence[str],
+    ok_class: str | None,
+    defect_classes: Sequence[str],
+    ng_threshold: float | None,
+    max_false_reject: float = 0.02,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, plots) of a segmenter: per-class pixel IoU and Dice, mIoU over the defect classes (those present in
+    the labels or the predictions), and the image view — a part is NG when its NG score >= the threshold, and its
+    class is then the strongest region's — with accuracy over all classes, NG recall and false rejects.
+
+    `ng_threshold` None: the lowest threshold whose false-reject rate on these images stays <= max_false_reject
+    (how evaluation picks the operating point on the validation split); a number: that operating point (test).
+    """
+    cm = np.asarray(pixel_cm, np.int64)
+    tp = np.diag(cm).astype(np.float64)
+    gt_px, pred_px = cm.sum(axis=1).astype(np.float64), cm.sum(axis=0).astype(np.float64)
+    union = gt_px + pred_px - tp
+    names = ["background", *defect_classes]
+    per_class: dict[str, Any] = {}
+    ious = []
+    for j, name in enumerate(names):
+        present = gt_px[j] > 0 or pred_px[j] > 0
+        iou = tp[j] / union[j] if union[j] > 0 else None
+        dice = 2 * tp[j] / (gt_px[j] + pred_px[j]) if gt_px[j] + pred_px[j] > 0 else None
+        per_class[name] = {
+            "iou": None if iou is None else _r(iou),
+            "dice": None if dice is None else _r(dice),
+            "pixels": int(gt_px[j]),
+            "predicted_pixels": int(pred_px[j]),
+        }
+        if j > 0 and present:
+            ious.append(iou or 0.0)
+    ok_index = list(classes).index(ok_class) if ok_class in classes else None
+    is_ng = targets != ok_index if ok_index is not None else np.ones(len(targets), bool)
+    if ng_threshold is None:
+        ng_threshold = operating_threshold(ng_scores, is_ng, max_false_reject)
+    class_index = {c: i for i, c in enumerate(classes)}
+    defect_index = np.asarray([class_index[c] for c in defect_classes], np.int64)
+    rejected = ng_scores >= ng_threshold
+    preds = np.where(rejected, defect_index[strongest] if len(strongest) else strongest, ok_index or 0)
+    probs = np.eye(len(classes))[preds] if len(preds) else np.zeros((0, len(classes)))
+    image_metrics, plots = classification_metrics(probs, targets, classes)
+    inspection, plots["threshold_curve"] = inspection_metrics(ng_scores, is_ng, ng_threshold, max_false_reject)
+    metrics: dict[str, Any] = {
+        "miou": _r(np.mean(ious)) if ious else 0.0,
+        "mdice": _r(np.mean([per_class[n]["dice"] or 0.0 for n in names[1:] if per_class[n]["pixels"]]))
+        if any(per_class[n]["pixels"] for n in names[1:])
+        else 0.0,
+        "pixel": per_class,
+        **image_metrics,
+        "inspection": inspection,
+    }
+    return metrics, plots
+
+
+def operating_threshold(scores: np.ndarray, is_ng: np.ndarray, max_false_reject: float) -> float:
+    """The lowest NG-score threshold whose false-reject rate stays <= max_false_reject (highest NG recall)."""
+    scores = np.asarray(scores, np.float64)
+    ok_scores = np.sort(scores[~np.asarray(is_ng, bool)])[::-1]
+    if ok_scores.size == 0:
+        return 0.5
+    allowed = int(np.floor(max_false_reject * ok_scores.size + 1e-9))  # OK parts we may reject
+    if allowed >= ok_scores.size:
+        return 0.0
+    # Reject strictly above the (allowed + 1)-th highest OK score.
+    return float(np.nextafter(ok_scores[allowed], np.inf))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Files
 
 
@@ -278,6 +363,38 @@ def confusion_png(cm: np.ndarray, classes: Sequence[str], path: Path) -> None:
     draw.text((4, 4), "rows: actual, columns: predicted", fill="black", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format="PNG")
+
+
+def overlay_gallery(tiles: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, str]], path: Path) -> None:
+    """A PNG grid, one row per image: the image with the labelled mask (green) and with the predicted mask (red),
+    each at most 256 px high, a caption above. Tiles are (RGB uint8 image, truth map, predicted map, caption)."""
+    rows = []
+    font = ImageFont.load_default()
+    for image, truth, pred, caption in tiles:
+        panels = []
+        for mask, colour in ((truth, (0, 200, 0)), (pred, (230, 30, 30))):
+            base = Image.fromarray(image).convert("RGB")
+            overlay = Image.new("RGB", base.size, colour)
+            alpha = Image.fromarray(((mask > 0) * 110).astype(np.uint8))
+            panels.append(Image.composite(overlay, base, alpha))
+        scale = min(1.0, 256 / max(1, image.shape[0]))
+        size = (max(1, int(image.shape[1] * scale)), max(1, int(image.shape[0] * scale)))
+        row = Image.new("RGB", (2 * size[0] + 8, size[1] + 16), "white")
+        for k, panel in enumerate(panels):
+            row.paste(panel.resize(size), (k * (size[0] + 8), 16))
+        ImageDraw.Draw(row).text((2, 2), caption, fill="black", font=font)
+        rows.append(row)
+    width = max([r.width for r in rows], default=200)
+    height = sum(r.height + 4 for r in rows) or 24
+    sheet = Image.new("RGB", (width, height), "white")
+    if not rows:
+        ImageDraw.Draw(sheet).text((4, 4), "no misses", fill="black", font=font)
+    y = 0
+    for r in rows:
+        sheet.paste(r, (0, y))
+        y += r.height + 4
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, format="PNG")
 
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

@@ -41,6 +41,13 @@ OUTPUT_NAME = "output"
 EXPORTERS = ("dynamo", "torchscript")
 
 
+OUTPUT_LAYOUTS = {
+    "classify": "(B, classes) logits",
+    "detect": "(B, N, 5 + classes) ltrb, ctr, cls",
+    "segment": "(B, 1 + defect classes, S, S) logits, channel 0 background",
+}
+
+
 class ExportError(CruxError, RuntimeError):
     """The ONNX model failed a check (onnx.checker, parity); nothing is left in the output folder."""
 
@@ -170,6 +177,7 @@ def _parity(model: Any, onnx_model: Any, x: np.ndarray, sizes: list, kind: str, 
     import torch
 
     diffs, top1_mismatch, box_mismatch, n_boxes = [], 0, 0, 0
+    pixels = pixels_same = label_mismatch = 0
     for sl in _batches(len(x), 8):
         with torch.inference_mode():
             ref = model(torch.from_numpy(x[sl])).numpy()
@@ -182,6 +190,12 @@ def _parity(model: Any, onnx_model: Any, x: np.ndarray, sizes: list, kind: str, 
         for a, b in zip(ref_res, got_res, strict=True):
             if kind == "classify":
                 top1_mismatch += int(a.label != b.label)
+                continue
+            if kind == "segment":
+                # Labels are reported but not failed on: an NG score sitting on the threshold flips on 1e-6.
+                label_mismatch += int(a.label != b.label)
+                pixels += a.class_map.size
+                pixels_same += int((a.class_map == b.class_map).sum())
                 continue
             n_boxes += len(a.boxes)
             box_mismatch += _unmatched_boxes(a.boxes, b.boxes)
@@ -199,7 +213,13 @@ def _parity(model: Any, onnx_model: Any, x: np.ndarray, sizes: list, kind: str, 
         "boxes": n_boxes if kind == "detect" else None,
         "unmatched_boxes": box_mismatch if kind == "detect" else None,
     }
-    report["passed"] = bool(max_diff <= cfg.parity_atol and top1_mismatch == 0 and box_mismatch == 0)
+    agreement_ok = True
+    if kind == "segment":
+        # Class maps of torch and ORT must agree on >= 99.9% of pixels (logits within atol almost always give 100%).
+        report["pixel_agreement"] = round(pixels_same / max(pixels, 1), 6)
+        report["label_mismatches"] = label_mismatch
+        agreement_ok = report["pixel_agreement"] >= 0.999
+    report["passed"] = bool(max_diff <= cfg.parity_atol and top1_mismatch == 0 and box_mismatch == 0 and agreement_ok)
     return report
 
 
@@ -245,12 +265,10 @@ def build_card(
             "resize": "bilinear, aspect ratio not kept (crux.postprocess.preprocess)",
             "normalise": "(pixel / 255 - mean) / std",
         },
-        "output": {
-            "name": OUTPUT_NAME,
-            "layout": "(B, classes) logits" if meta["kind"] == "classify" else "(B, N, 5 + classes) ltrb, ctr, cls",
-        },
+        "output": {"name": OUTPUT_NAME, "layout": OUTPUT_LAYOUTS[meta["kind"]]},
         "postprocess": {
             "detect": detect.to_dict() if detect else None,
+            **({"segment": meta["segment"]} if meta.get("segment") else {}),
             "box_threshold": cfg.box_threshold,
             "ng_threshold": ng_threshold,
         },
@@ -417,7 +435,9 @@ def _quantize(
 
         fp = evaluate_onnx(OnnxModel(fp32, card), prepared_dir, "test")  # type: ignore[arg-type]
         q = evaluate_onnx(OnnxModel(int8, card), prepared_dir, "test")  # type: ignore[arg-type]
-        metric = "macro_f1" if card["kind"] == "classify" else "map50"
+        from crux.kinds import get_kind
+
+        metric = get_kind(card["kind"]).monitor
         report["test"] = {
             "metric": metric,
             "fp32": fp.get(metric),
@@ -426,6 +446,11 @@ def _quantize(
             "fp32_accuracy": fp.get("accuracy"),
             "int8_accuracy": q.get("accuracy"),
         }
+        if "inspection" in fp:
+            report["test"]["fp32_ng_recall"] = fp["inspection"].get("ng_recall")
+            report["test"]["int8_ng_recall"] = q["inspection"].get("ng_recall")
+            report["test"]["fp32_false_reject_rate"] = fp["inspection"].get("false_reject_rate")
+            report["test"]["int8_false_reject_rate"] = q["inspection"].get("false_reject_rate")
     return report
 
 
@@ -437,6 +462,8 @@ def evaluate_onnx(model: Any, prepared_dir: Path, split: str = "test", batch_siz
     records = _split_records(prepared_dir, split)
     if not records:
         raise ExportError(f"{prepared_dir}: the {split} split is empty")
+    if model.kind == "segment":
+        return _evaluate_onnx_segment(model, prepared_dir, records, split, batch_size)
     probs, targets, dets, gt_boxes, gt_labels, sizes_all = [], [], [], [], [], []
     for sl in _batches(len(records), batch_size):
         chunk = records[sl]
@@ -460,4 +487,42 @@ def evaluate_onnx(model: Any, prepared_dir: Path, split: str = "test", batch_siz
         )
     else:
         metrics, _ = detection_metrics(dets, gt_boxes, gt_labels, sizes_all, model.classes)
+    return {"split": split, "kind": model.kind, **metrics}
+
+
+def _evaluate_onnx_segment(
+    model: Any, prepared_dir: Path, records: Sequence[Mapping[str, Any]], split: str, batch_size: int
+) -> dict[str, Any]:
+    """Segmentation metrics of an ONNX model at the card's operating point, through `OnnxModel.results_from_raw`
+    (the edge's own decoding)."""
+    from PIL import Image
+
+    from crux.evaluation import pixel_confusion, segmentation_metrics
+
+    assert model.segment is not None
+    defects = list(model.segment.defect_classes)
+    lut = np.zeros(256, np.uint8)  # mask value (1 + class index) → output channel, as the training dataset maps it
+    for i, c in enumerate(model.classes):
+        lut[i + 1] = 1 + defects.index(c) if c in defects else 0
+    cm = np.zeros((1 + len(defects),) * 2, np.int64)
+    ng, strongest, targets = [], [], []
+    for sl in _batches(len(records), batch_size):
+        chunk = records[sl]
+        x, sizes = _load_batch(prepared_dir, chunk, model.spec)
+        for r, result in zip(chunk, model.results_from_raw(model.run_raw(x), sizes), strict=True):
+            with Image.open(Path(prepared_dir) / r["mask"]) as m:
+                cm += pixel_confusion(lut[np.asarray(m)], result.class_map, cm.shape[0])
+            ng.append(float(result.probs[0]))
+            strongest.append(defects.index(max(defects, key=lambda c: result.scores[c])))
+            targets.append(int(r["label"]))
+    metrics, _ = segmentation_metrics(
+        cm,
+        np.asarray(ng),
+        np.asarray(strongest),
+        np.asarray(targets),
+        model.classes,
+        model.ok_class,
+        defects,
+        model.ng_threshold,
+    )
     return {"split": split, "kind": model.kind, **metrics}

@@ -52,6 +52,10 @@ class TaskKind(Protocol):
     # ModelCheckpoint / comparison metric (higher is better), a key of the kind's metrics dict.
     monitor: str
 
+    def head_classes(self, classes: Sequence[str], ok_class: str | None) -> list[str]: ...
+
+    def decode_spec(self, classes: Sequence[str], ok_class: str | None) -> dict[str, Any] | None: ...
+
     def model_config(self, params: Any, num_classes: int, in_channels: int) -> dict[str, Any]: ...
 
     def build_model(self, model_config: Mapping[str, Any]) -> Any: ...
@@ -69,6 +73,14 @@ class _ModelHooks:
     """Lazy model/training hooks shared by the kinds; `_task` names the class in crux.training.tasks."""
 
     _task: str
+
+    def head_classes(self, classes: Sequence[str], ok_class: str | None) -> list[str]:
+        """The classes the model's head predicts (its class count); the segmenter leaves out the OK class."""
+        return list(classes)
+
+    def decode_spec(self, classes: Sequence[str], ok_class: str | None) -> dict[str, Any] | None:
+        """Decoding parameters stored in the bundle under the kind's name (the detector's come from params)."""
+        return None
 
     def model_config(self, params: Any, num_classes: int, in_channels: int) -> dict[str, Any]:
         """Model config dict (stored in the model bundle) from params `train.model` (`ModelParams`)."""
@@ -225,7 +237,52 @@ class DetectKind(_ModelHooks):
         return labels
 
 
-KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (ClassifyKind(), DetectKind())}
+class SegmentKind(_ModelHooks):
+    """Defect segmentation: a class per pixel; the image verdict is read off the defect map."""
+
+    name = "segment"
+    control_name = "mask"
+    result_type = "brushlabels"
+    monitor = "miou"
+    _task = "SegmentTask"
+
+    def head_classes(self, classes: Sequence[str], ok_class: str | None) -> list[str]:
+        return [c for c in classes if c != ok_class]
+
+    def decode_spec(self, classes: Sequence[str], ok_class: str | None) -> dict[str, Any] | None:
+        from crux.postprocess import SegmentSpec
+
+        return SegmentSpec(tuple(self.head_classes(classes, ok_class))).to_dict()
+
+    def training_task(
+        self, classes: Sequence[str], ok_class: str | None, spec: Any, detect_spec: Any, optim: Mapping[str, Any]
+    ) -> Any:
+        from crux.postprocess import SegmentSpec
+
+        segment = SegmentSpec.from_dict(self.decode_spec(classes, ok_class) or {})
+        return self._task_class()(classes, ok_class, spec, segment, float(optim.get("image_loss_weight", 1.0)))
+
+    def postprocess(
+        self, raw: Any, original_sizes: Sequence[tuple[int, int]], spec: Any, detect_spec: Any = None
+    ) -> Any:
+        """Raw segmenter logits (B, 1 + D, S, S) → one `SegmentMaps` per image (numpy only)."""
+        from crux.postprocess import postprocess_segment_batch
+
+        return postprocess_segment_batch(raw, original_sizes, spec)
+
+    def label_config(self, spec: ProjectSpec) -> str:
+        raise NotImplementedError("segment label config: label side pending")
+
+    def to_results(
+        self, labels: Sequence[Label], width: int, height: int, score: float | None = None
+    ) -> list[dict[str, Any]]:
+        raise NotImplementedError("segment results: label side pending")
+
+    def from_results(self, results: Iterable[Mapping[str, Any]], width: int, height: int) -> list[Label]:
+        raise NotImplementedError("segment results: label side pending")
+
+
+KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (ClassifyKind(), DetectKind(), SegmentKind())}
 
 
 def get_kind(name: str) -> TaskKind:

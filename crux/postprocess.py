@@ -273,3 +273,174 @@ def postprocess_detect_batch(
     raw: np.ndarray, original_sizes: Sequence[tuple[int, int]], input_spec: InputSpec, spec: DetectSpec
 ) -> list[Detections]:
     return [postprocess_detect(r, size, input_spec, spec) for r, size in zip(raw, original_sizes, strict=True)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Segmentation
+#
+# Segmenter raw output: logits (B, 1 + D, S, S) at the model input size; channel 0 is background, channel j >= 1 the
+# j-th defect class (the card's classes without the OK class, in order). A pixel's defect probability is
+# 1 - p(background). The image's NG score is the maximum of that map after a `smooth` x `smooth` box filter, so one
+# stray pixel cannot reject a part while a real defect of a few pixels still can; the image's defect class is the
+# class whose own smoothed probability peaks highest (the strongest region).
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """Decoding parameters of a segmenter; recorded in the model bundle and the card (the edge decodes the same)."""
+
+    # Defect classes in output-channel order (channel j + 1 is defect_classes[j]).
+    defect_classes: tuple[str, ...]
+    # A pixel belongs to a defect region when its defect probability is at least this.
+    pixel_threshold: float = 0.5
+    # Side of the box filter before the max that gives the NG score (odd; 1 = no smoothing).
+    smooth: int = 3
+    # Regions smaller than this (original-image pixels) are not reported (they still count in the NG score).
+    min_region_px: int = 4
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["defect_classes"] = list(self.defect_classes)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegmentSpec:
+        return cls(
+            defect_classes=tuple(str(c) for c in data["defect_classes"]),
+            pixel_threshold=float(data.get("pixel_threshold", 0.5)),
+            smooth=int(data.get("smooth", 3)),
+            min_region_px=int(data.get("min_region_px", 4)),
+        )
+
+
+@dataclass(frozen=True)
+class SegmentMaps:
+    """One image's segmentation: the NG score, each defect class's peak score, and the class-index map in original
+    pixels (0 = background, j = defect_classes[j - 1])."""
+
+    ng_score: float
+    class_scores: np.ndarray  # (D,) smoothed peak probability per defect class
+    class_map: np.ndarray  # uint8 (H, W) at the original image size
+    defect_prob: np.ndarray  # float32 (H, W): 1 - p(background) at the original image size
+
+    @property
+    def strongest(self) -> int:
+        """Index into defect_classes of the strongest region's class."""
+        return int(np.argmax(self.class_scores)) if self.class_scores.size else 0
+
+
+def box_filter(maps: np.ndarray, k: int) -> np.ndarray:
+    """Mean over a k x k window with zero padding (torch avg_pool2d(k, 1, k // 2), count_include_pad) on (..., H, W)."""
+    if k <= 1:
+        return maps
+    p = k // 2
+    padded = np.pad(maps, [(0, 0)] * (maps.ndim - 2) + [(p, p), (p, p)])
+    c = np.cumsum(np.cumsum(padded, axis=-1, dtype=np.float64), axis=-2)
+    c = np.pad(c, [(0, 0)] * (maps.ndim - 2) + [(1, 0), (1, 0)])
+    h, w = maps.shape[-2:]
+    total = c[..., k : k + h, k : k + w] - c[..., :h, k : k + w] - c[..., k : k + h, :w] + c[..., :h, :w]
+    return (total / (k * k)).astype(np.float32)
+
+
+def postprocess_segment(raw: np.ndarray, original_size: tuple[int, int], spec: SegmentSpec) -> SegmentMaps:
+    """One image's raw segmenter logits (1 + D, S, S) to its NG score, class scores and class-index map."""
+    raw = np.asarray(raw, dtype=np.float32)
+    if raw.ndim != 3 or raw.shape[0] != 1 + len(spec.defect_classes):
+        raise ValueError(f"raw output {raw.shape} does not match 1 + {len(spec.defect_classes)} defect classes")
+    probs = softmax(raw, axis=0)
+    smoothed = box_filter(probs[1:], spec.smooth)
+    class_scores = smoothed.reshape(smoothed.shape[0], -1).max(axis=1)
+    ng_score = float(box_filter(1.0 - probs[0], spec.smooth).max())
+    # Background wins unless the defect probability reaches the pixel threshold; then the likeliest defect class.
+    labels = np.where(1.0 - probs[0] >= spec.pixel_threshold, probs[1:].argmax(axis=0) + 1, 0).astype(np.uint8)
+    defect = (1.0 - probs[0]).astype(np.float32)
+    w, h = original_size
+    if labels.shape != (h, w):
+        labels = np.asarray(Image.fromarray(labels).resize((w, h), Image.Resampling.NEAREST))
+        defect = np.asarray(Image.fromarray(defect, mode="F").resize((w, h), Image.Resampling.BILINEAR))
+    return SegmentMaps(ng_score, class_scores.astype(np.float32), labels, defect)
+
+
+def postprocess_segment_batch(
+    raw: np.ndarray, original_sizes: Sequence[tuple[int, int]], spec: SegmentSpec
+) -> list[SegmentMaps]:
+    return [postprocess_segment(r, size, spec) for r, size in zip(raw, original_sizes, strict=True)]
+
+
+@dataclass(frozen=True)
+class Region:
+    """One connected defect region of a class map, in original-image pixels."""
+
+    class_index: int  # index into defect_classes
+    area: int
+    box: tuple[int, int, int, int]  # x1, y1, x2, y2 (x2, y2 exclusive)
+    mask: np.ndarray  # bool (H, W) of the whole image
+
+
+def connected_regions(class_map: np.ndarray, min_area: int = 1) -> list[Region]:
+    """8-connected regions of each class of a class-index map, largest first (scipy.ndimage.label)."""
+    from scipy import ndimage  # ~0.2 s; only when regions are asked for
+
+    regions: list[Region] = []
+    for value in np.unique(class_map):
+        if value == 0:
+            continue
+        ids, _ = ndimage.label(class_map == value, structure=np.ones((3, 3), bool))
+        for rid, found in enumerate(ndimage.find_objects(ids), 1):
+            if found is None:
+                continue
+            ys, xs = found
+            mask = ids == rid
+            area = int(mask[ys, xs].sum())
+            if area < min_area:
+                continue
+            regions.append(Region(int(value) - 1, area, (xs.start, ys.start, xs.stop, ys.stop), mask))
+    regions.sort(key=lambda r: (-r.area, r.class_index, r.box))
+    return regions
+
+
+def rle_encode(mask: np.ndarray) -> str:
+    """A bool (H, W) mask as a COCO compressed RLE string (column-major run lengths, first run background), the
+    `counts` that `pycocotools.mask.decode({"size": [H, W], "counts": ...})` reads."""
+    flat = np.asarray(mask, dtype=bool).ravel(order="F")
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        runs = [0, *runs]
+    out = []
+    for i, run in enumerate(runs):
+        x = int(run) - (int(runs[i - 2]) if i > 2 else 0)  # LEB128-like, deltas from two runs back (pycocotools)
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            if more:
+                c |= 0x20
+            out.append(chr(c + 48))
+    return "".join(out)
+
+
+def rle_decode(counts: str, height: int, width: int) -> np.ndarray:
+    """A COCO compressed RLE string (`rle_encode`) back to a bool (height, width) mask."""
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        x, k, more = 0, 0, True
+        while more:
+            c = ord(counts[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    if sum(runs) != height * width or any(r < 0 for r in runs):
+        raise ValueError(f"RLE does not describe a {height}x{width} mask")
+    values = np.zeros(len(runs), bool)
+    values[1::2] = True
+    return np.repeat(values, runs).reshape((width, height)).T

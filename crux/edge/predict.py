@@ -11,6 +11,14 @@ image (uint8 array) → `crux.postprocess.preprocess` → ONNX Runtime → `post
 - Detector: boxes = the boxes scoring >= the model's box threshold (card `postprocess.box_threshold`), highest
   first; label = class of the highest-scoring box, or "OK" when there is none; scores = per class, the highest
   score among all decoded boxes (0 when none); score = the top box's score, or 1 - max(scores) for "OK".
+- Segmenter: label = the strongest region's class when the NG score (the peak of the smoothed defect map,
+  `crux.postprocess.postprocess_segment`) reaches the card's `postprocess.ng_threshold`, else the OK class ("OK"
+  when the line has none); score = the NG score, or 1 - it for OK; scores = the OK class's 1 - NG score and each
+  defect class's peak probability; boxes = []; and one more key, "regions": every connected region of the class map
+  (pixels whose defect probability reaches `postprocess.segment.pixel_threshold`, at least `min_region_px`),
+  largest first, as {"label", "score" (the region's highest defect probability), "area" (pixels), "xyxy" (x2, y2
+  exclusive), "mask": {"size": [H, W], "counts": COCO compressed RLE}} — `pycocotools.mask.decode(mask)` gives the
+  H x W region mask.
 - model_version = the published version (integer), or null for a model folder that was never published.
 """
 
@@ -29,16 +37,22 @@ import numpy as np
 from crux.postprocess import (
     DetectSpec,
     InputSpec,
+    SegmentSpec,
+    connected_regions,
     load_image,
     postprocess_classify,
     postprocess_detect,
+    postprocess_segment,
     preprocess,
+    rle_encode,
 )
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
 NO_DEFECT_LABEL = "OK"  # the detector's label when it finds no box (the contract)
 CONTRACT_KEYS = ("image", "label", "score", "scores", "boxes", "model_version")
+# Segmentation models add "regions" (the contract's one extra field; the keys above keep their meaning).
+SEGMENT_KEYS = (*CONTRACT_KEYS, "regions")
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,27 @@ class Box:
 
 
 @dataclass(frozen=True)
+class MaskRegion:
+    """One connected defect region of a segmentation model, in pixels of the original image."""
+
+    label: str
+    score: float  # the highest defect probability inside the region
+    area: int
+    xyxy: tuple[int, int, int, int]  # x2, y2 exclusive
+    size: tuple[int, int]  # (height, width) of the image, as COCO RLE states it
+    rle: str  # COCO compressed RLE of the region's mask (pycocotools.mask.decode reads it)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "score": round(self.score, 6),
+            "area": self.area,
+            "xyxy": list(self.xyxy),
+            "mask": {"size": list(self.size), "counts": self.rle},
+        }
+
+
+@dataclass(frozen=True)
 class Result:
     """One image's prediction, before any OK/NG policy."""
 
@@ -59,8 +94,12 @@ class Result:
     score: float
     scores: dict[str, float]
     boxes: list[Box] = field(default_factory=list)
-    # Classifier: probabilities in class order; detector: the decoded scores of all boxes (for uncertainty).
+    # Classifier: probabilities in class order; detector: the decoded scores of all boxes (for uncertainty);
+    # segmenter: [NG score].
     probs: np.ndarray | None = None
+    # Segmenter only: the defect regions and the class-index map (0 = background) at the original size.
+    regions: list[MaskRegion] | None = None
+    class_map: np.ndarray | None = None
 
 
 def ng_threshold_of(card: Mapping[str, Any]) -> float:
@@ -104,6 +143,10 @@ class OnnxModel:
         self.detect: DetectSpec | None = DetectSpec.from_dict(detect) if detect else None
         if self.kind == "detect" and self.detect is None:
             raise ValueError(f"{model_path}: detector card has no postprocess.detect parameters")
+        segment = (card.get("postprocess") or {}).get("segment")
+        self.segment: SegmentSpec | None = SegmentSpec.from_dict(segment) if segment else None
+        if self.kind == "segment" and self.segment is None:
+            raise ValueError(f"{model_path}: segmentation card has no postprocess.segment parameters")
         self.box_threshold = box_threshold_of(card) if box_threshold is None else float(box_threshold)
         self.ng_threshold = ng_threshold_of(card)
 
@@ -127,6 +170,8 @@ class OnnxModel:
             raise ValueError(f"model output {raw.shape} does not match {len(self.classes)} classes of its card")
         if self.kind == "detect" and raw.shape[2] != 5 + len(self.classes):
             raise ValueError(f"model output {raw.shape} does not match {len(self.classes)} classes of its card")
+        if self.segment is not None and raw.shape[1] != 1 + len(self.segment.defect_classes):
+            raise ValueError(f"model output {raw.shape} does not match the card's background + defect classes")
 
     def run_raw(self, x: np.ndarray) -> np.ndarray:
         """Raw model output for a preprocessed float32 batch (B, C, S, S)."""
@@ -135,6 +180,8 @@ class OnnxModel:
     def results_from_raw(self, raw: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[Result]:
         if self.kind == "classify":
             return [self._classify_result(p) for p in postprocess_classify(raw)]
+        if self.kind == "segment":
+            return [self._segment_result(r, size) for r, size in zip(raw, sizes, strict=True)]
         assert self.detect is not None
         return [self._detect_result(r, size) for r, size in zip(raw, sizes, strict=True)]
 
@@ -159,6 +206,32 @@ class OnnxModel:
             return Result(boxes[0].label, boxes[0].score, scores, boxes, dets.scores)
         return Result(NO_DEFECT_LABEL, 1.0 - max(scores.values(), default=0.0), scores, [], dets.scores)
 
+    def _segment_result(self, raw: np.ndarray, size: tuple[int, int]) -> Result:
+        """The image verdict from the defect map: NG when its NG score reaches the card's threshold, labelled with
+        the strongest region's class; scores = the OK class's 1 - NG score and each defect class's peak."""
+        assert self.segment is not None
+        maps = postprocess_segment(raw, size, self.segment)
+        defects = self.segment.defect_classes
+        ok = self.ok_class or NO_DEFECT_LABEL
+        scores = {ok: 1.0 - maps.ng_score, **{c: float(v) for c, v in zip(defects, maps.class_scores, strict=True)}}
+        regions = [
+            MaskRegion(
+                label=defects[r.class_index],
+                score=float(maps.defect_prob[r.mask].max()),
+                area=r.area,
+                xyxy=r.box,
+                size=(int(maps.class_map.shape[0]), int(maps.class_map.shape[1])),
+                rle=rle_encode(r.mask),
+            )
+            for r in connected_regions(maps.class_map, self.segment.min_region_px)
+        ]
+        if maps.ng_score >= self.ng_threshold:
+            label, score = defects[maps.strongest], maps.ng_score
+        else:
+            label, score = ok, 1.0 - maps.ng_score
+        probs = np.asarray([maps.ng_score], np.float32)
+        return Result(label, float(score), scores, [], probs, regions, maps.class_map)
+
     def predict_array(self, image: np.ndarray) -> Result:
         x, size = preprocess(image, self.spec)
         return self.results_from_raw(self.run_raw(x[None]), [size])[0]
@@ -171,8 +244,8 @@ class OnnxModel:
 
 
 def contract_record(image: str, result: Result, model_version: int | None) -> dict[str, Any]:
-    """The stable `crux predict --json` object (keys exactly CONTRACT_KEYS)."""
-    return {
+    """The stable `crux predict --json` object (keys exactly CONTRACT_KEYS; SEGMENT_KEYS for a segmenter)."""
+    record: dict[str, Any] = {
         "image": image,
         "label": result.label,
         "score": round(result.score, 6),
@@ -180,6 +253,9 @@ def contract_record(image: str, result: Result, model_version: int | None) -> di
         "boxes": [b.to_dict() for b in result.boxes],
         "model_version": model_version,
     }
+    if result.regions is not None:
+        record["regions"] = [r.to_dict() for r in result.regions]
+    return record
 
 
 def predict_paths(model: OnnxModel, images: Iterable[str]) -> Iterable[dict[str, Any]]:

@@ -98,6 +98,12 @@ def decide(model: OnnxModel, result: Result, cfg: EdgeConfig) -> Decision:
         threshold = model.ng_threshold if cfg.ng_threshold is None else cfg.ng_threshold
         ng_score = 1.0 - result.scores[model.ok_class]
         return Decision("NG" if ng_score >= threshold else "OK", top_gap < margin or abs(ng_score - threshold) < margin)
+    if model.kind == "segment":
+        # The NG score is the peak of the smoothed defect map; the verdict and its margin are taken on it.
+        assert result.probs is not None
+        threshold = model.ng_threshold if cfg.ng_threshold is None else cfg.ng_threshold
+        ng_score = float(result.probs[0])
+        return Decision("NG" if ng_score >= threshold else "OK", abs(ng_score - threshold) < margin)
     threshold = model.box_threshold if cfg.box_threshold is None else cfg.box_threshold
     top = float(result.probs.max()) if result.probs is not None and len(result.probs) else 0.0
     verdict = "NG" if top >= threshold else "OK"
@@ -372,13 +378,18 @@ class EdgeRuntime:
             for b in record["boxes"]
             if b["xyxy"][0] < b["xyxy"][2] and b["xyxy"][1] < b["xyxy"][3]
         ]
+        # A segmenter's regions travel as boxes with their mask (COCO RLE): annotators get them pre-segmented.
+        boxes += [
+            {"class": r["label"], "box": r["xyxy"], "score": r["score"], "mask": r["mask"]["counts"]}
+            for r in record.get("regions") or ()
+        ]
         metadata = {
             "station": self.cfg.station,
             "line": self.line,
             "captured_at": at.isoformat().replace("+00:00", "Z"),
             "model_version": f"{self.line}.v{running.version}",
             "prediction": None
-            if record["label"] == NO_DEFECT_LABEL and running.model.kind == "detect"
+            if record["label"] == NO_DEFECT_LABEL and running.model.kind != "classify"
             else record["label"],
             "verdict": decision.verdict.lower(),
             "scores": record["scores"],
@@ -445,8 +456,11 @@ def _write_json(path: Path, data: Any) -> None:
 class LiveView:
     """Counters and the last frames, for a rich.live.Live on stderr (JSON lines stay on stdout)."""
 
-    def __init__(self, last: int = 10) -> None:
+    def __init__(self, last: int = 10, overlay_path: Path | None = None) -> None:
         self.last: deque[dict[str, Any]] = deque(maxlen=last)
+        # Where the last NG frame of a segmentation model is drawn with its regions (a terminal shows no pixels).
+        self.overlay_path = overlay_path
+        self.overlay_of: str | None = None
         self.counts = {"frames": 0, "NG": 0, "uncertain": 0, "kept": 0, "errors": 0}
         self.latencies: deque[float] = deque(maxlen=500)
 
@@ -459,7 +473,37 @@ class LiveView:
             self.counts["uncertain"] += bool(record.get("uncertain"))
             self.counts["kept"] += record.get("kept") is not None
             self.latencies.append(float(record["latency_ms"]))
+            if record.get("verdict") == "NG" and record.get("regions") and self.overlay_path is not None:
+                self._draw_overlay(record)
         self.last.append(dict(record))
+
+    def _draw_overlay(self, record: Mapping[str, Any]) -> None:
+        from PIL import Image, ImageDraw
+
+        from crux.postprocess import rle_decode
+
+        try:
+            with Image.open(record["image"]) as img:
+                base = img.convert("RGB")
+        except OSError:
+            return
+        red = Image.new("RGB", base.size, (230, 30, 30))
+        for region in record["regions"]:
+            h, w = region["mask"]["size"]
+            if (w, h) != base.size:
+                continue
+            alpha = Image.fromarray((rle_decode(region["mask"]["counts"], h, w) * 120).astype("uint8"))
+            base = Image.composite(red, base, alpha)
+        draw = ImageDraw.Draw(base)
+        for region in record["regions"]:
+            draw.rectangle(list(region["xyxy"]), outline=(255, 220, 0))
+            draw.text((region["xyxy"][0], max(0, region["xyxy"][1] - 11)), region["label"], fill=(255, 220, 0))
+        assert self.overlay_path is not None
+        self.overlay_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.overlay_path.with_name(self.overlay_path.name + ".tmp.png")
+        base.save(tmp, format="PNG")
+        tmp.replace(self.overlay_path)  # a viewer never sees half a file
+        self.overlay_of = Path(record["image"]).name
 
     def render(self) -> Any:
         from rich.table import Table
@@ -468,9 +512,10 @@ class LiveView:
         p50 = lat[len(lat) // 2] if lat else 0.0
         table = Table(
             title=f"crux edge — {self.counts['frames']} frames, NG {self.counts['NG']}, "
-            f"uncertain {self.counts['uncertain']}, kept {self.counts['kept']}, p50 {p50:.1f} ms"
+            f"uncertain {self.counts['uncertain']}, kept {self.counts['kept']}, p50 {p50:.1f} ms",
+            caption=f"last NG overlay: {self.overlay_path} ({self.overlay_of})" if self.overlay_of else None,
         )
-        for col in ("image", "verdict", "label", "score", "boxes", "model", "ms"):
+        for col in ("image", "verdict", "label", "score", "boxes / regions", "model", "ms"):
             table.add_column(col)
         for r in self.last:
             if "error" in r:
@@ -482,8 +527,18 @@ class LiveView:
                 f"[{style}]{r['verdict']}[/]",
                 r["label"],
                 f"{r['score']:.3f}",
-                str(len(r["boxes"])),
+                _findings(r),
                 str(r["model_version"]),
                 f"{r['latency_ms']:.1f}",
             )
         return table
+
+
+def _findings(record: Mapping[str, Any]) -> str:
+    """Boxes as a count; a segmenter's regions as count and the largest one's class and area."""
+    regions = record.get("regions")
+    if regions is None:
+        return str(len(record["boxes"]))
+    if not regions:
+        return "0"
+    return f"{len(regions)}: {regions[0]['label']} {regions[0]['area']} px"

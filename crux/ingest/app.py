@@ -36,6 +36,8 @@ from crux.ingest.stations import Station, station_for_token
 from crux.ingest.storage import ImageStore, image_key
 
 log = logging.getLogger(__name__)
+# Boxes of detectors carry no mask: keep their stored JSON as it was before segmentation models existed.
+_NO_MASK = {"mask"}
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -286,7 +288,10 @@ def create_app(settings: IngestSettings) -> FastAPI:
                 "prediction": meta.prediction,
                 "verdict": meta.verdict,
                 "scores": dict(meta.scores),
-                "boxes": [b.model_dump(by_alias=True, mode="json") for b in meta.boxes],
+                "boxes": [
+                    b.model_dump(by_alias=True, mode="json", exclude=_NO_MASK if b.mask is None else None)
+                    for b in meta.boxes
+                ],
                 "idempotency_key": up.idempotency_key,
                 "ls_project": None,
                 "ls_task_id": None,

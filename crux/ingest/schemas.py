@@ -33,6 +33,8 @@ Coord = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
 
 MAX_CLASSES = 256
 MAX_BOXES = 1000
+# A region mask's RLE: a few hundred characters for a defect; this bounds a hostile one.
+MAX_MASK_CHARS = 200_000
 
 
 class Box(BaseModel):
@@ -43,6 +45,9 @@ class Box(BaseModel):
     cls: ClassName = Field(alias="class")
     box: tuple[Coord, Coord, Coord, Coord] = Field(description="[x1, y1, x2, y2] in pixels")
     score: Score | None = None
+    # A segmentation model's region: its mask over the whole image as a COCO compressed RLE string (the edge's
+    # `crux predict` contract), so annotators get the capture pre-segmented.
+    mask: Annotated[str, StringConstraints(max_length=MAX_MASK_CHARS, pattern=r"^[0-o]*$")] | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> Box:
@@ -91,6 +96,13 @@ class CaptureMetadata(BaseModel):
             x1, y1, x2, y2 = b.box
             if x1 < -1 or y1 < -1 or x2 > width + 1 or y2 > height + 1:
                 raise ValueError(f"boxes[{i}] {list(b.box)} lies outside the {width}x{height} image")
+            if b.mask is not None:
+                from crux.postprocess import rle_decode
+
+                try:
+                    rle_decode(b.mask, height, width)
+                except ValueError as exc:
+                    raise ValueError(f"boxes[{i}].mask: {exc}") from None
 
 
 class CaptureOut(BaseModel):

@@ -33,6 +33,8 @@ def build_augment(cfg: AugmentConfig, kind: str, image_size: int | None = None, 
             raise ConfigError(f"{where}.name: {spec.name} does not transform 2-D images")
         if kind == "detect" and issubclass(cls, A.DualTransform) and targets is not None and "BBoxes" not in targets:
             raise ConfigError(f"{where}.name: {spec.name} does not move boxes; it cannot be used for detection")
+        if kind == "segment" and issubclass(cls, A.DualTransform) and targets is not None and "Mask" not in targets:
+            raise ConfigError(f"{where}.name: {spec.name} does not move masks; it cannot be used for segmentation")
         args = _plain(spec.args)
         accepted = inspect.signature(cls.__init__).parameters
         unknown = sorted(set(args) - set(accepted))
@@ -56,13 +58,17 @@ def build_augment(cfg: AugmentConfig, kind: str, image_size: int | None = None, 
             clip=True,
             check_each_transform=False,
         )
-    # No masks here, so albumentations' shape cross-check is pure overhead (~0.1 ms an image).
+    # Image and mask always come at the same size (crux resizes both), so albumentations' shape cross-check is pure
+    # overhead (~0.1 ms an image). Spatial transforms move a mask with nearest-neighbour sampling (their default
+    # mask_interpolation), so class indices never blend.
     compose = A.Compose(transforms, bbox_params=bbox_params, is_check_shapes=False)
     if image_size is not None:
         dummy = np.zeros((image_size, image_size, channels), np.uint8)
         extra = (
             {"bboxes": [[1.0, 1.0, image_size - 1.0, image_size - 1.0]], "class_ids": [0]} if kind == "detect" else {}
         )
+        if kind == "segment":
+            extra = {"mask": np.zeros((image_size, image_size), np.uint8)}
         try:
             shape = compose(image=dummy, **extra)["image"].shape
         except Exception as exc:

@@ -138,8 +138,8 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     # Classification only: softens one-hot targets; helps from-scratch models on small datasets.
     label_smoothing: float = 0.0
-    # Classification only: sample train items with weight count(class)^-class_balance; 0 keeps the natural
-    # frequencies, 1 shows every class equally often (rare defect types on an OK-heavy line).
+    # Classification and segmentation: sample train items with weight count(image class)^-class_balance; 0 keeps
+    # the natural frequencies, 1 shows every class equally often (rare defect types on an OK-heavy line).
     class_balance: float = 0.0
     # Exponential moving average of the weights (0 = off): validation, checkpoints and the bundle use the average.
     ema_decay: float = 0.0
@@ -291,7 +291,38 @@ def merge_params(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[s
 
 
 def quick_profile(params: Mapping[str, Any]) -> dict[str, Any]:
-    return merge_params(params, QUICK_PROFILE)
+    """The quick profile over `params`; it also drops the per-line overrides, which would undo it (a line's own
+    image size or model)."""
+    out = merge_params(params, QUICK_PROFILE)
+    out["pipeline"] = {**dict(out.get("pipeline") or {}), "overrides": {}}
+    return out
+
+
+# The sections a line may override in params.yaml `pipeline.overrides.LINE` (what its stages read).
+LINE_SECTIONS = ("data", "augment", "train", "evaluate", "export")
+
+
+def line_params(params: Mapping[str, Any], line: str) -> dict[str, Any]:
+    """`params` with `pipeline.overrides.<line>` merged over its sections: each line (its dataset, input size,
+    model) can differ from the shared defaults, while one params.yaml serves every line."""
+    pipeline = params.get("pipeline") or {}
+    overrides = pipeline.get("overrides") if isinstance(pipeline, Mapping) else None
+    if overrides is None:
+        return dict(params)
+    if not isinstance(overrides, Mapping):
+        raise ConfigError("pipeline.overrides: expected a mapping of line name → sections")
+    own = overrides.get(line) or {}
+    if not isinstance(own, Mapping):
+        raise ConfigError(f"pipeline.overrides.{line}: expected a mapping of sections")
+    unknown = sorted(set(own) - set(LINE_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"pipeline.overrides.{line}: unknown section(s) {', '.join(unknown)}; allowed: {', '.join(LINE_SECTIONS)}"
+        )
+    for name, section in own.items():
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"pipeline.overrides.{line}.{name}: expected a mapping of keys")
+    return merge_params(params, own)
 
 
 def _plain(value: Any) -> Any:
@@ -322,7 +353,8 @@ def quick_overrides() -> list[str]:
         text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
         return ["-S", f"{prefix[:-1]}={text.replace(', ', ',')}"]  # no spaces: safe in $(...)
 
-    return walk("", QUICK_PROFILE)
+    # Per-line overrides would undo the quick profile for their line (see quick_profile).
+    return [*walk("", QUICK_PROFILE), "-S", "pipeline.overrides={}"]
 
 
 def validate_augment(cfg: AugmentConfig, data: DataConfig) -> None:

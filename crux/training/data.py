@@ -48,7 +48,8 @@ class InspectionDataModule(pl.LightningDataModule):
     def _balanced_sampler(self, generator: torch.Generator) -> WeightedRandomSampler | None:
         """Items drawn with weight count(class)^-class_balance (with replacement, an epoch's worth of draws)."""
         items = self.datasets["train"].items
-        if self.kind != "classify" or not self.class_balance or not items:
+        # Classification and segmentation items carry one image class ("label"); detection items do not.
+        if self.kind not in ("classify", "segment") or not self.class_balance or not items:
             return None
         labels = torch.tensor([item["label"] for item in items])
         counts = torch.bincount(labels).to(torch.float64)

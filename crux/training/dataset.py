@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from crux.postprocess import InputSpec, load_image, resize
-from crux.training.prepare import read_split
+from crux.training.prepare import read_prepared, read_split
 
 
 class InspectionDataset(Dataset):
@@ -28,6 +29,7 @@ class InspectionDataset(Dataset):
         self.kind = kind
         self.spec = spec
         self.augment = augment
+        self._lut: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -37,6 +39,33 @@ class InspectionDataset(Dataset):
         every transform the same stream, so e.g. both flips would always fire together)."""
         if self.augment is not None:
             self.augment.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+    def channel_lut(self) -> np.ndarray:
+        """Mask pixel value (1 + index in classes) → segmenter output channel (0 background, j = j-th defect class);
+        the OK class, should it appear in a mask, maps to background."""
+        if self._lut is None:
+            meta = read_prepared(self.root)
+            classes, ok = list(meta["classes"]), meta.get("ok_class")
+            defects = [c for c in classes if c != ok]
+            lut = np.zeros(256, np.uint8)
+            for i, c in enumerate(classes):
+                lut[i + 1] = 0 if c == ok else 1 + defects.index(c)
+            self._lut = lut
+        return self._lut
+
+    def _segment_item(self, item: dict[str, Any], image: np.ndarray, out: dict[str, Any]) -> np.ndarray:
+        with Image.open(self.root / item["mask"]) as m:
+            orig = self.channel_lut()[np.asarray(m)]
+        mask = np.asarray(Image.fromarray(orig).resize((self.spec.image_size,) * 2, Image.Resampling.NEAREST))
+        if self.augment is not None:
+            res = self.augment(image=image, mask=mask)
+            image, mask = res["image"], res["mask"]
+        else:
+            out["orig_mask"] = orig  # metrics are taken at the original size, as the edge reports regions
+        out["mask"] = np.ascontiguousarray(mask)
+        out["label"] = item["label"]
+        out["is_ng"] = bool(item["is_ng"])
+        return image
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.items[i]
@@ -49,6 +78,8 @@ class InspectionDataset(Dataset):
             if self.augment is not None:
                 image = self.augment(image=image)["image"]
             out["label"] = item["label"]
+        elif self.kind == "segment":
+            image = self._segment_item(item, image, out)
         else:
             orig = np.asarray(item["boxes"], np.float32).reshape(-1, 4)
             labels = np.asarray(item["labels"], np.int64)
@@ -84,7 +115,11 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if "label" in batch[0]:
         out["label"] = torch.tensor([b["label"] for b in batch], dtype=torch.long)
-    else:
+    if "mask" in batch[0]:
+        out["mask"] = torch.from_numpy(np.stack([b["mask"] for b in batch]).astype(np.int64))
+        out["is_ng"] = torch.tensor([b["is_ng"] for b in batch], dtype=torch.bool)
+        out["orig_mask"] = [b.get("orig_mask") for b in batch]
+    elif "label" not in batch[0]:
         # Flat tensors plus per-image counts: every tensor a loader worker returns costs a shared-memory segment,
         # and two per image made 2 workers slower than none. `split_targets` restores the per-image view.
         out["boxes"] = torch.from_numpy(np.concatenate([b["boxes"] for b in batch]).reshape(-1, 4))

@@ -103,7 +103,7 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
     classes, ok_class = list(prepared["classes"]), prepared.get("ok_class")
     t = cfg.train
     spec = InputSpec(cfg.data.image_size, cfg.data.channels, cfg.data.mean, cfg.data.std)
-    model_config = kind.model_config(t.model, len(classes), cfg.data.channels)
+    model_config = kind.model_config(t.model, len(kind.head_classes(classes, ok_class)), cfg.data.channels)
     detect_spec = DetectSpec(tuple(t.model.strides), len(classes)).to_dict() if cfg.data.kind == "detect" else None
     optim = {
         "optimizer": t.optimizer,
@@ -202,6 +202,8 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         "input": spec.to_dict(),
         "model_config": model_config,
         "detect": detect_spec,
+        # The kind's own decoding parameters (the segmenter's), under its name, beside the detector's.
+        **({cfg.data.kind: decode} if (decode := kind.decode_spec(classes, ok_class)) else {}),
         "info": {"monitor": monitor, "best_val": best_value, "epochs": trainer.current_epoch, "seed": t.seed},
     }
     save_bundle(out_dir / "model.pt", module.model, meta)
@@ -265,19 +267,29 @@ def evaluate(
         )
     kind = get_kind(meta["kind"])
     task = kind.training_task(meta["classes"], meta.get("ok_class"), spec, detect_spec, {})
-    dataset = InspectionDataset(prepared_dir, split, meta["kind"], spec, None)
-    if len(dataset) == 0:
-        raise DatasetError(f"{prepared_dir}: the {split} split is empty")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    state = task.new_state()
+
+    def run(on: str) -> tuple[Any, InspectionDataset]:
+        dataset = InspectionDataset(prepared_dir, on, meta["kind"], spec, None)
+        if len(dataset) == 0:
+            raise DatasetError(f"{prepared_dir}: the {on} split is empty")
+        state = task.new_state()
+        with torch.inference_mode():
+            for batch in DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate):
+                raw = model(normalise(batch["image"].to(device), spec))
+                task.collect(state, raw, batch)
+        return state, dataset
+
     started = time.perf_counter()
-    with torch.inference_mode():
-        for batch in DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate):
-            raw = model(normalise(batch["image"].to(device), spec))
-            task.collect(state, raw, batch)
+    state, dataset = run(split)
     wall = time.perf_counter() - started
-    metrics, plots = task.metrics(state, ng_threshold=cfg.ng_threshold, max_false_reject=cfg.max_false_reject)
+    ng_threshold = cfg.ng_threshold
+    if hasattr(task, "operating_threshold"):
+        # The operating point is chosen on the validation split (never on the split being measured) for the
+        # false-reject budget, and shipped in the card: the edge rejects at exactly this NG score.
+        ng_threshold = task.operating_threshold(state if split == "val" else run("val")[0], cfg.max_false_reject)
+    metrics, plots = task.metrics(state, ng_threshold=ng_threshold, max_false_reject=cfg.max_false_reject)
     metrics = {"split": split, "kind": meta["kind"], **metrics}
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -288,16 +300,19 @@ def evaluate(
     # reports a missing file as an error but skips an empty one.
     for name in PLOT_FILES:
         write_json(plots_dir / f"{name}.json", plots.get(name, []))
-    if meta["kind"] == "classify":
+    if "confusion_matrix" in metrics:
         import numpy as np
 
         confusion_png(np.asarray(metrics["confusion_matrix"]), meta["classes"], plots_dir / "confusion_matrix.png")
+    if hasattr(task, "gallery"):
+        task.gallery(state, dataset, model, device, ng_threshold, plots_dir / "worst_misses.png")
     write_json(
         out_dir / "postprocess.json",
         {
             "input": spec.to_dict(),
             "detect": detect_spec.to_dict() if detect_spec else None,
-            "ng_threshold": cfg.ng_threshold,
+            **({meta["kind"]: meta[meta["kind"]]} if meta.get(meta["kind"]) else {}),
+            "ng_threshold": ng_threshold,
             "ok_class": meta.get("ok_class"),
             "classes": meta["classes"],
         },

@@ -77,6 +77,17 @@ def prepare(data_dir: Path, out_dir: Path, cfg: DataConfig) -> dict[str, Any]:
                 excluded.append({"sha256": item["sha256"], "reason": f"{len(labels)} class labels, need exactly 1"})
                 continue
             record["label"] = index[labels[0]["class"]]
+        elif kind == "segment":
+            mask = data_dir / str(item.get("mask") or "")
+            if not item.get("mask") or not mask.is_file():
+                raise DatasetError(f"{where}: segment item without its mask file {item.get('mask')!r}")
+            verdict = item.get("verdict") or (labels[0]["class"] if labels else ok_class)
+            if verdict not in index:
+                raise DatasetError(f"{where}: verdict {verdict!r} is not in {classes_file}")
+            record["mask"] = os.path.relpath(mask, out_dir)
+            record["label"] = index[verdict]
+            record["is_ng"] = verdict != ok_class
+            record["labels"] = [index[lab["class"]] for lab in labels]
         else:
             if any(lab.get("box") is None for lab in labels):
                 raise DatasetError(f"{where}: a detection label without a box")
@@ -99,7 +110,7 @@ def prepare(data_dir: Path, out_dir: Path, cfg: DataConfig) -> dict[str, Any]:
         counts[split] = len(records)
         per_class = dict.fromkeys(classes, 0)
         for r in records:
-            for lab in [r["label"]] if kind == "classify" else r["labels"]:
+            for lab in [r["label"]] if kind in ("classify", "segment") else r["labels"]:
                 per_class[classes[lab]] += 1
         class_counts[split] = per_class
     summary = {

@@ -45,16 +45,22 @@ def write_synthetic_dataset(
     """Write `root/data/` (images, manifest.jsonl, classes.json, dataset.json); returns the data folder."""
     rng = np.random.default_rng(seed)
     data = Path(root) / "data"
-    classes = (["ok"] if kind == "classify" and ok_class else []) + ["scratch", "spot"]
+    classes = (["ok"] if kind in ("classify", "segment") and ok_class else []) + ["scratch", "spot"]
     records: list[dict[str, Any]] = []
     task_id = 0
     for split, n in zip(("train", "val", "test"), n_per_split, strict=True):
         for i in range(n):
             task_id += 1
+            extra: dict[str, Any] = {}
             if kind == "classify":
                 cls = classes[i % len(classes)]
                 img, _ = _draw(rng, size, [] if cls == "ok" else [cls])
                 labels = [{"box": None, "class": cls}]
+            elif kind == "segment":
+                cls = classes[i % len(classes)]
+                img, boxes = _draw(rng, size, [] if cls == "ok" else [cls])
+                labels = [{"box": b, "class": cls} for b in boxes]
+                extra = _mask(data, size, boxes, cls, classes)
             else:
                 picks = [classes[(i + j) % len(classes)] for j in range(1 + i % 2)]
                 img, boxes = _draw(rng, size, picks)
@@ -79,6 +85,7 @@ def write_synthetic_dataset(
                     "split": split,
                     "task_id": task_id,
                     "width": size,
+                    **extra,
                 }
             )
     records.sort(key=lambda r: r["sha256"])
@@ -90,3 +97,20 @@ def write_synthetic_dataset(
         json.dumps({"project": "synthetic", "counts": {"items": len(records)}, "excluded": []})
     )
     return data
+
+
+def _mask(data: Path, size: int, boxes: list[list[float]], cls: str, classes: list[str]) -> dict[str, Any]:
+    """The class-index mask of a drawn defect (the same shape `_draw` drew), stored as `crux snapshot` stores it:
+    content-addressed PNG, 0 background, 1 + class index; returns the manifest's `mask` and `verdict` fields."""
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    for box in boxes:
+        (draw.rectangle if cls == "scratch" else draw.ellipse)(box, fill=classes.index(cls) + 1)
+    buf = io.BytesIO()
+    mask.save(buf, format="PNG")
+    blob = buf.getvalue()
+    sha = hashlib.sha256(blob).hexdigest()
+    rel = f"masks/{sha[:2]}/{sha}.png"
+    (data / rel).parent.mkdir(parents=True, exist_ok=True)
+    (data / rel).write_bytes(blob)
+    return {"mask": rel, "verdict": cls}

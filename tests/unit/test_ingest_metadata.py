@@ -148,3 +148,26 @@ def test_unsent_mark_sent_and_labeled(tmp_path: Path) -> None:
     assert mark_labeled(engine, [1]) == 1
     assert [c.id for c in list_captures(engine, labeled=True)] == [1]
     assert [c.id for c in list_captures(engine, labeled=False)] == [2, 3]
+
+
+def test_region_masks_travel_with_boxes_and_must_fit_the_image() -> None:
+    """A segmenter's region rides on its box as COCO RLE; a mask of another size or with foreign characters is
+    refused with the box named."""
+    import numpy as np
+
+    from crux.postprocess import rle_encode
+
+    mask = np.zeros((30, 40), bool)
+    mask[5:9, 10:20] = True
+    good = CaptureMetadata.model_validate(
+        capture_metadata(
+            "edge-1", "tile", boxes=[{"class": "crack", "box": [10, 5, 20, 9], "score": 0.9, "mask": rle_encode(mask)}]
+        )
+    )
+    good.check_boxes_inside(40, 30)
+    with pytest.raises(ValueError, match=r"boxes\[0\].mask: RLE does not describe a 30x41 mask"):
+        good.check_boxes_inside(41, 30)
+    with pytest.raises(ValidationError, match="mask"):
+        CaptureMetadata.model_validate(
+            capture_metadata("edge-1", "tile", boxes=[{"class": "crack", "box": [1, 1, 2, 2], "mask": "a b"}])
+        )

@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 
 from crux.config import ConfigError
-from crux.training.config import QUICK_PROFILE, PipelineConfig, load_pipeline_config, merge_params, quick_profile
+from crux.training.config import (
+    QUICK_PROFILE,
+    PipelineConfig,
+    load_pipeline_config,
+    merge_params,
+    quick_overrides,
+    quick_profile,
+)
 
 
 def _load(params: dict[str, Any]) -> PipelineConfig:
@@ -46,7 +53,7 @@ def test_valid_augment_pipeline_for_detection() -> None:
         ({"data": {"imgsize": 64}}, r"params\.data: unknown key\(s\) imgsize"),
         ({"train": {"model": {"widht": 8}}}, r"params\.train\.model: unknown key\(s\) widht"),
         ({"evaluate": {"iou": 0.5}}, r"unknown key\(s\) iou"),
-        ({"data": {"kind": "segment"}}, r"data\.kind: 'segment' is not a task kind"),
+        ({"data": {"kind": "keypoints"}}, r"data\.kind: 'keypoints' is not a task kind"),
         ({"data": {"image_size": 16}}, r"data\.image_size: 16 must be in 32\.\.4096"),
         ({"data": {"channels": 2}}, r"data\.channels"),
         ({"data": {"split_ratios": [0.5, 0.2]}}, r"data\.split_ratios"),
@@ -120,3 +127,40 @@ def test_precision_auto_is_fp32_on_cpu() -> None:
     assert resolve_precision("auto", "cpu") == "32-true"
     assert resolve_precision("auto", "auto") == expected
     assert resolve_precision("16-mixed", "auto") == "16-mixed"
+
+
+def test_line_overrides_merge_over_shared_sections() -> None:
+    from crux.training.config import line_params
+
+    params = {
+        "data": {"image_size": 200, "channels": 1},
+        "train": {"model": {"width": 32, "depth": [1, 1, 2, 1]}, "lr": 0.002},
+        "pipeline": {
+            "lines": ["a", "b"],
+            "overrides": {"b": {"data": {"image_size": 224}, "train": {"model": {"width": 16}}}},
+        },
+    }
+    b = load_pipeline_config(line_params(params, "b"))
+    assert b.data.image_size == 224 and b.train.model.width == 16 and b.train.model.depth == (1, 1, 2, 1)
+    assert b.train.lr == 0.002  # untouched keys stay shared
+    a = load_pipeline_config(line_params(params, "a"))
+    assert a.data.image_size == 200 and a.train.model.width == 32
+    # The quick profile drops the overrides: a line's own size would undo it.
+    assert quick_profile(params)["pipeline"]["overrides"] == {}
+    assert quick_overrides()[-2:] == ["-S", "pipeline.overrides={}"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"b": {"trian": {}}}, r"pipeline.overrides.b: unknown section\(s\) trian"),
+        ({"b": {"train": {"model": {"widht": 3}}}}, "widht"),
+        ({"b": {"data": 5}}, r"pipeline.overrides.b.data: expected a mapping"),
+        ([1], "pipeline.overrides: expected a mapping"),
+    ],
+)
+def test_line_overrides_are_validated(overrides: object, message: str) -> None:
+    from crux.training.config import line_params
+
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline_config(line_params({"pipeline": {"overrides": overrides}}, "b"))
