@@ -25,6 +25,16 @@ def tiny_bundle(path: Path, kind: str, seed: int = 0, image_size: int = IMAGE_SI
         with torch.no_grad():
             model.fc.weight.normal_(0, 2.0)  # spread the logits: distinct top-1 classes across images
         detect = None
+    elif kind == "segment":
+        from crux.models.segmenter import Segmenter, SegmenterConfig
+
+        classes, ok_class = ["ok", "scratch", "spot"], "ok"
+        cfg = SegmenterConfig(num_outputs=3, in_channels=1, width=4, depth=(1, 1), decoder_width=8)
+        model = Segmenter(cfg)
+        with torch.no_grad():
+            model.head[-1].bias.copy_(torch.tensor([0.0, 0.3, 0.0]))  # untrained: some pixels defective, not all
+            model.head[-1].weight.normal_(0, 1.0)
+        detect = None
     else:
         from crux.models.detector import Detector, DetectorConfig
 
@@ -42,6 +52,7 @@ def tiny_bundle(path: Path, kind: str, seed: int = 0, image_size: int = IMAGE_SI
         "input": InputSpec(image_size, 1).to_dict(),
         "model_config": cfg.to_dict(),
         "detect": detect,
+        **({"segment": {"defect_classes": ["scratch", "spot"]}} if kind == "segment" else {}),
         "info": {"monitor": "test", "best_val": None, "epochs": 0, "seed": seed},
     }
     save_bundle(path, model, meta)

@@ -31,6 +31,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "v1": exported(root, "classify", seed=0, metrics={"macro_f1": 0.8}),
         "v2": exported(root, "classify", seed=1, metrics={"macro_f1": 0.8}),
         "det": exported(root, "detect", seed=0, metrics={"map50": 0.5}),
+        "seg": exported(root, "segment", seed=0, metrics={"miou": 0.5}),
     }
 
 
@@ -333,3 +334,37 @@ def test_live_view_renders(tmp_path: Path) -> None:
     console.print(view.render())
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "a.png" in text and "ERROR" in text and view.counts["NG"] == 1
+
+
+def test_segmenter_frames_carry_regions_to_the_outbox_and_the_overlay(
+    tmp_path: Path, exports: dict[str, Path], frames: list[Path]
+) -> None:
+    from crux.ingest.schemas import CaptureMetadata
+    from crux.postprocess import rle_decode
+
+    key = generate_private_key()
+    publish(str(tmp_path / "remote"), LINE, exports["seg"], key, GateConfig())
+    outbox = FakeOutbox()
+    rt, _ = make_runtime(tmp_path, key, EdgeConfig(ok_sample_rate=0.0, uncertain_margin=0.0), outbox=outbox)
+    rt.wait_for_model(timeout_s=5)
+    view = LiveView(overlay_path=tmp_path / "overlay.png")
+    records = [rt.process(f) for f in frames[:12]]
+    for r in records:
+        view.update(r)
+        assert r["verdict"] == ("NG" if r["label"] != "ok" else "OK")
+        for region in r["regions"]:
+            mask = rle_decode(region["mask"]["counts"], *region["mask"]["size"])
+            assert mask.shape == (40, 48) and int(mask.sum()) == region["area"]
+    ng = [r for r in records if r["verdict"] == "NG"]
+    assert ng and any(r["regions"] for r in ng), "the tiny untrained segmenter should reject some noise frames"
+    assert len(outbox.items) == len(ng)
+    for _, meta, _ in outbox.items:
+        parsed = CaptureMetadata.model_validate(meta)
+        parsed.check_boxes_inside(48, 40)  # masks of the frame's size, as the ingest service checks
+    assert any(b.get("mask") for _, meta, _ in outbox.items for b in meta["boxes"])
+    assert Image.open(tmp_path / "overlay.png").size == (48, 40)
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=160)
+    console.print(view.render())
+    assert "overlay.png" in console.file.getvalue()  # type: ignore[attr-defined]
