@@ -321,3 +321,44 @@ def test_mask_predictions_become_regions_and_a_verdict(tmp_path: Path) -> None:
     path.write_text(json.dumps({**lines[0], "mask": "bin.png", "label": None}) + "\n")
     with pytest.raises(importer.ImportValidationError, match=r"a 0/255 mask needs a defect class"):
         importer.read_predictions(path, spec())
+
+
+def test_folders_go_by_verdict_ls_json_keeps_pixels_and_box_formats_refuse(world: World, tmp_path: Path) -> None:
+    root = world.build()
+    items = read_manifest(root / "manifest.jsonl")
+    info = read_classes(root / "classes.json")
+    export_dataset(root, items, info, tmp_path / "folders", "folders")
+    placed = {p.stem: p.parent.name for p in (tmp_path / "folders").glob("*/*/*.jpg")}
+    assert placed == {str(i.task_id): i.verdict for i in items}
+    export_dataset(root, items, info, tmp_path / "ls", "ls-json")
+    tasks = [t for s in ("train", "val", "test") for t in json.loads((tmp_path / "ls" / s / "tasks.json").read_text())]
+    kind = get_kind("segment")
+    for task in tasks:
+        item = next(i for i in items if i.task_id == task["meta"]["crux_task_id"])
+        labels = kind.from_results(task["annotations"][0]["result"], W, H)
+        kept = kind.dataset_labels(labels, W, H, CLASSES, "OK")
+        assert np.array_equal(kept.class_mask, load(root, item.mask)) and kept.verdict == item.verdict  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="voc holds boxes"):
+        export_dataset(root, items, info, tmp_path / "voc", "voc")
+    with pytest.raises(Exception, match="only a segment dataset"):
+        export_dataset(root, items, ClassesInfo("detect", CLASSES), tmp_path / "m", "masks")
+
+
+def test_class_mask_folder_import_refuses_values_without_a_class(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "classes.txt").write_text("OK\nCrack\n")
+    (tmp_path / "images" / "a.jpg").write_bytes(image_bytes(1, W, H))
+    mask = np.zeros((H, W), np.uint8)
+    mask[3:6, 3:6] = 2
+    Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
+    (item,) = importer.scan_source(str(tmp_path), spec(), "masks").items
+    assert [lb.cls for lb in item.labels or ()] == ["Crack"]
+    mask[0, 0] = 3
+    Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
+    with pytest.raises(importer.ImportValidationError, match=r"masks/a.png: pixel value\(s\) \[3\] name no class"):
+        importer.scan_source(str(tmp_path), spec(), "masks")
+    mask[0, 0] = 1
+    Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
+    with pytest.raises(importer.ImportValidationError, match=r"masks/a.png: pixels of the OK class"):
+        importer.scan_source(str(tmp_path), spec(), "masks")
