@@ -49,7 +49,7 @@ def test_classify_label_config_is_single_choice_and_escapes_the_title() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"kind": "panoptic"}, "not a task kind"),
+        ({"kind": "keypoints"}, "not a task kind"),
         ({"classes": {}}, "at least one class"),
         ({"classes": {"bad/name": "#000000"}}, "classes.bad/name"),
         ({"classes": {"a": "red"}}, "not #RRGGBB"),

@@ -46,7 +46,7 @@ def test_valid_augment_pipeline_for_detection() -> None:
         ({"data": {"imgsize": 64}}, r"params\.data: unknown key\(s\) imgsize"),
         ({"train": {"model": {"widht": 8}}}, r"params\.train\.model: unknown key\(s\) widht"),
         ({"evaluate": {"iou": 0.5}}, r"unknown key\(s\) iou"),
-        ({"data": {"kind": "segment"}}, r"data\.kind: 'segment' is not a task kind"),
+        ({"data": {"kind": "keypoints"}}, r"data\.kind: 'keypoints' is not a task kind"),
         ({"data": {"image_size": 16}}, r"data\.image_size: 16 must be in 32\.\.4096"),
         ({"data": {"channels": 2}}, r"data\.channels"),
         ({"data": {"split_ratios": [0.5, 0.2]}}, r"data\.split_ratios"),
