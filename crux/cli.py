@@ -279,12 +279,16 @@ def import_command(
     labels: Annotated[
         str,
         typer.Option(
-            help="Existing labels: yolo (images/, labels/, classes.txt), coco (annotations.json), "
-            "folders (one folder per class) or none."
+            help="Existing labels: yolo (images/, labels/, classes.txt; polygons for segment projects), coco "
+            "(annotations.json; segmentation for segment projects), folders (one folder per class), masks (segment "
+            "projects: NAME.png beside NAME.jpg in class folders, or images/ + masks/ + classes.txt) or none."
         ),
     ] = "none",
     predictions: Annotated[
-        Path | None, typer.Option(help="`crux predict --json` lines to attach as pre-annotations.")
+        Path | None,
+        typer.Option(
+            help="`crux predict --json` lines to attach as pre-annotations (segment: each line names a mask PNG)."
+        ),
     ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
@@ -403,7 +407,7 @@ def snapshot_command(
 def export_dataset_command(
     project: Annotated[str, typer.Argument(help="Project name from params.yaml.")],
     dest: Annotated[Path, typer.Argument(help="Folder to write (one sub-folder per split).")],
-    format: Annotated[str, typer.Option("--format", help="yolo | coco | folders | ls-json | voc")],
+    format: Annotated[str, typer.Option("--format", help="yolo | coco | folders | ls-json | voc | masks")],
     rev: Annotated[str | None, typer.Option(help="Git revision of the dataset; default the workspace.")] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
@@ -465,7 +469,14 @@ def data_diff(
         info = versioning.read_classes_at(ctx.root, new_rev, data_rel) or versioning.read_classes_at(
             ctx.root, old_rev, data_rel
         )
-        diff = diff_manifests(old, new, info.classes if info else ())
+        diff = diff_manifests(
+            old,
+            new,
+            info.classes if info else (),
+            read_old_mask=versioning.mask_reader(ctx.root, old_rev, data_rel),
+            read_new_mask=versioning.mask_reader(ctx.root, new_rev, data_rel),
+            mask_relabel_iou=cfg.mask_relabel_iou,
+        )
         reports[name] = {"from": old_rev, "to": new_rev or "workspace", **diff_to_json(diff)}
         sections.append(f"## {name}\n\n" + diff_to_markdown(diff, old_rev, new_rev or "workspace"))
     if as_json:

@@ -185,6 +185,8 @@ class DatasetConfig:
     split: tuple[float, ...] = (0.8, 0.1, 0.1)
     fetch_workers: int = 4
     retries: int = 3
+    # Segmentation: a mask whose new version overlaps the old one less than this (pixel IoU) is a relabel.
+    mask_relabel_iou: float = 0.9
     health: Any = field(default_factory=_default_health)
 
     def __post_init__(self) -> None:
@@ -197,6 +199,8 @@ class DatasetConfig:
             raise ConfigError(f"dataset.split: {exc}") from exc
         if self.fetch_workers < 1 or self.retries < 0:
             raise ConfigError("dataset.fetch_workers must be >= 1 and dataset.retries >= 0")
+        if not 0.0 < self.mask_relabel_iou <= 1.0:
+            raise ConfigError(f"dataset.mask_relabel_iou: {self.mask_relabel_iou} is not in (0, 1]")
         if isinstance(self.health, Mapping):
             object.__setattr__(self, "health", from_mapping(HealthOptions, self.health, "dataset.health"))
         if len(self.root.parts) != 1 or self.root.is_absolute():

@@ -34,6 +34,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".bmp"})
 COORD_TOLERANCE = 1e-6
 BATCH_SIZE = 500
+VERDICTS = "verdicts.json"  # segment exports: {image file name: class} beside images/
 
 
 class ImportValidationError(CruxError, ValueError):
@@ -66,6 +67,7 @@ class Prediction:
     score: float
     labels: tuple[Label, ...]
     label_scores: tuple[float, ...]
+    where: str = ""  # file:line it came from, for messages
 
 
 @dataclass
@@ -160,10 +162,20 @@ def _decode_all(fs: Any, paths: Sequence[str], problems: list[str], progress: Ca
 
 
 def _yolo_labels(
-    fs: Any, label_path: str, names: Sequence[str], width: int, height: int, *, problems: list[str]
+    fs: Any,
+    label_path: str,
+    names: Sequence[str],
+    width: int,
+    height: int,
+    *,
+    problems: list[str],
+    spec: ProjectSpec | None = None,
+    verdict: str | None = None,
 ) -> tuple[Label, ...] | None:
     if not fs.exists(label_path):
         return None
+    if spec is not None and get_kind(spec.kind).geometry == "mask":
+        return _yolo_polygons(fs, label_path, names, width, height, spec, verdict, problems)
     labels = []
     for number, line in enumerate(fs.cat_file(label_path).decode("utf-8", "replace").splitlines(), start=1):
         if not line.strip():
@@ -188,6 +200,80 @@ def _yolo_labels(
             continue
         labels.append(Label(cls=names[class_id], box=yolo_to_pixel(cx, cy, w, h, width, height)))
     return tuple(labels)
+
+
+def _yolo_polygons(
+    fs: Any,
+    label_path: str,
+    names: Sequence[str],
+    width: int,
+    height: int,
+    spec: ProjectSpec,
+    verdict: str | None,
+    problems: list[str],
+) -> tuple[Label, ...]:
+    """YOLO segmentation lines `class x1 y1 x2 y2 …` (≥ 3 points, 0..1): one region per line, rasterised."""
+    from crux.masks import bbox, rasterize_polygon
+
+    labels = []
+    for number, line in enumerate(fs.cat_file(label_path).decode("utf-8", "replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{label_path}:{number}"
+        fields = line.split()
+        if len(fields) < 7 or len(fields) % 2 == 0:
+            problems.append(
+                f"{where}: expected 'class x1 y1 x2 y2 x3 y3 …' (a polygon of ≥ 3 points), got {line.strip()!r}"
+            )
+            continue
+        try:
+            class_id = int(fields[0])
+            coords = [float(v) for v in fields[1:]]
+        except ValueError:
+            problems.append(f"{where}: not numbers: {line.strip()!r}")
+            continue
+        if not 0 <= class_id < len(names):
+            problems.append(f"{where}: unknown class id {class_id} (classes.txt has {len(names)} classes)")
+            continue
+        if names[class_id] == spec.ok_class:
+            problems.append(f"{where}: class {names[class_id]!r} is the OK class, which marks no pixels")
+            continue
+        if any(v < -COORD_TOLERANCE or v > 1 + COORD_TOLERANCE for v in coords):
+            problems.append(f"{where}: polygon point outside 0..1")
+            continue
+        points = [(x * width, y * height) for x, y in zip(coords[0::2], coords[1::2], strict=True)]
+        region = rasterize_polygon(points, width, height)
+        box = bbox(region)
+        if box is not None:
+            labels.append(Label(cls=names[class_id], box=PixelBox(*box), mask=region))
+    return tuple(labels) + _verdict_label(verdict, spec)
+
+
+def _verdict_label(verdict: str | None, spec: ProjectSpec) -> tuple[Label, ...]:
+    """The whole-image verdict as a label, where the project has the Choices for it (an ok_class)."""
+    return (Label(cls=verdict),) if verdict is not None and spec.ok_class is not None else ()
+
+
+def _read_verdicts(fs: Any, folder: str, spec: ProjectSpec, problems: list[str]) -> dict[str, str]:
+    """`verdicts.json` ({image file name: class}) that `crux export-dataset` writes beside segment exports."""
+    path = f"{folder}/{VERDICTS}"
+    if not fs.exists(path):
+        return {}
+    try:
+        data = json.loads(fs.cat_file(path))
+        if not isinstance(data, dict):
+            raise TypeError("not an object")
+    except (ValueError, TypeError) as exc:
+        problems.append(f"{path}: not a JSON object of image name → class ({exc})")
+        return {}
+    out = {}
+    for name, cls in data.items():
+        mapped = _class_for(str(cls), spec)
+        if mapped is None:
+            problems.append(f"{path}: {name}: class {cls!r} is not a class of project {spec.title!r}")
+        else:
+            out[str(name)] = mapped
+    return out
 
 
 def _class_for(name: str, spec: ProjectSpec) -> str | None:
@@ -225,10 +311,13 @@ def _scan_yolo(fs: Any, root: str, spec: ProjectSpec, problems: list[str]) -> di
         return {}
     readers: dict[str, Callable[..., Any]] = {}
     for image_root, label_root in roots:
+        verdicts = _read_verdicts(fs, posixpath.dirname(image_root), spec, problems)
         for path in _list_images(fs, image_root, problems):
-            stem = posixpath.splitext(posixpath.relpath(path, image_root))[0]
+            rel = posixpath.relpath(path, image_root)
+            stem = posixpath.splitext(rel)[0]
             label_path = f"{label_root}/{stem}.txt"
-            readers[path] = partial(_yolo_labels, fs, label_path, names, problems=problems)
+            verdict = verdicts.get(rel)
+            readers[path] = partial(_yolo_labels, fs, label_path, names, problems=problems, spec=spec, verdict=verdict)
     return readers
 
 
@@ -247,6 +336,8 @@ def _scan_coco(fs: Any, root: str, spec: ProjectSpec, problems: list[str]) -> di
             coco = json.loads(fs.cat_file(ann_path))
             categories = {int(c["id"]): str(c["name"]) for c in coco["categories"]}
             images = {int(i["id"]): str(i["file_name"]) for i in coco["images"]}
+            # `verdict`: the image's class, which `crux export-dataset` adds for segment datasets.
+            verdicts = {int(i["id"]): i["verdict"] for i in coco["images"] if i.get("verdict") is not None}
         except (ValueError, KeyError, TypeError) as exc:
             problems.append(f"{ann_path}: not a COCO annotation file ({type(exc).__name__}: {exc})")
             continue
@@ -271,7 +362,14 @@ def _scan_coco(fs: Any, root: str, spec: ProjectSpec, problems: list[str]) -> di
                 continue
             anns = by_image[image_id]
             where = f"{ann_path} image {image_id}"
-            readers[path] = partial(_coco_labels, anns, categories, spec, where=where, problems=problems)
+            verdict = verdicts.get(image_id)
+            if verdict is not None and _class_for(str(verdict), spec) is None:
+                problems.append(f"{where}: verdict {verdict!r} is not a class of project {spec.title!r}")
+                verdict = None
+            verdict = None if verdict is None else _class_for(str(verdict), spec)
+            readers[path] = partial(
+                _coco_labels, anns, categories, spec, where=where, problems=problems, verdict=verdict
+            )
     return readers
 
 
@@ -284,7 +382,10 @@ def _coco_labels(
     *,
     where: str,
     problems: list[str],
+    verdict: str | None = None,
 ) -> tuple[Label, ...]:
+    if get_kind(spec.kind).geometry == "mask":
+        return _coco_regions(anns, categories, spec, width, height, where, problems) + _verdict_label(verdict, spec)
     labels = []
     for ann in anns:
         cls = _class_for(categories[ann["category_id"]], spec) or categories[ann["category_id"]]
@@ -298,6 +399,39 @@ def _coco_labels(
             problems.append(f"{where}: bbox {bbox} is empty or outside the {width}x{height} image")
             continue
         labels.append(Label(cls=cls, box=PixelBox(x, y, x + w, y + h)))
+    return tuple(labels)
+
+
+def _coco_regions(
+    anns: Sequence[dict[str, Any]],
+    categories: Mapping[int, str],
+    spec: ProjectSpec,
+    width: int,
+    height: int,
+    where: str,
+    problems: list[str],
+) -> tuple[Label, ...]:
+    """COCO `segmentation` (RLE or polygons) → one region per annotation."""
+    from crux.masks import MaskError, bbox, coco_segmentation
+
+    labels = []
+    for ann in anns:
+        cls = _class_for(categories[ann["category_id"]], spec) or categories[ann["category_id"]]
+        at = f"{where} annotation {ann.get('id')}"
+        if cls == spec.ok_class:
+            problems.append(f"{at}: class {cls!r} is the OK class, which marks no pixels")
+            continue
+        if ann.get("segmentation") is None:
+            problems.append(f"{at}: no segmentation (a segment project needs masks or polygons, not only boxes)")
+            continue
+        try:
+            region = coco_segmentation(ann["segmentation"], width, height)
+        except (MaskError, ValueError, TypeError, KeyError) as exc:
+            problems.append(f"{at}: bad segmentation ({exc})")
+            continue
+        box = bbox(region)
+        if box is not None:
+            labels.append(Label(cls=cls, box=PixelBox(*box), mask=region))
     return tuple(labels)
 
 
@@ -318,6 +452,170 @@ def _scan_folders(fs: Any, root: str, spec: ProjectSpec, problems: list[str]) ->
     return readers
 
 
+def _scan_masks(fs: Any, root: str, spec: ProjectSpec, problems: list[str]) -> dict[str, Callable[..., Any]]:
+    """Pixel masks for a segment project, in one of two layouts:
+
+    - class folders with `NAME.png` beside each photo `NAME.jpg` (Magnetic Tile): white = defect of the folder's
+      class (through `aliases`), an all-black mask = no defect; the folder's class is the image's verdict;
+    - `images/` + `masks/` (at the root or in each split folder, as `crux export-dataset --format masks` writes):
+      `masks/NAME.png` holds class indices (0 background, v = the v-th line of `classes.txt` at the root), and an
+      optional `verdicts.json` beside `images/` gives each image's class.
+    """
+    if get_kind(spec.kind).geometry != "mask":
+        problems.append(f"{root}: --labels masks gives pixel masks; project {spec.title!r} is {spec.kind!r}")
+        return {}
+    roots = _paired_roots(fs, root, "masks")
+    return _scan_class_masks(fs, root, roots, spec, problems) if roots else _scan_folder_masks(fs, root, spec, problems)
+
+
+def _paired_roots(fs: Any, root: str, other: str) -> list[tuple[str, str]]:
+    """(images folder, `other` folder) pairs: at the root, or one per split folder."""
+    if fs.isdir(f"{root}/images") and fs.isdir(f"{root}/{other}"):
+        return [(f"{root}/images", f"{root}/{other}")]
+    return [
+        (f"{d}/images", f"{d}/{other}")
+        for d in sorted(fs.ls(root, detail=False))
+        if fs.isdir(d) and fs.isdir(f"{d}/images") and fs.isdir(f"{d}/{other}")
+    ]
+
+
+def _scan_folder_masks(fs: Any, root: str, spec: ProjectSpec, problems: list[str]) -> dict[str, Callable[..., Any]]:
+    files = sorted(p for p in fs.find(root) if not posixpath.basename(p).startswith("."))
+    stems: dict[str, set[str]] = {}
+    for path in files:
+        stem, ext = posixpath.splitext(path)
+        stems.setdefault(stem, set()).add(ext.lower())
+    readers: dict[str, Callable[..., Any]] = {}
+    for path in files:
+        stem, ext = posixpath.splitext(path)
+        ext = ext.lower()
+        if ext == ".png":
+            if not stems[stem] & PHOTO_EXTENSIONS:
+                problems.append(f"{path}: a mask without its image ({posixpath.basename(stem)}.jpg is missing)")
+            continue
+        if ext not in PHOTO_EXTENSIONS:
+            kind = "not an image file" if ext not in IMAGE_EXTENSIONS else "not a photo of the mask layout (.jpg, .bmp)"
+            problems.append(f"{path}: {kind} (extension {ext or 'none'})")
+            continue
+        parts = posixpath.relpath(path, root).split("/")
+        cls = _class_for(parts[0], spec) if len(parts) > 1 else None
+        if len(parts) < 2:
+            problems.append(f"{path}: images must sit in a folder named after their class")
+        elif cls is None:
+            problems.append(f"{path}: folder {parts[0]!r} is not a class (or alias) of project {spec.title!r}")
+        elif ".png" not in stems[stem]:
+            problems.append(f"{path}: no mask {posixpath.basename(stem)}.png beside it")
+        else:
+            readers[path] = partial(_folder_mask_labels, fs, f"{stem}.png", cls, spec, problems)
+    return readers
+
+
+def _read_mask_file(fs: Any, path: str, width: int, height: int, problems: list[str]) -> Any:
+    """A mask file as (array, mode), or None after naming the problem: unreadable, or not the image's size."""
+    from crux.masks import MaskError, read_image_array
+
+    try:
+        array, mode = read_image_array(fs.cat_file(path))
+    except MaskError as exc:
+        problems.append(f"{path}: {exc}")
+        return None
+    if array.shape[:2] != (height, width):
+        problems.append(f"{path}: mask is {array.shape[1]}x{array.shape[0]} px, its image {width}x{height}")
+        return None
+    return array, mode
+
+
+def _folder_mask_labels(
+    fs: Any, mask_path: str, cls: str, spec: ProjectSpec, problems: list[str], width: int, height: int
+) -> tuple[Label, ...] | None:
+    from crux.masks import MaskError, binary_source_mask
+
+    read = _read_mask_file(fs, mask_path, width, height, problems)
+    if read is None:
+        return None
+    try:
+        region = binary_source_mask(*read)
+    except MaskError as exc:
+        problems.append(f"{mask_path}: {exc}")
+        return None
+    regions: list[Label] = []
+    if region.any():
+        if cls == spec.ok_class:
+            problems.append(f"{mask_path}: marks defect pixels, but its folder is the OK class {cls!r}")
+            return None
+        regions = get_kind(spec.kind).regions_from_mask(region.astype("uint8"), [cls])
+    return tuple(regions) + _verdict_label(cls, spec)
+
+
+def _scan_class_masks(
+    fs: Any, root: str, roots: Sequence[tuple[str, str]], spec: ProjectSpec, problems: list[str]
+) -> dict[str, Callable[..., Any]]:
+    classes_path = f"{root}/classes.txt"
+    if not fs.exists(classes_path):
+        problems.append(f"{classes_path}: missing (mask value v is the class on line v)")
+        return {}
+    names = [c.strip() for c in fs.cat_file(classes_path).decode().splitlines() if c.strip()]
+    mapped: list[str] = []
+    for number, name in enumerate(names, start=1):
+        cls = _class_for(name, spec)
+        if cls is None:
+            problems.append(f"{classes_path}:{number}: class {name!r} is not a class of project {spec.title!r}")
+        mapped.append(cls or name)
+    readers: dict[str, Callable[..., Any]] = {}
+    for image_root, mask_root in roots:
+        verdicts = _read_verdicts(fs, posixpath.dirname(image_root), spec, problems)
+        images = _list_images(fs, image_root, problems)
+        image_stems = {posixpath.splitext(posixpath.relpath(p, image_root))[0] for p in images}
+        for mask in sorted(fs.find(mask_root)):
+            stem, ext = posixpath.splitext(posixpath.relpath(mask, mask_root))
+            if ext.lower() != ".png":
+                problems.append(f"{mask}: masks are PNG files")
+            elif stem not in image_stems:
+                problems.append(f"{mask}: a mask without its image (no {stem}.* in {image_root})")
+        for path in images:
+            rel = posixpath.relpath(path, image_root)
+            mask = f"{mask_root}/{posixpath.splitext(rel)[0]}.png"
+            if not fs.exists(mask):
+                problems.append(f"{path}: no mask {mask}")
+                continue
+            readers[path] = partial(_class_mask_labels, fs, mask, mapped, spec, verdicts.get(rel), problems)
+    return readers
+
+
+def _class_mask_labels(
+    fs: Any,
+    mask_path: str,
+    names: Sequence[str],
+    spec: ProjectSpec,
+    verdict: str | None,
+    problems: list[str],
+    width: int,
+    height: int,
+) -> tuple[Label, ...] | None:
+    import numpy as np
+
+    read = _read_mask_file(fs, mask_path, width, height, problems)
+    if read is None:
+        return None
+    array, mode = read
+    if mode != "L" or array.ndim != 2:
+        problems.append(f"{mask_path}: not an 8-bit single-channel class mask (mode {mode})")
+        return None
+    present = [int(v) for v in np.unique(array) if v]
+    unknown = [v for v in present if v > len(names)]
+    if unknown:
+        problems.append(f"{mask_path}: pixel value(s) {unknown} name no class (classes.txt has {len(names)})")
+        return None
+    if any(names[v - 1] == spec.ok_class for v in present):
+        problems.append(f"{mask_path}: pixels of the OK class {spec.ok_class!r}, which marks no pixels")
+        return None
+    classes = list(spec.classes)
+    lut = np.zeros(256, dtype=np.uint8)
+    for v in present:
+        lut[v] = classes.index(names[v - 1]) + 1
+    return tuple(get_kind(spec.kind).regions_from_mask(lut[array], classes)) + _verdict_label(verdict, spec)
+
+
 def _scan_unlabeled(fs: Any, root: str, spec: ProjectSpec, problems: list[str]) -> dict[str, Callable[..., Any]]:
     return {path: partial(_constant_labels, None) for path in _list_images(fs, root, problems)}
 
@@ -331,6 +629,7 @@ SOURCE_FORMATS: dict[str, Callable[[Any, str, ProjectSpec, list[str]], dict[str,
     "yolo": _scan_yolo,
     "coco": _scan_coco,
     "folders": _scan_folders,
+    "masks": _scan_masks,
     "none": _scan_unlabeled,
 }
 LABEL_FORMATS = tuple(SOURCE_FORMATS)
@@ -382,9 +681,15 @@ def scan_source(
 
 
 def read_predictions(path: Path, spec: ProjectSpec) -> dict[str, Prediction]:
-    """`crux predict --json` lines, keyed by the image path as given (relative to the source root)."""
+    """`crux predict --json` lines, keyed by the image path as given (relative to the source root).
+
+    Segment projects: each line names a mask PNG (`"mask"`, relative to the JSONL file's folder) with class
+    indices (0 background, v = 1 + index in the project's classes), or 0/255 for the single class `"label"`;
+    `"label"` is also the predicted verdict.
+    """
     problems: list[str] = []
     predictions: dict[str, Prediction] = {}
+    geometry = get_kind(spec.kind).geometry
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -394,10 +699,15 @@ def read_predictions(path: Path, spec: ProjectSpec) -> dict[str, Prediction]:
             image = str(record["image"])
             model_version = str(record["model_version"])
             score = float(record["score"])
-            if spec.kind == "detect":
+            if geometry == "box":
                 boxes = record.get("boxes") or []
                 labels = tuple(Label(cls=b["label"], box=PixelBox(*map(float, b["xyxy"]))) for b in boxes)
                 scores = tuple(float(b["score"]) for b in boxes)
+            elif geometry == "mask":
+                labels = _predicted_regions(path.parent, record, spec, where, problems)
+                if labels is None:
+                    continue
+                scores = (score,) * len(labels)
             else:
                 labels, scores = (Label(cls=record["label"]),), (score,)
         except (KeyError, TypeError, ValueError) as exc:
@@ -407,14 +717,56 @@ def read_predictions(path: Path, spec: ProjectSpec) -> dict[str, Prediction]:
         if unknown:
             problems.append(f"{where}: class(es) {', '.join(unknown)} not in project {spec.title!r}")
             continue
-        predictions[posixpath.normpath(image)] = Prediction(model_version, score, labels, scores)
+        predictions[posixpath.normpath(image)] = Prediction(model_version, score, labels, scores, where)
     if problems:
         raise ImportValidationError(problems)
     return predictions
 
 
+def _predicted_regions(
+    folder: Path, record: Mapping[str, Any], spec: ProjectSpec, where: str, problems: list[str]
+) -> tuple[Label, ...] | None:
+    """A segment prediction's mask PNG → regions, plus its `label` as the verdict (with an ok_class)."""
+    import numpy as np
+
+    from crux.masks import MaskError, read_image_array
+
+    label = record.get("label")
+    if label is not None and label not in spec.classes:
+        problems.append(f"{where}: class {label!r} not in project {spec.title!r}")
+        return None
+    if not record.get("mask"):
+        return _verdict_label(label, spec)  # "no defect found" is a prediction too
+    mask_path = (folder / str(record["mask"])).resolve()
+    at = f"{where}: mask {mask_path}"
+    try:
+        array, mode = read_image_array(mask_path.read_bytes())
+    except (OSError, MaskError) as exc:
+        problems.append(f"{at}: {exc}")
+        return None
+    if mode != "L" or array.ndim != 2:
+        problems.append(f"{at}: not an 8-bit single-channel mask (mode {mode})")
+        return None
+    classes = list(spec.classes)
+    values = [int(v) for v in np.unique(array) if v]
+    if values == [255]:  # a binary mask of the one class `label`
+        if label is None or label == spec.ok_class:
+            problems.append(f'{at}: a 0/255 mask needs a defect class in "label"')
+            return None
+        array = np.where(array == 255, classes.index(label) + 1, 0).astype(np.uint8)
+        values = [classes.index(label) + 1]
+    if any(v > len(classes) for v in values):
+        problems.append(f"{at}: pixel values {values} are neither 0/255 nor class indices 1..{len(classes)}")
+        return None
+    if spec.ok_class is not None and classes.index(spec.ok_class) + 1 in values:
+        problems.append(f"{at}: pixels of the OK class {spec.ok_class!r}, which marks no pixels")
+        return None
+    return tuple(get_kind(spec.kind).regions_from_mask(array, classes)) + _verdict_label(label, spec)
+
+
 def match_predictions(scan: ScanResult, predictions: Mapping[str, Prediction]) -> dict[str, Prediction]:
-    """Key predictions by image sha256; a prediction for an image not in the source is an error."""
+    """Key predictions by image sha256; a prediction for an image not in the source, or with a mask of another
+    size than its image, is an error."""
     root = scan.root.split("://", 1)[-1]
     by_rel = {item.rel: item for item in scan.items}
     matched: dict[str, Prediction] = {}
@@ -424,8 +776,13 @@ def match_predictions(scan: ScanResult, predictions: Mapping[str, Prediction]) -
         item = by_rel.get(rel)
         if item is None:
             unmatched.append(f"prediction for {image}: no such image in {scan.root}")
-        else:
-            matched[item.sha256] = prediction
+            continue
+        sizes = {lb.mask.shape for lb in prediction.labels if lb.mask is not None}
+        if sizes - {(item.height, item.width)}:
+            h, w = next(iter(sizes - {(item.height, item.width)}))
+            unmatched.append(f"{prediction.where}: mask is {w}x{h} px, the image {image} {item.width}x{item.height}")
+            continue
+        matched[item.sha256] = prediction
     if unmatched:
         raise ImportValidationError(unmatched)
     return matched
@@ -485,8 +842,8 @@ def _prediction_payload(kind_name: str, prediction: Prediction, width: int, heig
     results = []
     for label, score in zip(prediction.labels, prediction.label_scores, strict=True):
         results.extend(kind.to_results([label], width, height, score=score))
-    if kind_name == "detect":
-        for i, result in enumerate(results):
+    for i, result in enumerate(results):
+        if "id" in result:  # regions (boxes, masks): unique ids within the prediction
             result["id"] = f"p{i}"
     return {"model_version": prediction.model_version, "score": prediction.score, "result": results}
 

@@ -5,13 +5,13 @@ labels become Label Studio results and back, the model, training loss, metrics a
 found here by kind name instead of if/elif branches spread over the code base.
 
 Model, training and post-processing hooks import lazily: this module must stay importable without torch
-(CLI --help, the edge runtime, the ingest API).
+(CLI --help, the edge runtime, the ingest API); masks are numpy arrays, numpy and Pillow are imported lazily too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from xml.sax.saxutils import quoteattr
 
@@ -19,6 +19,8 @@ from crux.errors import CruxError
 from crux.geometry import PixelBox, ls_percent_to_pixel, pixel_to_ls_percent
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from crux.config import ProjectSpec
 
 IMAGE_KEY = "image"  # task.data key holding the image URL, and the <Image name=…> it binds to
@@ -26,10 +28,22 @@ IMAGE_KEY = "image"  # task.data key holding the image URL, and the <Image name=
 
 @dataclass(frozen=True)
 class Label:
-    """One label of one image: a class, with a pixel box for detection."""
+    """One label of one image: a class, with a pixel box for detection, and for a segmentation region its
+    mask (bool H x W at the image's original resolution) and the box around it. A segment label with neither
+    mask nor box is the image's verdict (the whole-image class)."""
 
     cls: str
     box: PixelBox | None = None
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class DatasetLabels:
+    """What a dataset version keeps of an image's labels (`TaskKind.dataset_labels`)."""
+
+    labels: tuple[Label, ...]  # the manifest's labels: classes, boxes, or segmentation regions
+    class_mask: np.ndarray | None = None  # segment: uint8 H x W, 0 = background, 1 + class index
+    verdict: str | None = None  # segment: the image's class
 
 
 class LabelError(CruxError, ValueError):
@@ -40,6 +54,8 @@ class TaskKind(Protocol):
     name: str
     control_name: str
     result_type: str
+    # What a label carries besides its class: "image" (nothing: whole-image class), "box" or "mask".
+    geometry: str
 
     def label_config(self, spec: ProjectSpec) -> str: ...
 
@@ -48,6 +64,10 @@ class TaskKind(Protocol):
     ) -> list[dict[str, Any]]: ...
 
     def from_results(self, results: Iterable[Mapping[str, Any]], width: int, height: int) -> list[Label]: ...
+
+    def dataset_labels(
+        self, labels: Sequence[Label], width: int, height: int, classes: Sequence[str], ok_class: str | None
+    ) -> DatasetLabels: ...
 
     # ModelCheckpoint / comparison metric (higher is better), a key of the kind's metrics dict.
     monitor: str
@@ -96,17 +116,27 @@ class _ModelHooks:
         return getattr(tasks, self._task)
 
 
+class _PlainLabels:
+    """Kinds whose labels go into the manifest as they are (no mask, no verdict)."""
+
+    def dataset_labels(
+        self, labels: Sequence[Label], width: int, height: int, classes: Sequence[str], ok_class: str | None
+    ) -> DatasetLabels:
+        return DatasetLabels(tuple(labels))
+
+
 def _header(spec: ProjectSpec) -> str:
     # Instructions live in the project's expert_instruction too; the header keeps them in view.
     return f"  <Header value={quoteattr(spec.title)}/>\n"
 
 
-class ClassifyKind(_ModelHooks):
+class ClassifyKind(_PlainLabels, _ModelHooks):
     """Whole-image inspection: OK plus defect types as single-choice Choices."""
 
     name = "classify"
     control_name = "choice"
     result_type = "choices"
+    geometry = "image"
     monitor = "macro_f1"
     _task = "ClassifyTask"
 
@@ -162,12 +192,13 @@ class ClassifyKind(_ModelHooks):
         return labels
 
 
-class DetectKind(_ModelHooks):
+class DetectKind(_PlainLabels, _ModelHooks):
     """Defect localisation: one RectangleLabels box per defect."""
 
     name = "detect"
     control_name = "label"
     result_type = "rectanglelabels"
+    geometry = "box"
     monitor = "map50"
     _task = "DetectTask"
 
@@ -238,16 +269,30 @@ class DetectKind(_ModelHooks):
 
 
 class SegmentKind(_ModelHooks):
-    """Defect segmentation: a class per pixel; the image verdict is read off the defect map."""
+    """Defect segmentation: annotators paint (BrushLabels) or outline (PolygonLabels) each defect; an optional
+    whole-image verdict (Choices over all classes) when the project declares an OK class.
+
+    The image's class (its verdict): the Choices value when given; else the defect class with the most mask
+    pixels; else the OK class (no region = OK). Brush masks go through Label Studio's own converter
+    (`label_studio_sdk.converter.brush`); polygons are rasterised on the pixel centres they enclose.
+    """
 
     name = "segment"
-    control_name = "mask"
+    control_name = "mask"  # <BrushLabels>
+    polygon_name = "polygon"  # <PolygonLabels>
+    verdict_name = "verdict"  # <Choices>, only with an ok_class
     result_type = "brushlabels"
+    polygon_type = "polygonlabels"
+    verdict_type = "choices"
+    geometry = "mask"
     monitor = "miou"
     _task = "SegmentTask"
+    # A brush pixel counts when its alpha is at least this (Label Studio paints 255; the SDK thresholds at 128).
+    alpha_threshold = 128
 
     def head_classes(self, classes: Sequence[str], ok_class: str | None) -> list[str]:
-        return [c for c in classes if c != ok_class]
+        # The segmenter's channels are background + the defect classes: OK is "no defect pixel".
+        return self.defect_classes(classes, ok_class)
 
     def decode_spec(self, classes: Sequence[str], ok_class: str | None) -> dict[str, Any] | None:
         from crux.postprocess import SegmentSpec
@@ -270,16 +315,174 @@ class SegmentKind(_ModelHooks):
 
         return postprocess_segment_batch(raw, original_sizes, spec)
 
+    @staticmethod
+    def defect_classes(classes: Iterable[str], ok_class: str | None) -> list[str]:
+        return [c for c in classes if c != ok_class]
+
     def label_config(self, spec: ProjectSpec) -> str:
-        raise NotImplementedError("segment label config: label side pending")
+        defects = [(c, colour) for c, colour in spec.classes.items() if c != spec.ok_class]
+        if not defects:
+            raise LabelError(f"segment project {spec.title!r} needs at least one defect class besides {spec.ok_class}")
+        labels = "\n".join(f"    <Label value={quoteattr(c)} background={quoteattr(colour)}/>" for c, colour in defects)
+        config = (
+            "<View>\n"
+            + _header(spec)
+            + f'  <Image name="{IMAGE_KEY}" value="${IMAGE_KEY}" zoom="true" zoomControl="true"/>\n'
+            + f'  <BrushLabels name="{self.control_name}" toName="{IMAGE_KEY}">\n'
+            + labels
+            + "\n  </BrushLabels>\n"
+            + f'  <PolygonLabels name="{self.polygon_name}" toName="{IMAGE_KEY}" strokeWidth="2">\n'
+            + labels
+            + "\n  </PolygonLabels>\n"
+        )
+        if spec.ok_class is not None:
+            choices = "\n".join(
+                f"    <Choice value={quoteattr(c)} background={quoteattr(colour)}/>"
+                for c, colour in spec.classes.items()
+            )
+            config += (
+                f'  <Choices name="{self.verdict_name}" toName="{IMAGE_KEY}" choice="single-radio" showInline="true">\n'
+                + choices
+                + "\n  </Choices>\n"
+            )
+        return config + "</View>"
 
     def to_results(
         self, labels: Sequence[Label], width: int, height: int, score: float | None = None
     ) -> list[dict[str, Any]]:
-        raise NotImplementedError("segment results: label side pending")
+        """Regions (labels with a mask) → brush results through the SDK converter; a label with neither mask nor
+        box → the verdict (Choices; only for projects with an ok_class)."""
+        import numpy as np
+        from label_studio_sdk.converter.brush import mask2rle
+
+        results: list[dict[str, Any]] = []
+        for label in labels:
+            if label.mask is None:
+                if label.box is not None:
+                    raise LabelError(f"segmentation label {label.cls!r} has a box but no mask")
+                result: dict[str, Any] = {
+                    "from_name": self.verdict_name,
+                    "to_name": IMAGE_KEY,
+                    "type": self.verdict_type,
+                    "value": {"choices": [label.cls]},
+                }
+            else:
+                if label.mask.shape != (height, width):
+                    raise LabelError(
+                        f"mask of {label.cls!r} is {label.mask.shape[1]}x{label.mask.shape[0]} px, "
+                        f"the image {width}x{height}"
+                    )
+                rle = mask2rle(np.where(label.mask, 255, 0).astype(np.uint8))
+                result = {
+                    # Stable region ids keep re-imports and diffs deterministic.
+                    "id": f"r{sum('id' in r for r in results)}",
+                    "from_name": self.control_name,
+                    "to_name": IMAGE_KEY,
+                    "type": self.result_type,
+                    "original_width": width,
+                    "original_height": height,
+                    "image_rotation": 0,
+                    "value": {"format": "rle", "rle": [int(v) for v in rle], "brushlabels": [label.cls]},
+                }
+            if score is not None:
+                result["score"] = score
+            results.append(result)
+        return results
 
     def from_results(self, results: Iterable[Mapping[str, Any]], width: int, height: int) -> list[Label]:
-        raise NotImplementedError("segment results: label side pending")
+        """Brush and polygon results → regions (mask + box), ordered by result id (then position) so that the
+        painting order is deterministic; Choices → the verdict label. Empty regions are dropped."""
+        from crux import masks
+
+        regions: list[tuple[str, int, Label]] = []
+        verdicts: list[Label] = []
+        for position, result in enumerate(results):
+            kind = result.get("type")
+            value = result.get("value", {})
+            w = int(result.get("original_width") or width)
+            h = int(result.get("original_height") or height)
+            if kind == self.result_type:
+                region = self._decode_brush(value, w, h)
+                classes = value.get(self.result_type, [])
+            elif kind == self.polygon_type:
+                points = [(float(x) * w / 100.0, float(y) * h / 100.0) for x, y in value.get("points", [])]
+                region = masks.rasterize_polygon(points, w, h)
+                classes = value.get(self.polygon_type, [])
+            elif kind == self.verdict_type:
+                verdicts.extend(Label(cls=c) for c in value.get("choices", []))
+                continue
+            else:
+                continue
+            box = masks.bbox(region)
+            if box is None:
+                continue
+            for cls in classes:
+                regions.append((str(result.get("id") or ""), position, Label(cls=cls, box=PixelBox(*box), mask=region)))
+        regions.sort(key=lambda r: (r[0], r[1]))
+        return [label for _, _, label in regions] + verdicts
+
+    def _decode_brush(self, value: Mapping[str, Any], width: int, height: int) -> np.ndarray:
+        from label_studio_sdk.converter.brush import decode_rle
+
+        if value.get("format", "rle") != "rle" or not isinstance(value.get("rle"), list):
+            raise LabelError(f"brush result without an RLE (format {value.get('format')!r})")
+        flat = decode_rle(value["rle"])
+        if flat.size != width * height * 4:
+            raise LabelError(f"brush RLE holds {flat.size} values, not {width}x{height}x4")
+        return flat.reshape(height, width, 4)[:, :, 3] >= self.alpha_threshold
+
+    def dataset_labels(
+        self, labels: Sequence[Label], width: int, height: int, classes: Sequence[str], ok_class: str | None
+    ) -> DatasetLabels:
+        """Regions painted into one class mask (in class order, then as given: later wins on overlap) and the
+        verdict. Raises LabelError for a region of the wrong size or of the OK class."""
+        from crux import masks
+
+        index = {c: i for i, c in enumerate(classes)}
+        regions = [label for label in labels if label.mask is not None]
+        for label in regions:
+            if label.cls == ok_class:
+                raise LabelError(f"the OK class {ok_class!r} marks no pixels; a region of it is not allowed")
+            if label.cls not in index:
+                raise LabelError(f"unknown class {label.cls!r}")
+            assert label.mask is not None
+            if label.mask.shape != (height, width):
+                raise LabelError(
+                    f"a {label.cls!r} region is {label.mask.shape[1]}x{label.mask.shape[0]} px, the image "
+                    f"{width}x{height}"
+                )
+        ordered = sorted(regions, key=lambda lb: index[lb.cls])  # stable: keeps from_results' order per class
+        class_mask = masks.paint(((index[lb.cls], lb.mask) for lb in ordered), width, height)  # type: ignore[misc]
+        return DatasetLabels(tuple(regions), class_mask, self.verdict(labels, class_mask, classes, ok_class))
+
+    @staticmethod
+    def verdict(
+        labels: Sequence[Label], class_mask: np.ndarray, classes: Sequence[str], ok_class: str | None
+    ) -> str | None:
+        """The Choices value; else the defect class with the most pixels (ties: the earlier class); else ok_class."""
+        from crux import masks
+
+        chosen = [lb.cls for lb in labels if lb.mask is None and lb.box is None]
+        if chosen:
+            return chosen[-1]
+        pixels = masks.class_pixels(class_mask, len(classes))
+        best = max(range(len(classes)), key=lambda i: (pixels[i], -i), default=None)
+        return classes[best] if best is not None and pixels[best] > 0 else ok_class
+
+    def regions_from_mask(self, class_mask: np.ndarray, classes: Sequence[str]) -> list[Label]:
+        """A class mask → one region label per 8-connected part of each class (class order, then row-major)."""
+        from crux import masks
+
+        labels = []
+        for i, cls in enumerate(classes):
+            present = class_mask == i + 1
+            if not present.any():
+                continue
+            for part in masks.components(present):
+                box = masks.bbox(part)
+                assert box is not None
+                labels.append(Label(cls=cls, box=PixelBox(*box), mask=part))
+        return labels
 
 
 KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (ClassifyKind(), DetectKind(), SegmentKind())}

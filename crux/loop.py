@@ -92,7 +92,9 @@ def snapshot_project(
     version = None
     if commit:
         versioning.init_repo(root)
-        version = versioning.commit_version(root, project=project, data_rel=str(cfg.project_dir(project)))
+        version = versioning.commit_version(
+            root, project=project, data_rel=str(cfg.project_dir(project)), mask_relabel_iou=cfg.mask_relabel_iou
+        )
     return SnapshotOutcome(project=project, summary=summary, version=version)
 
 

@@ -2,12 +2,13 @@
 
 Items are matched by (task_id, sha256): the same task with the same image. Labels that differ are a
 relabel; boxes are matched per class by overlap, so a reviewer reads "1 box moved" instead of
-"1 removed, 1 added".
+"1 removed, 1 added". Segmentation items are a relabel when their classes (verdict included) change or
+when the pixel IoU of the two versions' class masks drops below a threshold (a touch-up above it is not).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,10 @@ from crux.geometry import iou
 
 # Boxes of the same class overlapping at least this much are "the same box" (moved if not identical).
 MATCH_IOU = 0.3
+# Segmentation: two versions of an item's mask agreeing less than this (class-aware pixel IoU) are a relabel.
+MASK_RELABEL_IOU = 0.9
+
+MaskReader = Callable[[str], bytes]  # mask path (relative to the dataset folder) → PNG bytes
 
 
 @dataclass(frozen=True)
@@ -51,9 +56,10 @@ class ItemChange:
     new_classes: tuple[str, ...]
     annotators: tuple[str, ...]
     boxes: BoxChanges = field(default_factory=BoxChanges)
+    mask_iou: float | None = None  # segmentation relabels: pixel IoU of the old and new mask (None: not read)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "annotators": list(self.annotators),
             "boxes": {
                 "added": self.boxes.added,
@@ -68,6 +74,9 @@ class ItemChange:
             "sha256": self.sha256,
             "task_id": self.task_id,
         }
+        if self.mask_iou is not None:
+            data["mask_iou"] = round(self.mask_iou, 4)
+        return data
 
 
 @dataclass(frozen=True)
@@ -155,10 +164,35 @@ def _table(items: Sequence[ManifestItem], classes: Sequence[str]) -> tuple[dict[
     return table, splits
 
 
+def _mask_iou(
+    o: ManifestItem, n: ManifestItem, read_old: MaskReader | None, read_new: MaskReader | None
+) -> float | None:
+    """IoU of two items' masks: 1.0 for the same (content-addressed) file, None when they cannot be read."""
+    from crux.masks import MaskError, decode_png, mask_iou
+
+    if o.mask == n.mask:
+        return 1.0
+    if o.mask is None or n.mask is None or read_old is None or read_new is None:
+        return None
+    try:
+        return mask_iou(decode_png(read_old(o.mask)), decode_png(read_new(n.mask)))
+    except (OSError, MaskError):
+        return None
+
+
 def diff_manifests(
-    old: Sequence[ManifestItem], new: Sequence[ManifestItem], classes: Sequence[str] = ()
+    old: Sequence[ManifestItem],
+    new: Sequence[ManifestItem],
+    classes: Sequence[str] = (),
+    *,
+    read_old_mask: MaskReader | None = None,
+    read_new_mask: MaskReader | None = None,
+    mask_relabel_iou: float = MASK_RELABEL_IOU,
 ) -> DatasetDiff:
-    """Diff two manifests; `classes` fixes the row order (classes seen only in the data follow, sorted)."""
+    """Diff two manifests; `classes` fixes the row order (classes seen only in the data follow, sorted).
+
+    Segmentation items: `read_old_mask` / `read_new_mask` read mask files of each version; without them any
+    changed mask counts as a relabel."""
     seen = list(classes) + sorted({c for i in (*old, *new) for c in i.classes} - set(classes))
     old_by = {(i.task_id, i.sha256): i for i in old}
     new_by = {(i.task_id, i.sha256): i for i in new}
@@ -171,7 +205,14 @@ def diff_manifests(
         removed.append(ItemChange("removed", i.task_id, i.sha256, i.original_name, i.classes, (), i.annotators))
     for key in sorted(old_by.keys() & new_by.keys()):
         o, n = old_by[key], new_by[key]
-        if sorted(o.labels) == sorted(n.labels):
+        iou = None
+        if o.mask is not None or n.mask is not None:
+            iou = _mask_iou(o, n, read_old_mask, read_new_mask)
+            if o.classes == n.classes and o.mask == n.mask:
+                continue
+            if o.classes == n.classes and iou is not None and iou >= mask_relabel_iou:
+                continue  # a touch-up, not a relabel
+        elif sorted(o.labels) == sorted(n.labels):
             continue
         relabelled.append(
             ItemChange(
@@ -183,6 +224,7 @@ def diff_manifests(
                 n.classes,
                 n.annotators,
                 box_changes(o.labels, n.labels),
+                iou,
             )
         )
     before, split_before = _table(old, seen)
@@ -271,7 +313,8 @@ def diff_to_markdown(d: DatasetDiff, title_a: str = "before", title_b: str = "af
                 if c.old_classes != c.new_classes
                 else _classes(c.new_classes)
             )
-            + (f" (boxes: {c.boxes.describe()})" if c.boxes.any else "")
+            + (f" ({'regions' if c.mask_iou is not None else 'boxes'}: {c.boxes.describe()})" if c.boxes.any else "")
+            + (f" (mask IoU {c.mask_iou:.2f})" if c.mask_iou is not None else "")
             + who(c)
         ),
     )
@@ -286,6 +329,7 @@ def commit_message(d: DatasetDiff, project: str, items_after: int) -> str:
 
 
 __all__ = [
+    "MASK_RELABEL_IOU",
     "BoxChanges",
     "DatasetDiff",
     "ItemChange",

@@ -34,6 +34,7 @@ class HealthOptions:
     bounds_tolerance_px: float = 0.5  # rounding slack before a box counts as out of bounds
     near_duplicate_bits: int = 4  # dHash Hamming distance (of 64 bits) at or below which images are near duplicates
     near_duplicates: bool = True  # needs every image decoded once; off for a quick check
+    speck_px: int = 10  # segmentation: connected mask regions smaller than this (pixels) are flagged
 
 
 def dhash(path: Path, size: int = 8) -> int:
@@ -99,6 +100,10 @@ def check_dataset(
     for cls, ids in sorted(unknown.items()):
         add("error", "unknown_class", f"class {cls!r} is not in classes.json", ids)
 
+    masked = _geometry(info.kind) == "mask" or any(i.mask is not None for i in items)
+    if masked:
+        findings.extend(_mask_findings(root, items, info, opt))
+
     degenerate, outside, tiny, multi = [], [], [], []
     for item in items:
         boxes = [lb.box for lb in item.labels if lb.box is not None]
@@ -111,16 +116,19 @@ def check_dataset(
             tol = opt.bounds_tolerance_px
             if x1 < -tol or y1 < -tol or x2 > item.width + tol or y2 > item.height + tol:
                 outside.append(item.task_id)
-            if x2 - x1 < opt.tiny_box_px or y2 - y1 < opt.tiny_box_px:
+            # Segmentation regions are judged by their pixels (specks), not by their boxes.
+            if not masked and (x2 - x1 < opt.tiny_box_px or y2 - y1 < opt.tiny_box_px):
                 tiny.append(item.task_id)
     add("error", "degenerate_box", "box(es) with zero or negative width or height", degenerate)
     add("error", "box_out_of_bounds", "box(es) reaching outside the image", outside)
     add("warning", "tiny_box", f"box(es) smaller than {opt.tiny_box_px:g} px", tiny)
     add("error", "multiple_classes", "classification item(s) with more than one class", multi)
 
-    empty = [i.task_id for i in items if not i.labels]
+    empty = [i.task_id for i in items if not i.classes]
     if info.kind == "classify":
         add("error", "empty_labels", f"{len(empty)} classification item(s) without a class", empty)
+    elif masked:
+        add("warning", "empty_labels", f"{len(empty)} image(s) without any region or verdict", empty)
     else:
         # A detection image without boxes is a valid negative, but often a forgotten one.
         add("warning", "empty_labels", f"{len(empty)} image(s) without any box", empty)
@@ -165,6 +173,65 @@ def check_dataset(
             add("warning", "near_duplicate", f"near-duplicate images ({bits} of 64 dHash bits differ)", ids)
 
     return sorted(findings, key=lambda f: (f.severity != "error", f.code, f.task_ids))
+
+
+def _mask_findings(root: Path, items: Sequence[ManifestItem], info: ClassesInfo, opt: HealthOptions) -> list[Finding]:
+    """Segmentation: each item's class mask exists, fits its image, names known classes and agrees with the
+    verdict (NG items paint something, OK items nothing); connected regions below `speck_px` are flagged."""
+    import numpy as np
+
+    from crux.masks import MaskError, component_sizes, decode_png
+
+    findings: list[Finding] = []
+    groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    ok_index = info.classes.index(info.ok_class) + 1 if info.ok_class in info.classes else None
+    for item in items:
+        if item.mask is None:
+            groups[("error", "missing_mask", "segment item(s) without a mask in the manifest")].append(item.task_id)
+            continue
+        path = root / item.mask
+        try:
+            mask = decode_png(path.read_bytes())
+        except (OSError, MaskError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                groups[("error", "missing_mask", "mask file(s) missing from the dataset")].append(item.task_id)
+            else:
+                groups[("error", "corrupt_mask", "mask file(s) that are not 8-bit class-mask PNGs")].append(
+                    item.task_id
+                )
+            continue
+        if mask.shape != (item.height, item.width):
+            groups[("error", "mask_size", "mask(s) of another size than their image")].append(item.task_id)
+            continue
+        values = [int(v) for v in np.unique(mask) if v]
+        if any(v > len(info.classes) for v in values):
+            groups[("error", "unknown_class", "mask pixel value(s) that name no class in classes.json")].append(
+                item.task_id
+            )
+        if ok_index is not None and ok_index in values:
+            groups[("error", "ok_pixels", f"mask(s) painting the OK class {info.ok_class!r}")].append(item.task_id)
+        painted = bool(values)
+        if item.verdict is not None and info.ok_class is not None:
+            if item.verdict != info.ok_class and not painted:
+                groups[("warning", "ng_empty_mask", "NG item(s) whose mask marks no defect pixel")].append(item.task_id)
+            if item.verdict == info.ok_class and painted:
+                groups[("warning", "ok_with_mask", f"{info.ok_class} item(s) whose mask marks defect pixels")].append(
+                    item.task_id
+                )
+        if painted and opt.speck_px > 0:
+            for v in values:
+                if any(size < opt.speck_px for size in component_sizes(mask == v)):
+                    groups[("warning", "speck", f"mask region(s) smaller than {opt.speck_px} px")].append(item.task_id)
+                    break
+    for (severity, code, message), ids in sorted(groups.items()):
+        findings.append(Finding(severity, code, message, tuple(sorted(set(ids)))))
+    return findings
+
+
+def _geometry(kind: str) -> str:
+    from crux.kinds import KINDS
+
+    return KINDS[kind].geometry if kind in KINDS else "image"
 
 
 def has_errors(findings: Sequence[Finding]) -> bool:

@@ -73,18 +73,25 @@ class ManifestItem:
     annotators: tuple[str, ...] = ()
     annotation_ids: tuple[int, ...] = ()
     conflicted: bool = False
+    # Segment items only (None elsewhere, and then not written, so other manifests keep their bytes):
+    # the class mask, relative to the dataset folder (masks/ab/<sha256 of the PNG>.png), and the image's class.
+    mask: str | None = None
+    verdict: str | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
-        """Distinct classes of the item, sorted."""
-        return tuple(sorted({label.cls for label in self.labels}))
+        """Distinct classes of the item (its labels' and, for segmentation, its verdict), sorted."""
+        found = {label.cls for label in self.labels}
+        if self.verdict is not None:
+            found.add(self.verdict)
+        return tuple(sorted(found))
 
     @property
     def sort_key(self) -> tuple[str, int]:
         return (self.sha256, self.task_id)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "annotation_ids": list(self.annotation_ids),
             "annotators": list(self.annotators),
             "conflicted": self.conflicted,
@@ -99,6 +106,11 @@ class ManifestItem:
             "task_id": self.task_id,
             "width": self.width,
         }
+        if self.mask is not None:
+            data["mask"] = self.mask
+        if self.verdict is not None:
+            data["verdict"] = self.verdict
+        return data
 
     @staticmethod
     def from_json(data: Mapping[str, Any]) -> ManifestItem:
@@ -115,6 +127,8 @@ class ManifestItem:
                 annotators=tuple(str(a) for a in data.get("annotators", ())),
                 annotation_ids=tuple(int(a) for a in data.get("annotation_ids", ())),
                 conflicted=bool(data.get("conflicted", False)),
+                mask=None if data.get("mask") is None else str(data["mask"]),
+                verdict=None if data.get("verdict") is None else str(data["verdict"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"manifest item {dict(data)!r}: {exc!r}") from exc
@@ -267,7 +281,7 @@ def count_items(items: Sequence[ManifestItem], classes: Sequence[str]) -> dict[s
     empty = conflicted = 0
     for item in items:
         per_split[item.split] = per_split.get(item.split, 0) + 1
-        if not item.labels:
+        if not item.classes:
             empty += 1
         conflicted += item.conflicted
         for cls in item.classes:

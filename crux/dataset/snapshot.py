@@ -51,6 +51,7 @@ from crux.dataset.store import (
 from crux.errors import CruxError
 from crux.geometry import iou
 from crux.kinds import IMAGE_KEY, Label, LabelError, get_kind
+from crux.masks import encode_png, write_mask
 
 
 class SnapshotError(CruxError, RuntimeError):
@@ -489,12 +490,19 @@ def _build_into(
             (root / outcome.rel).unlink(missing_ok=True)
 
     items: list[ManifestItem] = []
+    task_kind = get_kind(kind)
     for task in parsed:
         r = resolved.get(task.task_id)
         if r is None:
             continue
         # Results carry original_width/height; the measured size is the fallback (and the truth for the image).
         labels = _labels_of(kind, task.task_id, list(task.results), r.width, r.height, classes)
+        try:
+            kept = task_kind.dataset_labels(labels, r.width, r.height, classes, ok_class)
+        except LabelError as exc:
+            raise SnapshotError(f"task {task.task_id}: {exc}") from exc
+        # Segmentation: one class mask per image, content-addressed like the images (equal masks, equal bytes).
+        mask = None if kept.class_mask is None else write_mask(root, encode_png(kept.class_mask))
         items.append(
             ManifestItem(
                 sha256=r.sha256,
@@ -505,11 +513,14 @@ def _build_into(
                 original_name=task.original_name,
                 split=assign_split(r.sha256, ratios),
                 labels=tuple(
-                    ItemLabel(cls=lb.cls, box=None if lb.box is None else round_box(lb.box.as_list())) for lb in labels
+                    ItemLabel(cls=lb.cls, box=None if lb.box is None else round_box(lb.box.as_list()))
+                    for lb in kept.labels
                 ),
                 annotators=task.annotators,
                 annotation_ids=task.annotation_ids,
                 conflicted=task.conflicted,
+                mask=mask,
+                verdict=kept.verdict,
             )
         )
 

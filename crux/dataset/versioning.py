@@ -7,14 +7,15 @@ ever names data that is not on the remote; an unchanged `data/` makes no push an
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from crux.dataset.diff import DatasetDiff, commit_message, diff_manifests
+from crux.dataset.diff import MASK_RELABEL_IOU, DatasetDiff, commit_message, diff_manifests
 from crux.dataset.manifest import CLASSES, MANIFEST, ClassesInfo, ManifestItem, parse_manifest, read_manifest
 from crux.errors import CruxError
+from crux.masks import MASKS
 
 
 class VersioningError(CruxError, RuntimeError):
@@ -135,6 +136,27 @@ def read_classes_at(repo: Path, rev: str | None, data_rel: str = "data") -> Clas
     return ClassesInfo.from_json(json.loads(text))
 
 
+def mask_reader(repo: Path, rev: str | None, data_rel: str = "data") -> Callable[[str], bytes]:
+    """Reads the mask files of revision `rev` (None: the workspace) by their manifest path (`masks/ab/….png`),
+    fetching only the masks asked for (a diff reads just the ones that changed)."""
+    from dvc.api import DVCFileSystem
+
+    base = Path(repo) / data_rel
+    fs: list[Any] = []
+
+    def read(rel: str) -> bytes:
+        parts = PurePosixPath(rel).parts
+        if not parts or parts[0] != MASKS or ".." in parts:
+            raise OSError(f"{rel}: not a mask path of a dataset version")
+        if rev is None:
+            return (base / rel).read_bytes()
+        if not fs:
+            fs.append(DVCFileSystem(str(repo), rev=rev))
+        return bytes(fs[0].cat_file(f"/{data_rel}/{rel}"))
+
+    return read
+
+
 def materialize(repo: Path, rev: str | None, dest: Path, data_rel: str = "data") -> Path:
     """A complete copy of the dataset folder of revision `rev` in `dest` (images from cache or remote)."""
     from dvc.api import DVCFileSystem
@@ -155,6 +177,7 @@ def commit_version(
     data_rel: str = "data",
     remote: str | None = None,
     push: bool = True,
+    mask_relabel_iou: float = MASK_RELABEL_IOU,
 ) -> VersionResult | None:
     """`dvc add` the tracked folder; when it changed, `dvc push` and commit `data.dvc` (+ .gitignore).
 
@@ -175,7 +198,14 @@ def commit_version(
         old = read_manifest_at(repo, "HEAD", data_rel) if before_text is not None else []
         new = read_manifest_at(repo, None, data_rel)
         classes = read_classes_at(repo, None, data_rel)
-        d = diff_manifests(old, new, classes.classes if classes else ())
+        d = diff_manifests(
+            old,
+            new,
+            classes.classes if classes else (),
+            read_old_mask=mask_reader(repo, "HEAD", data_rel) if before_text is not None else None,
+            read_new_mask=mask_reader(repo, None, data_rel),
+            mask_relabel_iou=mask_relabel_iou,
+        )
         message = commit_message(d, project, len(new))
         if push:
             r.push(targets=[str(repo / tracked)], remote=remote)

@@ -49,7 +49,7 @@ def require_project(client: LabelStudio, name: str) -> Any:
 
 
 def classes_in_config(label_config: str) -> list[str]:
-    """Class values of the Choices/RectangleLabels controls of a label config."""
+    """Class values of the Choices and *Labels controls (rectangles, brushes, polygons) of a label config."""
     root = ET.fromstring(label_config)
     return [node.attrib["value"] for node in root.iter() if node.tag in ("Label", "Choice") and "value" in node.attrib]
 
@@ -62,8 +62,9 @@ def class_usage(client: LabelStudio, project_id: int) -> Counter[str]:
             annotation = annotation if isinstance(annotation, dict) else annotation.dict()
             for result in annotation.get("result") or []:
                 value = result.get("value", {})
-                for cls in value.get("choices", []) + value.get("rectanglelabels", []):
-                    usage[cls] += 1
+                for key in ("choices", "rectanglelabels", "brushlabels", "polygonlabels"):
+                    for cls in value.get(key, []):
+                        usage[cls] += 1
     return usage
 
 

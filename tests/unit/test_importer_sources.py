@@ -85,7 +85,7 @@ def test_bad_coco_sources_name_the_problem(tmp_path: Path, images, annotations, 
 
 
 def test_unknown_label_format_and_empty_source(tmp_path: Path) -> None:
-    with pytest.raises(ImportValidationError, match="choose one of yolo, coco, folders, none"):
+    with pytest.raises(ImportValidationError, match="choose one of yolo, coco, folders, masks, none"):
         scan_source(str(tmp_path), SPEC, "voc")
     with pytest.raises(ImportValidationError, match="no images found"):
         scan_source(str(tmp_path), SPEC, "none")

@@ -49,7 +49,7 @@ def test_classify_label_config_is_single_choice_and_escapes_the_title() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"kind": "segment"}, "not a task kind"),
+        ({"kind": "keypoints"}, "not a task kind"),
         ({"classes": {}}, "at least one class"),
         ({"classes": {"bad/name": "#000000"}}, "classes.bad/name"),
         ({"classes": {"a": "red"}}, "not #RRGGBB"),
@@ -82,7 +82,12 @@ def test_the_shipped_params_declare_neu_and_magnetic_tile() -> None:
     assert cfg.host == "127.0.0.1"
     assert cfg.project("neu-det").kind == "detect" and len(cfg.project("neu-det").classes) == 6
     tiles = cfg.project("magnetic-tile")
-    assert tiles.kind == "classify" and tiles.aliases["MT_Free"] == "OK" and len(tiles.classes) == 6
+    assert (
+        tiles.kind == "segment"
+        and tiles.ok_class == "OK"
+        and tiles.aliases["MT_Free"] == "OK"
+        and len(tiles.classes) == 6
+    )
 
 
 sizes = st.integers(min_value=1, max_value=8000)

@@ -1,0 +1,337 @@
+"""Pixel masks: the conversions segmentation shares between import, snapshot, export and health checks.
+
+Conventions (the dataset contract of the `segment` kind, see README "Segment projects"):
+
+- A *region* is a bool array H x W at the image's original resolution (True = the region's pixels).
+- A *class mask* is a uint8 array H x W: 0 = background, v = 1 + the index of the class in the
+  dataset's classes (classes.json order, which includes the OK class when one is declared).
+- Continuous pixel coordinates put the image between 0 and W (pixel i covers [i, i + 1)); Label Studio's
+  percent coordinates are those times 100 / W. A polygon covers the pixels whose centres lie inside it or on
+  its edge.
+
+numpy and Pillow only; OpenCV (connected components, contours) and pycocotools are imported where needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from crux.errors import CruxError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+MASKS = "masks"  # folder of a dataset version holding the class masks, beside images/
+# Source masks (Magnetic Tile, a mask folder): a single-channel image, white (or 1) = defect. The public Magnetic
+# Tile masks were resized with interpolation, so their edges hold grey values; those are binarised at this level.
+BINARY_THRESHOLD = 128
+# …but a "mask" with more grey than this share of its pixels is something else (a photo, a soft map) and refused.
+MAX_GREY_FRACTION = 0.10
+
+
+class MaskError(CruxError, ValueError):
+    """A mask cannot be read or does not fit its image; the message says why (callers add the file)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Class masks as PNG: the bytes a dataset version stores
+
+
+def encode_png(class_mask: np.ndarray) -> bytes:
+    """8-bit single-channel PNG of a class mask; no metadata, so equal masks give equal bytes."""
+    import numpy as np
+    from PIL import Image
+
+    array = np.ascontiguousarray(class_mask, dtype=np.uint8)
+    if array.ndim != 2:
+        raise MaskError(f"a class mask is 2-D, got shape {array.shape}")
+    out = io.BytesIO()
+    Image.fromarray(array, mode="L").save(out, format="PNG")
+    return out.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """A stored class mask (mode L PNG) → uint8 array H x W."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.mode != "L":
+                raise MaskError(f"a class mask is an 8-bit single-channel PNG, got mode {image.mode}")
+            return np.array(image, dtype=np.uint8)
+    except MaskError:
+        raise
+    except Exception as exc:  # Pillow raises many types for bad files (DecompressionBombError included)
+        raise MaskError(f"not a readable PNG ({type(exc).__name__}: {exc})") from exc
+
+
+def mask_relpath(sha256: str) -> str:
+    """Content-addressed place of a mask PNG in a dataset version: masks/ab/<sha256>.png."""
+    return f"{MASKS}/{sha256[:2]}/{sha256}.png"
+
+
+def write_mask(root: Path, png: bytes) -> str:
+    """Store PNG bytes under `root` by their sha256 (idempotent); returns the path relative to `root`."""
+    rel = mask_relpath(hashlib.sha256(png).hexdigest())
+    path = root / rel
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(png)
+        tmp.replace(path)
+    return rel
+
+
+def paint(regions: Iterable[tuple[int, np.ndarray]], width: int, height: int) -> np.ndarray:
+    """A class mask from (class index, region) pairs, painted in the order given (later wins on overlap)."""
+    import numpy as np
+
+    out = np.zeros((height, width), dtype=np.uint8)
+    for index, region in regions:
+        if region.shape != (height, width):
+            raise MaskError(f"a region of {region.shape[1]}x{region.shape[0]} px on a {width}x{height} image")
+        if not 0 <= index < 255:
+            raise MaskError(f"class index {index} does not fit an 8-bit mask")
+        out[region] = index + 1
+    return out
+
+
+def class_pixels(class_mask: np.ndarray, n_classes: int) -> list[int]:
+    """Pixel count per class index (0 … n_classes - 1); background and out-of-range values are not counted."""
+    import numpy as np
+
+    counts = np.bincount(class_mask.ravel(), minlength=n_classes + 1)
+    return [int(c) for c in counts[1 : n_classes + 1]]
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Class-aware pixel IoU of two class masks: pixels that agree on a defect class over pixels either marks.
+    Two empty masks agree fully (1.0); masks of different sizes do not at all (0.0)."""
+    import numpy as np
+
+    if a.shape != b.shape:
+        return 0.0
+    union = int(np.count_nonzero((a > 0) | (b > 0)))
+    if union == 0:
+        return 1.0
+    return int(np.count_nonzero((a == b) & (a > 0))) / union
+
+
+# --------------------------------------------------------------------------------------------------
+# Regions
+
+
+def bbox(region: np.ndarray) -> tuple[float, float, float, float] | None:
+    """Pixel box (x1, y1, x2, y2) around a region in continuous coordinates (x2 = last column + 1); None if empty."""
+    import numpy as np
+
+    ys = np.flatnonzero(region.any(axis=1))
+    xs = np.flatnonzero(region.any(axis=0))
+    if len(xs) == 0:
+        return None
+    return (float(xs[0]), float(ys[0]), float(xs[-1] + 1), float(ys[-1] + 1))
+
+
+def components(region: np.ndarray) -> list[np.ndarray]:
+    """The 8-connected parts of a region, ordered by their first pixel in row-major order (deterministic)."""
+    import cv2
+    import numpy as np
+
+    count, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
+    parts = [labels == n for n in range(1, count)]
+    return sorted(parts, key=lambda p: int(np.argmax(p.ravel())))
+
+
+def component_sizes(region: np.ndarray) -> list[int]:
+    """Pixel counts of the 8-connected parts of a region."""
+    import cv2
+    import numpy as np
+
+    count, _, stats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8)
+    return [int(s) for s in stats[1:count, cv2.CC_STAT_AREA]]
+
+
+def binary_source_mask(array: np.ndarray, mode: str) -> np.ndarray:
+    """A source mask image (white or 1 = defect, black = background) → bool region; MaskError when it is not one.
+
+    Single channel only (mode L or 1). Values {0, 1} mean 1 = defect; otherwise the mask is binarised at
+    BINARY_THRESHOLD, and refused when more than MAX_GREY_FRACTION of its pixels are neither 0 nor 255.
+    """
+    import numpy as np
+
+    if mode not in ("L", "1") or array.ndim != 2:
+        raise MaskError(f"not a single-channel mask (mode {mode}); masks are 8-bit grayscale, white = defect")
+    values = np.unique(array)
+    if mode == "1" or set(values.tolist()) <= {0, 1}:
+        return array.astype(bool)
+    grey = int(np.count_nonzero((array > 0) & (array < 255)))
+    if grey > MAX_GREY_FRACTION * array.size:
+        raise MaskError(
+            f"not a 0/255 mask: {100 * grey / array.size:.1f}% of its pixels are grey "
+            f"(at most {100 * MAX_GREY_FRACTION:.0f}% of edge pixels are tolerated and binarised at {BINARY_THRESHOLD})"
+        )
+    return array >= BINARY_THRESHOLD
+
+
+def read_image_array(data: bytes) -> tuple[np.ndarray, str]:
+    """Decode image bytes (a mask file) into an array and its Pillow mode; MaskError when it does not decode."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return np.array(image), image.mode
+    except Exception as exc:  # Pillow raises many types for bad files (DecompressionBombError included)
+        raise MaskError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# Polygons
+
+
+def rasterize_polygon(points: Sequence[tuple[float, float]], width: int, height: int) -> np.ndarray:
+    """Region of a polygon in continuous pixel coordinates: the pixels whose centres lie inside it (even-odd
+    rule) or exactly on an edge. Exact, unlike Pillow's ImageDraw.polygon, which rounds the vertices to whole
+    pixels (a box from 10 to 50 would cover pixels 9 to 49 there, 10 to 49 here)."""
+    import numpy as np
+
+    out = np.zeros((height, width), dtype=bool)
+    if len(points) < 1 or width < 1 or height < 1:
+        return out
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    x0, y0 = pts[:, 0], pts[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    # Scanlines through the pixel centres; each edge counts on [min y, max y) so a vertex is crossed once.
+    ys = np.arange(height, dtype=np.float64)[:, None] + 0.5
+    lo, hi = np.minimum(y0, y1)[None, :], np.maximum(y0, y1)[None, :]
+    crosses = (ys >= lo) & (ys < hi)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xs = np.where(crosses, x0 + (ys - y0) * (x1 - x0) / (y1 - y0), np.nan)
+    xs.sort(axis=1)  # NaN last
+    if xs.shape[1] >= 2:
+        starts, ends = xs[:, 0::2], xs[:, 1::2]
+        starts = starts[:, : ends.shape[1]]
+        rows = np.broadcast_to(np.arange(height)[:, None], starts.shape)
+        valid = ~np.isnan(starts) & ~np.isnan(ends)
+        first = np.clip(np.ceil(starts[valid] - 0.5 - 1e-9), 0, width).astype(np.int64)
+        last = np.clip(np.floor(ends[valid] - 0.5 + 1e-9) + 1, 0, width).astype(np.int64)
+        keep = last > first
+        diff = np.zeros((height, width + 1), dtype=np.int32)
+        np.add.at(diff, (rows[valid][keep], first[keep]), 1)
+        np.add.at(diff, (rows[valid][keep], last[keep]), -1)
+        out |= np.cumsum(diff[:, :width], axis=1) > 0
+    # Centres exactly on an edge (horizontal edges and vertices the scanlines miss): walk each edge.
+    for ax, ay, bx, by in zip(x0.tolist(), y0.tolist(), x1.tolist(), y1.tolist(), strict=True):
+        for i, j in _centres_on_segment(ax, ay, bx, by):
+            if 0 <= i < width and 0 <= j < height:
+                out[j, i] = True
+    return out
+
+
+def _centres_on_segment(ax: float, ay: float, bx: float, by: float) -> list[tuple[int, int]]:
+    """Pixels (i, j) whose centre (i + 0.5, j + 0.5) lies on the segment a-b (to 1e-6 px)."""
+    import math
+
+    swap = abs(by - ay) > abs(bx - ax)  # walk along the longer axis, one pixel centre at a time
+    if swap:
+        ax, ay, bx, by = ay, ax, by, bx
+    if ax > bx:
+        ax, ay, bx, by = bx, by, ax, ay
+    found = []
+    for k in range(math.ceil(ax - 0.5 - 1e-6), math.floor(bx - 0.5 + 1e-6) + 1):
+        c = k + 0.5
+        other = ay if bx == ax else ay + (c - ax) * (by - ay) / (bx - ax)
+        m = round(other - 0.5)
+        if abs(other - 0.5 - m) < 1e-6:
+            found.append((m, k) if swap else (k, m))
+    return found
+
+
+def polygons(region: np.ndarray) -> list[list[tuple[float, float]]]:
+    """Outer contours of a region's parts (OpenCV), in continuous coordinates (pixel centres), ≥ 3 points each.
+
+    `rasterize_polygon` of each gives the part back, except holes and some one-pixel-wide diagonal spurs: the
+    rasterisation error of a contour (round trips are checked at IoU ≥ 0.9 per region).
+    """
+    import cv2
+    import numpy as np
+
+    found, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = []
+    for contour in found:
+        pts = [(float(x) + 0.5, float(y) + 0.5) for x, y in contour.reshape(-1, 2).tolist()]
+        while len(pts) < 3:  # one- or two-pixel parts: repeat a point so every format can hold the polygon
+            pts.append(pts[-1])
+        out.append(pts)
+    # Deterministic order: by first point, row-major.
+    return sorted(out, key=lambda p: (p[0][1], p[0][0]))
+
+
+# --------------------------------------------------------------------------------------------------
+# COCO RLE (pycocotools)
+
+
+def coco_rle(region: np.ndarray) -> dict[str, Any]:
+    """A region as COCO compressed RLE {"size": [h, w], "counts": str} (pycocotools.mask.encode)."""
+    import numpy as np
+    from pycocotools import mask as coco_mask
+
+    rle = coco_mask.encode(np.asfortranarray(region.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def coco_segmentation(segmentation: Any, width: int, height: int) -> np.ndarray:
+    """A COCO `segmentation` (compressed or uncompressed RLE, or a list of polygons) → bool region H x W."""
+    import numpy as np
+    from pycocotools import mask as coco_mask
+
+    if isinstance(segmentation, list):
+        if not segmentation:
+            raise MaskError("empty segmentation")
+        region = np.zeros((height, width), dtype=bool)
+        for poly in segmentation:
+            if len(poly) < 6 or len(poly) % 2:
+                raise MaskError(f"a polygon needs at least 3 x,y pairs, got {len(poly)} numbers")
+            pts = list(zip(poly[0::2], poly[1::2], strict=True))
+            region |= rasterize_polygon([(float(x), float(y)) for x, y in pts], width, height)
+        return region
+    if not isinstance(segmentation, dict) or "counts" not in segmentation or "size" not in segmentation:
+        raise MaskError("segmentation is neither RLE {size, counts} nor a list of polygons")
+    h, w = (int(v) for v in segmentation["size"])
+    if (w, h) != (width, height):
+        raise MaskError(f"segmentation size {w}x{h} differs from the image's {width}x{height}")
+    counts = segmentation["counts"]
+    rle = (
+        coco_mask.frPyObjects(segmentation, h, w)
+        if isinstance(counts, list)
+        else {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    )
+    return coco_mask.decode(rle).astype(bool)
+
+
+__all__ = [
+    "MASKS",
+    "MaskError",
+    "bbox",
+    "binary_source_mask",
+    "class_pixels",
+    "coco_rle",
+    "coco_segmentation",
+    "component_sizes",
+    "components",
+    "decode_png",
+    "encode_png",
+    "mask_iou",
+    "mask_relpath",
+    "paint",
+    "polygons",
+    "rasterize_polygon",
+    "read_image_array",
+    "write_mask",
+]
