@@ -149,22 +149,37 @@ def _clip(box: Sequence[float], width: int, height: int) -> PixelBox | None:
     return PixelBox(x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
 
 
+def _region_mask(box: Mapping[str, Any], record: CaptureRecord) -> Any:
+    """The region's bool mask from its COCO RLE, or None when absent or not of the capture's size."""
+    from crux.postprocess import rle_decode
+
+    counts = box.get("mask")
+    if not isinstance(counts, str):
+        return None
+    try:
+        return rle_decode(counts, record.height, record.width)
+    except ValueError:
+        return None
+
+
 def prediction_for(record: CaptureRecord, spec: ProjectSpec) -> dict[str, Any] | None:
     """The edge prediction as a Label Studio prediction `{model_version, score, result}`, or None when the
     capture has none usable (no model output, or only classes the project does not have)."""
     kind = get_kind(spec.kind)
     score = confidence(record)
     results: list[dict[str, Any]] = []
-    if spec.kind == "detect":
+    if kind.geometry in ("box", "mask"):
         for box in record.boxes:
             cls = _class_for(box.get("class"), spec)
             pixels = _clip(box.get("box") or (0, 0, 0, 0), record.width, record.height)
-            if cls is None or pixels is None:
+            # A segmenter's region carries its mask (COCO RLE over the whole image); a box alone paints nothing.
+            mask = _region_mask(box, record) if kind.geometry == "mask" else None
+            if cls is None or pixels is None or (kind.geometry == "mask" and mask is None):
                 continue
             box_score = box.get("score")
             results.extend(
                 kind.to_results(
-                    [Label(cls=cls, box=pixels)],
+                    [Label(cls=cls, box=pixels, mask=mask)],
                     record.width,
                     record.height,
                     score=None if box_score is None else float(box_score),
@@ -172,6 +187,9 @@ def prediction_for(record: CaptureRecord, spec: ProjectSpec) -> dict[str, Any] |
             )
         for i, result in enumerate(results):
             result["id"] = f"p{i}"
+        verdict = _class_for(predicted_class(record), spec) if kind.geometry == "mask" and spec.ok_class else None
+        if verdict is not None:  # the edge's whole-image class pre-fills the project's verdict Choices
+            results.extend(kind.to_results([Label(cls=verdict)], record.width, record.height, score=score))
         # No box from a known model is a prediction too ("no defect"); no model at all is none.
         if not results and record.model_version is None:
             return None

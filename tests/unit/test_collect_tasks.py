@@ -197,3 +197,35 @@ def test_metadata_accepts_the_edge_reason() -> None:
     assert CaptureMetadata.model_validate(capture_metadata("cam-1", "line-a")).reason is None
     with pytest.raises(ValidationError):
         CaptureMetadata.model_validate(capture_metadata("cam-1", "line-a", reason="because"))
+
+
+SEGMENT = ProjectSpec(
+    title="seg",
+    kind="segment",
+    classes={"OK": "#3cb44b", "Crack": "#911eb4", "Break": "#f58231"},
+    ok_class="OK",
+)
+
+
+def test_segment_prediction_pre_segments_the_capture() -> None:
+    """The edge's regions (COCO RLE on their boxes) become brush results the project's converter decodes back to
+    the same pixels, with the edge's class as the verdict; a region without a usable mask is skipped."""
+    import numpy as np
+
+    from crux.kinds import get_kind
+    from crux.postprocess import rle_encode
+
+    mask = np.zeros((100, 200), bool)
+    mask[10:30, 40:90] = True
+    boxes = [
+        {"class": "Crack", "box": [40, 10, 90, 30], "score": 0.93, "mask": rle_encode(mask)},
+        {"class": "Crack", "box": [1, 1, 5, 5], "score": 0.5},  # no mask
+        {"class": "Crack", "box": [1, 1, 5, 5], "mask": rle_encode(np.ones((4, 4), bool))},  # another size
+    ]
+    prediction = prediction_for(rec(1, boxes=boxes, prediction="Crack", scores={"OK": 0.07, "Crack": 0.93}), SEGMENT)
+    assert prediction is not None
+    brush = [r for r in prediction["result"] if r["type"] == "brushlabels"]
+    verdict = [r for r in prediction["result"] if r["type"] == "choices"]
+    assert len(brush) == 1 and brush[0]["score"] == 0.93 and verdict[0]["value"] == {"choices": ["Crack"]}
+    (region,) = [lb for lb in get_kind("segment").from_results(prediction["result"], 200, 100) if lb.mask is not None]
+    assert region.cls == "Crack" and np.array_equal(region.mask, mask)
