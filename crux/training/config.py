@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -121,7 +122,27 @@ class ModelParams:
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant", "onecycle")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
+PRECISIONS = ("auto", "fast", "32-true", "16-mixed", "bf16-mixed")
+# Lightning's max_time string: days:hours:minutes:seconds.
+MAX_TIME = re.compile(r"^(\d{1,2}):(\d{1,2}):(\d{1,2}):(\d{1,2})\Z")
+
+
+def parse_max_time(value: str) -> dict[str, int]:
+    """ "DD:HH:MM:SS" → {"days", "hours", "minutes", "seconds"} (what Lightning's Trainer(max_time=) takes)."""
+    match = MAX_TIME.match(value)
+    if not match:
+        raise ConfigError(f"train.max_time: {value!r} is not DD:HH:MM:SS (e.g. 00:05:30:00 for 5.5 hours)")
+    days, hours, minutes, seconds = (int(x) for x in match.groups())
+    if hours > 23 or minutes > 59 or seconds > 59 or days * 86400 + hours * 3600 + minutes * 60 + seconds < 1:
+        raise ConfigError(f"train.max_time: {value!r} is out of range (hours < 24, minutes and seconds < 60, > 0)")
+    return {"days": days, "hours": hours, "minutes": minutes, "seconds": seconds}
+
+
+def max_time_seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    t = parse_max_time(value)
+    return float(t["days"] * 86400 + t["hours"] * 3600 + t["minutes"] * 60 + t["seconds"])
 
 
 @dataclass(frozen=True)
@@ -130,6 +151,15 @@ class TrainConfig:
     epochs: int = 30
     # Stop after this many optimiser steps (-1: no limit); the quick profile uses it to train "a few steps".
     max_steps: int = -1
+    # Wall-clock budget of the fit, "DD:HH:MM:SS" (Lightning's max_time); null: none. A run stopped by it keeps
+    # its best validated checkpoint and still evaluates, exports and goes through the gate. When set, the
+    # learning-rate schedule anneals by elapsed time as well as by steps (whichever is further), so a run cut
+    # by the budget ends annealed instead of at a high learning rate (and is then not bit-reproducible).
+    max_time: str | None = None
+    # Stop when the monitored validation metric has not improved by early_stop_min_delta for this many
+    # validations (0 = off): long runs stop when done.
+    early_stop_patience: int = 0
+    early_stop_min_delta: float = 0.0
     batch_size: int = 32
     optimizer: str = "adamw"
     lr: float = 2e-3
@@ -162,6 +192,10 @@ class TrainConfig:
             raise ConfigError(f"train.epochs: {self.epochs} must be >= 1")
         if self.max_steps != -1 and self.max_steps < 1:
             raise ConfigError(f"train.max_steps: {self.max_steps} must be -1 (no limit) or >= 1")
+        if self.max_time is not None:
+            parse_max_time(self.max_time)
+        if self.early_stop_patience < 0 or self.early_stop_min_delta < 0:
+            raise ConfigError("train.early_stop_patience and train.early_stop_min_delta must be >= 0")
         if self.batch_size < 1:
             raise ConfigError(f"train.batch_size: {self.batch_size} must be >= 1")
         if self.optimizer not in OPTIMIZERS:
@@ -279,6 +313,25 @@ QUICK_PROFILE: Mapping[str, Mapping[str, Any]] = types.MappingProxyType(
 )
 
 
+# The demo profile: the shipped recipe at full resolution under a wall-clock budget (`make demo` must finish in
+# 15 minutes on a 2-core CPU, environments included): bf16 where the CPU runs it natively, and a schedule that
+# anneals by the budget. `crux demo` and `crux cycle --profile demo` select it.
+DEMO_PROFILE: Mapping[str, Mapping[str, Any]] = types.MappingProxyType(
+    {
+        "train": {
+            "epochs": 30,
+            "max_time": "00:00:04:00",
+            "precision": "fast",
+            "progress_bar": False,
+        },
+    }
+)
+
+PROFILES: Mapping[str, Mapping[str, Mapping[str, Any]]] = types.MappingProxyType(
+    {"quick": QUICK_PROFILE, "demo": DEMO_PROFILE}
+)
+
+
 def merge_params(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Deep-merge `override` into `base` (mappings merge, everything else replaces)."""
     out: dict[str, Any] = dict(base)
@@ -314,7 +367,15 @@ def default_params(kind: str | None = None) -> dict[str, Any]:
 
 def quick_overrides() -> list[str]:
     """QUICK_PROFILE as `dvc exp run` arguments: ["-S", "data.image_size=64", "-S", ...] (YAML flow values)."""
+    return profile_overrides("quick")
+
+
+def profile_overrides(name: str) -> list[str]:
+    """A training profile (PROFILES) as `dvc exp run` arguments: ["-S", "key=value", ...] (YAML flow values)."""
     import yaml
+
+    if name not in PROFILES:
+        raise ConfigError(f"profile {name!r}: choose one of {', '.join(PROFILES)}")
 
     def walk(prefix: str, value: Any) -> list[str]:
         if isinstance(value, Mapping):
@@ -322,7 +383,7 @@ def quick_overrides() -> list[str]:
         text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
         return ["-S", f"{prefix[:-1]}={text.replace(', ', ',')}"]  # no spaces: safe in $(...)
 
-    return walk("", QUICK_PROFILE)
+    return walk("", PROFILES[name])
 
 
 def validate_augment(cfg: AugmentConfig, data: DataConfig) -> None:
