@@ -581,6 +581,7 @@ def export_command(
 
     ctx = load_context(params)
     cfg = from_mapping(ExportConfig, ctx.section("export"), "export")
+    _check_tta(cfg, ctx.section("augment") or {})
 
     def read(path: Path | None) -> Any:
         return json.loads(path.read_text()) if path is not None and path.is_file() else None
@@ -600,6 +601,17 @@ def export_command(
         lineage=lineage,
     )
     out.print(json.dumps({"parity": card.get("parity"), "quantized": card.get("quantized")}, default=str))
+
+
+def _check_tta(cfg: Any, augment: Mapping[str, Any]) -> None:
+    """export.tta may only average over transforms training already treats as label-preserving."""
+    from crux.export import TTA_GENERATORS
+
+    trained = {t.get("name") for t in augment.get("transforms") or [] if isinstance(t, Mapping)}
+    missing = [g for g in cfg.tta if TTA_GENERATORS[g] not in trained]
+    if missing:
+        names = ", ".join(TTA_GENERATORS[g] for g in missing)
+        raise ConfigError(f"export.tta: {missing} need {names} in augment.transforms (label-preserving in training)")
 
 
 # --------------------------------------------------------------------------------------------------
