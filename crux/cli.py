@@ -998,7 +998,7 @@ def cycle_command(
     project: Annotated[str, typer.Argument(help="Project (inspection line) from params.yaml.")],
     quick: Annotated[bool, typer.Option(help="Train with the quick profile (CI: a few steps).")] = False,
     profile: Annotated[
-        str | None, typer.Option(help="A training profile: quick, or demo (full resolution, 4-minute budget).")
+        str | None, typer.Option(help="A training profile: quick, or demo (5-minute training budget).")
     ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
@@ -1160,7 +1160,7 @@ def demo(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """The whole loop on embedded defaults: Label Studio with NEU's images and their defect types (standing in for
-    a team of annotators) → the Prefect cycle (demo profile: full resolution, a 4-minute training budget) → the
+    a team of annotators) → the Prefect cycle (demo profile: a 5-minute training budget) → the
     gate → a signed model in the local remote → the edge runtime on test-split images the model never trained on
     → a verdict per defect class. Exit 1 when the gate refuses the model."""
     import json
