@@ -461,10 +461,13 @@ def _tta_report(
             times.append((time.perf_counter() - t) * 1000)
         report[f"{name}_ms"] = round(sorted(times)[10], 3)
     measured = None
+    keys = ("accuracy", "macro_f1")
+    if _split_records(prepared_dir, "val"):  # the split to decide on TTA by; test only reports
+        on_val = {name: evaluate_onnx(m, prepared_dir, "val") for name, m in models.items()}  # type: ignore[arg-type]
+        report["val"] = {name: {k: m.get(k) for k in keys} for name, m in on_val.items()}
     if _split_records(prepared_dir, "test"):
         measured = evaluate_onnx(models["tta"], prepared_dir, "test")  # type: ignore[arg-type]
         plain = evaluate_onnx(models["plain"], prepared_dir, "test")  # type: ignore[arg-type]
-        keys = ("accuracy", "macro_f1")
         report["test"] = {"tta": {k: measured.get(k) for k in keys}, "plain": {k: plain.get(k) for k in keys}}
         measured = {**measured, "tta_views": len(views)}
     plain_path.unlink(missing_ok=True)

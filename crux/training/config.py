@@ -178,6 +178,9 @@ class TrainConfig:
     precision: str = "auto"
     devices: int | str = "auto"
     num_workers: int = 2
+    # CPU threads of the training process; 0 = auto: the cores the loader workers leave free (at least 1).
+    # More threads than free cores makes OpenMP spin against the workers (here 3-60x slower steps).
+    threads: int = 0
     # Validate every N epochs (validation runs the full post-processing and metrics).
     val_every: int = 1
     # Continue from <out>/checkpoints/last.ckpt when it exists.
@@ -224,6 +227,8 @@ class TrainConfig:
             raise ConfigError(f"train.devices: {self.devices!r} must be 'auto' or a count >= 1")
         if self.num_workers < 0:
             raise ConfigError(f"train.num_workers: {self.num_workers} must be >= 0")
+        if self.threads < 0:
+            raise ConfigError(f"train.threads: {self.threads} must be >= 0 (0 = auto)")
         if self.val_every < 1:
             raise ConfigError(f"train.val_every: {self.val_every} must be >= 1")
         if self.grad_clip < 0:

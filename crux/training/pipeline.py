@@ -44,6 +44,19 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if precision == "fast" and cpu_has_native_bf16() else "32-true"
 
 
+def training_threads(threads: int, num_workers: int) -> int:
+    """`train.threads`, 0 = the cores this process may use minus one per loader worker (at least 1)."""
+    if threads:
+        return threads
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - num_workers)
+
+
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo (Linux; False elsewhere)."""
     try:
@@ -134,6 +147,8 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         "max_time_s": max_time_seconds(t.max_time),
     }
 
+    threads = training_threads(t.threads, t.num_workers)
+    torch.set_num_threads(threads)
     pl.seed_everything(t.seed, workers=True, verbose=False)
     module = InspectionModule(cfg.data.kind, classes, ok_class, spec.to_dict(), model_config, detect_spec, optim)
     init_report = None
@@ -252,6 +267,7 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         # Median training step (forward, backward, optimiser; data loading excluded when workers keep up).
         "train_step_s": timer.median(),
         "batch_size": t.batch_size,
+        "threads": threads,
         "init_weights": init_report,
         "n_parameters": sum(p.numel() for p in module.model.parameters()),
     }
