@@ -149,9 +149,9 @@ class GateConfig:
 
         task_kind = get_kind(kind)
         merged: dict[tuple[str, str], tuple[float | None, str]] = {}
-        defaults = [("min", task_kind.gate_floors), ("max", task_kind.gate_ceilings)]
-        if ok_line:
-            defaults += [("min", task_kind.gate_ok_floors), ("max", task_kind.gate_ok_ceilings)]
+        # A kind without defaults (getattr: kinds registered elsewhere) has only what params.yaml sets.
+        names = ["gate_floors", "gate_ceilings"] + (["gate_ok_floors", "gate_ok_ceilings"] if ok_line else [])
+        defaults = [("max" if "ceilings" in n else "min", getattr(task_kind, n, None) or {}) for n in names]
         for rule, limits in defaults:
             merged.update({(rule, k): (v, f"kind {kind} default") for k, v in limits.items()})
         for rule in ("min", "max"):
