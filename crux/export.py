@@ -39,6 +39,57 @@ CARD_FILE = "card.json"
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 EXPORTERS = ("dynamo", "torchscript")
+# Test-time augmentation generators and the albumentations transforms that make them label-preserving in training.
+TTA_GENERATORS = {"hflip": "HorizontalFlip", "vflip": "VerticalFlip", "rot90": "RandomRotate90"}
+
+
+def tta_views(generators: Sequence[str]) -> list[tuple[int, bool]]:
+    """The group the generators span, as (quarter turns k, then flip left-right?) pairs, identity first.
+
+    Every flip/rotation of a square is rot90^k optionally followed by a horizontal flip (the dihedral group D4);
+    composing on a labelled 2x2 grid finds which of the 8 the generators reach."""
+    base = np.arange(4).reshape(2, 2)
+
+    def apply(a: np.ndarray, view: tuple[int, bool]) -> np.ndarray:
+        a = np.rot90(a, view[0])
+        return a[:, ::-1] if view[1] else a
+
+    elements = {(k, f): apply(base, (k, f)).tobytes() for k in range(4) for f in (False, True)}
+    by_bytes = {v: k for k, v in elements.items()}
+    gens = {"hflip": (0, True), "vflip": (2, True), "rot90": (1, False)}
+    found = [(0, False)]
+    frontier = [(0, False)]
+    while frontier:
+        nxt = []
+        for view in frontier:
+            for g in generators:
+                composed = by_bytes[apply(apply(base, view), gens[g]).tobytes()]
+                if composed not in found:
+                    found.append(composed)
+                    nxt.append(composed)
+        frontier = nxt
+    return found
+
+
+def tta_module(model: Any, views: Sequence[tuple[int, bool]]) -> Any:
+    """`model` wrapped to average its raw output (classifier logits) over the views, traceable to ONNX."""
+    import torch
+
+    class TTA(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            outs = []
+            for k, flip in views:
+                # torch.rot90(x, k, (2, 3)) from transpose and flip (the TorchScript exporter has no rot90).
+                v = x if k == 0 else x.transpose(2, 3).flip(2) if k == 1 else x.flip(2).flip(3) if k == 2 else None
+                v = x.transpose(2, 3).flip(3) if v is None else v
+                outs.append(self.model(v.flip(3) if flip else v))
+            return torch.stack(outs).mean(0)
+
+    return TTA().eval()
 
 
 OUTPUT_LAYOUTS = {
@@ -70,8 +121,15 @@ class ExportConfig:
     quantize: bool = False
     # Train images used to calibrate INT8 activation ranges.
     calibration_images: int = 64
+    # Test-time augmentation baked into the ONNX graph (classification): the logits averaged over the group the
+    # listed label-preserving transforms generate (hflip, vflip, rot90: all three give the 8 flips/rotations).
+    # The card's metrics are then re-measured on the exported graph, so the edge runs exactly what was measured.
+    tta: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.tta) - set(TTA_GENERATORS))
+        if unknown:
+            raise ConfigError(f"export.tta: {unknown} not among {', '.join(TTA_GENERATORS)}")
         if self.exporter not in EXPORTERS:
             raise ConfigError(f"export.exporter: {self.exporter!r} is not one of {', '.join(EXPORTERS)}")
         if self.opset is not None and not 13 <= self.opset <= 23:
@@ -329,6 +387,13 @@ def export(
         )
     ng_threshold = float(pp.get("ng_threshold", 0.5))
 
+    views = tta_views(cfg.tta) if cfg.tta else []
+    if views and meta["kind"] != "classify":
+        raise ExportError("export.tta: test-time augmentation is implemented for classification only")
+    plain_model = model
+    if len(views) > 1:
+        model = tta_module(model, views)
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / ".export-tmp"
@@ -366,7 +431,12 @@ def export(
         if cfg.quantize:
             quant = _quantize(onnx_path, work / INT8_FILE, card0, prepared_dir, spec, cfg)
 
-        card = {**card0, "parity": parity, "quantized": quant}
+        tta = None
+        if len(views) > 1:
+            tta, measured = _tta_report(plain_model, onnx_path, card0, spec, cfg, views, prepared_dir, work)
+            if measured is not None:  # the card's metrics are those of the graph the edge runs
+                card0 = {**card0, "metrics": measured}
+        card = {**card0, "parity": parity, "quantized": quant, "tta": tta}
         for f in work.iterdir():
             f.replace(out_dir / f.name)
         (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
@@ -375,6 +445,51 @@ def export(
         return card
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _tta_report(
+    plain_model: Any,
+    tta_path: Path,
+    card: Mapping[str, Any],
+    spec: InputSpec,
+    cfg: ExportConfig,
+    views: Sequence[tuple[int, bool]],
+    prepared_dir: Path | None,
+    work: Path,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Test split with and without TTA through ONNX Runtime, and the frame latency of both (1 thread)."""
+    import time
+
+    from crux.edge.predict import OnnxModel
+
+    plain_path = work / "plain.onnx"
+    _torch_export(plain_model, spec, plain_path, replace(cfg, exporter="torchscript"))
+    report: dict[str, Any] = {
+        "views": [{"rot90": k, "hflip": f} for k, f in views],
+        "generators": list(cfg.tta),
+    }
+    models = {"tta": OnnxModel(tta_path, card), "plain": OnnxModel(plain_path, card)}
+    x = np.zeros((1, spec.channels, spec.image_size, spec.image_size), np.float32)
+    for name, m in models.items():
+        m.run_raw(x)
+        times = []
+        for _ in range(20):
+            t = time.perf_counter()
+            m.run_raw(x)
+            times.append((time.perf_counter() - t) * 1000)
+        report[f"{name}_ms"] = round(sorted(times)[10], 3)
+    measured = None
+    keys = ("accuracy", "macro_f1")
+    if _split_records(prepared_dir, "val"):  # the split to decide on TTA by; test only reports
+        on_val = {name: evaluate_onnx(m, prepared_dir, "val") for name, m in models.items()}  # type: ignore[arg-type]
+        report["val"] = {name: {k: m.get(k) for k in keys} for name, m in on_val.items()}
+    if _split_records(prepared_dir, "test"):
+        measured = evaluate_onnx(models["tta"], prepared_dir, "test")  # type: ignore[arg-type]
+        plain = evaluate_onnx(models["plain"], prepared_dir, "test")  # type: ignore[arg-type]
+        report["test"] = {"tta": {k: measured.get(k) for k in keys}, "plain": {k: plain.get(k) for k in keys}}
+        measured = {**measured, "tta_views": len(views)}
+    plain_path.unlink(missing_ok=True)
+    return report, measured
 
 
 # ----------------------------------------------------------------------------------------------------------------

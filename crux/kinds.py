@@ -10,6 +10,7 @@ Model, training and post-processing hooks import lazily: this module must stay i
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -76,6 +77,15 @@ class TaskKind(Protocol):
 
     def decode_spec(self, classes: Sequence[str], ok_class: str | None) -> dict[str, Any] | None: ...
 
+    # Default absolute limits of the publish gate (crux.publish), dotted keys of the kind's test metrics, checked
+    # for every candidate (the first one included) before params.yaml `gate.min` / `gate.max` / `gate.lines`:
+    # floors (metric >= value) and ceilings (metric <= value). They only rule out a blind model; lines set their
+    # real bars in params.yaml. The `ok_*` ones apply to lines with an OK class (the OK/NG inspection view).
+    gate_floors: Mapping[str, float]
+    gate_ceilings: Mapping[str, float]
+    gate_ok_floors: Mapping[str, float]
+    gate_ok_ceilings: Mapping[str, float]
+
     def model_config(self, params: Any, num_classes: int, in_channels: int) -> dict[str, Any]: ...
 
     def build_model(self, model_config: Mapping[str, Any]) -> Any: ...
@@ -89,10 +99,18 @@ class TaskKind(Protocol):
     ) -> Any: ...
 
 
+_NONE: Mapping[str, float] = types.MappingProxyType({})
+
+
 class _ModelHooks:
     """Lazy model/training hooks shared by the kinds; `_task` names the class in crux.training.tasks."""
 
     _task: str
+    # A kind without floors publishes nothing until params.yaml `gate.min.<kind>` names one (crux.publish).
+    gate_floors: Mapping[str, float] = _NONE
+    gate_ceilings: Mapping[str, float] = _NONE
+    gate_ok_floors: Mapping[str, float] = _NONE
+    gate_ok_ceilings: Mapping[str, float] = _NONE
 
     def head_classes(self, classes: Sequence[str], ok_class: str | None) -> list[str]:
         """The classes the model's head predicts (its class count); the segmenter leaves out the OK class."""
@@ -139,6 +157,12 @@ class ClassifyKind(_PlainLabels, _ModelHooks):
     geometry = "image"
     monitor = "macro_f1"
     _task = "ClassifyTask"
+    # A constant or random classifier scores macro-F1 <= 1/classes (0.17 on 6 classes), even when one class
+    # fills 80% of a line; one that passes everything as OK has NG recall 0, one that rejects everything 100%
+    # false rejects.
+    gate_floors = types.MappingProxyType({"macro_f1": 0.5})
+    gate_ok_floors = types.MappingProxyType({"inspection.ng_recall": 0.8})
+    gate_ok_ceilings = types.MappingProxyType({"inspection.false_reject_rate": 0.2})
 
     def training_task(
         self, classes: Sequence[str], ok_class: str | None, spec: Any, detect_spec: Any, optim: Mapping[str, Any]
@@ -201,6 +225,8 @@ class DetectKind(_PlainLabels, _ModelHooks):
     geometry = "box"
     monitor = "map50"
     _task = "DetectTask"
+    # The blind detector of issue 13 had mAP@0.5 = 0.00001; a from-scratch NEU model reaches 0.5 in minutes.
+    gate_floors = types.MappingProxyType({"map50": 0.25})
 
     def training_task(
         self, classes: Sequence[str], ok_class: str | None, spec: Any, detect_spec: Any, optim: Mapping[str, Any]
@@ -287,6 +313,10 @@ class SegmentKind(_ModelHooks):
     geometry = "mask"
     monitor = "miou"
     _task = "SegmentTask"
+    # A blind segmenter paints nothing (mIoU 0) or flags every part: both are refused before any line's own bars.
+    gate_floors = types.MappingProxyType({"miou": 0.2})
+    gate_ok_floors = types.MappingProxyType({"inspection.ng_recall": 0.8})
+    gate_ok_ceilings = types.MappingProxyType({"inspection.false_reject_rate": 0.2})
     # A brush pixel counts when its alpha is at least this (Label Studio paints 255; the SDK thresholds at 128).
     alpha_threshold = 128
 

@@ -1,5 +1,8 @@
 """The improvement cycle of one inspection line: snapshot → only when a new dataset version appears:
-train + evaluate + export (`dvc repro`) → push → gate → publish."""
+train + evaluate + export (`dvc repro`) → push → gate → publish.
+
+Returns {"project", "dataset", "published", "gate"}: `published` is {"version", …} or None (no new data, or
+the gate refused: then `gate` holds every criterion and why, also the `LINE-gate` artifact)."""
 
 from __future__ import annotations
 
@@ -11,11 +14,18 @@ from flows.tasks import publish_task, push_task, reproduce_task, snapshot_task
 
 
 @flow(name="cycle")
-def cycle(project: str, params_path: str = "params.yaml", quick: bool = False, remote: str | None = None) -> dict:
+def cycle(
+    project: str,
+    params_path: str = "params.yaml",
+    quick: bool = False,
+    remote: str | None = None,
+    profile: str | None = None,
+) -> dict:
     version = snapshot_task(project, params_path)
     if version is None:
         return {"project": project, "dataset": None, "published": None}
-    reproduce_task(project, params_path, quick)
+    reproduce_task(project, params_path, quick, profile)
     push_task(params_path)
-    published: Any = publish_task(project, params_path, remote)
-    return {"project": project, "dataset": version, "published": published}
+    decision: Any = publish_task(project, params_path, remote)
+    published = decision if decision and decision.get("published") else None
+    return {"project": project, "dataset": version, "published": published, "gate": decision and decision["gate"]}

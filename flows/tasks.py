@@ -49,12 +49,14 @@ def snapshot_task(project: str, params_path: str) -> dict[str, Any] | None:
 
 
 @task  # no retries: training is deterministic, a retry repeats the same failure at full cost
-def reproduce_task(line: str, params_path: str, quick: bool) -> str:
+def reproduce_task(line: str, params_path: str, quick: bool, profile: str | None = None) -> str:
+    """`dvc repro`, or `dvc exp run` with a training profile's overrides (quick: CI; demo: `crux demo`)."""
     from crux.loop import metrics_report, reproduce
-    from crux.training.config import quick_overrides
+    from crux.training.config import profile_overrides
 
     ctx = _context(params_path)
-    output = reproduce(ctx.root, line, quick_overrides=quick_overrides() if quick else None)
+    profile = profile or ("quick" if quick else None)
+    output = reproduce(ctx.root, line, quick_overrides=profile_overrides(profile) if profile else None)
     report = metrics_report(ctx.root, line)
     if report:
         create_markdown_artifact(key=f"{line}-evaluation", markdown=report, description="Test-split metrics")
@@ -71,7 +73,8 @@ def push_task(params_path: str) -> None:
 
 @task(retries=2, retry_delay_seconds=15)
 def publish_task(line: str, params_path: str, remote: str | None) -> dict[str, Any] | None:
-    """Gate against production; publish when it passes. A refusal is a decision, not a failure: None."""
+    """Gate the candidate (absolute floors, then vs production); publish when it passes. A refusal is a decision,
+    not a failure: {"published": False, "gate": …} with the criteria in the `LINE-gate` Markdown artifact."""
     from crux.cli import gate_config, model_remote, signing_key
     from crux.loop import publish_candidate
     from crux.publish import GateRefused
@@ -81,12 +84,14 @@ def publish_task(line: str, params_path: str, remote: str | None) -> dict[str, A
         result = publish_candidate(ctx.root, line, model_remote(ctx, remote), signing_key(ctx, None), gate_config(ctx))
     except GateRefused as refused:
         create_markdown_artifact(
-            key=f"{line}-gate", markdown=f"# {line}: not published\n\n{refused}\n", description="Gate decision"
+            key=f"{line}-gate",
+            markdown=f"# {line}: not published\n\n{refused.result.markdown()}",
+            description="Gate decision",
         )
-        return None
+        return {"published": False, "version": None, "gate": refused.result.to_dict()}
     create_markdown_artifact(
         key=f"{line}-gate",
-        markdown=f"# {line}: published v{result.version}\n\n{result.gate.report()}\n",
+        markdown=f"# {line}: published v{result.version}\n\n{result.gate.markdown()}",
         description="Gate decision and published version",
     )
-    return {"version": result.version, "gate": result.gate.to_dict()}
+    return {"published": True, "version": result.version, "gate": result.gate.to_dict()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import pytorch_lightning as pl
@@ -39,6 +40,7 @@ class InspectionModule(pl.LightningModule):
         self.model = self.task.build_model(model_config).to(memory_format=torch.channels_last)
         self.optim = optim
         self._state: dict[str, Any] | None = None
+        self._fit_started = time.monotonic()
         self.last_metrics: dict[str, dict[str, Any]] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,6 +65,9 @@ class InspectionModule(pl.LightningModule):
         if stage != "train" and self._state is not None:
             self.task.collect(self._state, raw, batch)
         return losses["loss"]
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.monotonic()  # the clock of a train.max_time budget (Lightning's Timer starts here)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -113,6 +118,7 @@ class InspectionModule(pl.LightningModule):
             steps_per_epoch = max(total // max(int(self.trainer.max_epochs or 1), 1), 1)
             warmup = min(int(o["warmup_epochs"] * steps_per_epoch), total - 1)
             cosine = o["schedule"] == "cosine"
+            budget = o.get("max_time_s")
 
             def factor(step: int) -> float:
                 if step < warmup:
@@ -120,6 +126,8 @@ class InspectionModule(pl.LightningModule):
                 if not cosine:
                     return 1.0
                 progress = (step - warmup) / max(total - warmup, 1)
+                if budget:  # a wall-clock budget (train.max_time): anneal by whichever runs out first
+                    progress = max(progress, (time.monotonic() - self._fit_started) / budget)
                 return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
             sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)

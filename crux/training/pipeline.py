@@ -17,7 +17,13 @@ from crux.config import ConfigError
 from crux.evaluation import compare_markdown, confusion_png, write_json
 from crux.kinds import get_kind
 from crux.postprocess import DetectSpec, InputSpec
-from crux.training.config import EvaluateConfig, PipelineConfig, validate_augment
+from crux.training.config import (
+    EvaluateConfig,
+    PipelineConfig,
+    max_time_seconds,
+    parse_max_time,
+    validate_augment,
+)
 from crux.training.prepare import DatasetError, prepare, read_prepared
 
 __all__ = ["evaluate", "prepare", "resolve_precision", "train"]
@@ -28,13 +34,37 @@ PLOT_FILES = ("confusion", "threshold_curve", "pr_curve")
 
 def resolve_precision(precision: str, accelerator: str) -> str:
     """'auto': mixed precision on a CUDA GPU (bf16 where supported: no loss scaling), full fp32 on CPU."""
-    if precision != "auto":
+    if precision not in ("auto", "fast"):
         return precision
     import torch
 
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
+    # 'fast': bf16 autocast on CPUs that run it natively (~2x here); emulated bf16 would be slower than fp32.
+    return "bf16-mixed" if precision == "fast" and cpu_has_native_bf16() else "32-true"
+
+
+def training_threads(threads: int, num_workers: int) -> int:
+    """`train.threads`, 0 = the cores this process may use minus one per loader worker (at least 1)."""
+    if threads:
+        return threads
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - num_workers)
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo (Linux; False elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _step_timer() -> Any:
@@ -80,6 +110,7 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
     import torch
     from dvclive.lightning import DVCLiveLogger
     from pytorch_lightning.callbacks import (
+        EarlyStopping,
         LearningRateMonitor,
         ModelCheckpoint,
         RichProgressBar,
@@ -112,8 +143,12 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         "schedule": t.schedule,
         "warmup_epochs": t.warmup_epochs,
         "label_smoothing": t.label_smoothing,
+        # The schedule also anneals by elapsed time when the fit has a wall-clock budget.
+        "max_time_s": max_time_seconds(t.max_time),
     }
 
+    threads = training_threads(t.threads, t.num_workers)
+    torch.set_num_threads(threads)
     pl.seed_everything(t.seed, workers=True, verbose=False)
     module = InspectionModule(cfg.data.kind, classes, ok_class, spec.to_dict(), model_config, detect_spec, optim)
     init_report = None
@@ -157,6 +192,12 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         # Lightning swaps the average in for validation and saves it as the checkpoint's state_dict, so the best
         # checkpoint (and the bundle made from it) is the averaged model; resuming restores both.
         callbacks.append(WeightAveraging(avg_fn=ramped_ema(t.ema_decay)))
+    early_stop = None
+    if t.early_stop_patience:
+        early_stop = EarlyStopping(
+            monitor=monitor, mode="max", patience=t.early_stop_patience, min_delta=t.early_stop_min_delta
+        )
+        callbacks.append(early_stop)
     if t.progress_bar:
         callbacks.append(RichProgressBar())
     # dvcyaml=False: the project's dvc.yaml declares metrics/plots; dvclive must not rewrite it.
@@ -169,6 +210,7 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         precision=precision,
         max_epochs=t.epochs,
         max_steps=t.max_steps,
+        max_time=parse_max_time(t.max_time) if t.max_time else None,
         # CPU runs are bit-reproducible; on GPU some kernels (e.g. upsampling backward) are not, so only warn.
         deterministic=True if on_cpu else "warn",
         callbacks=callbacks,
@@ -185,6 +227,9 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
     started = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
     wall = time.perf_counter() - started
+    stopped_by = _stopped_by(trainer, t, early_stop)
+    # A stop requested mid-epoch (train.max_time, early stopping) still validates the last weights first
+    # (Lightning's training epoch loop), so the best checkpoint has seen the annealed end of a budgeted run.
     if not checkpoint.best_model_path:
         # max_steps can end training before the first validation; validate once so the bundle has a score.
         trainer.validate(module, datamodule=dm, verbose=False)
@@ -214,6 +259,9 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         "best_checkpoint": best_path.name,
         "global_step": steps,
         "epochs": int(trainer.current_epoch),
+        # What ended the fit: epochs, max_steps, max_time (train.max_time budget) or early_stopping.
+        "stopped_by": stopped_by,
+        "max_time": t.max_time,
         "precision": precision,
         "accelerator": str(trainer.accelerator.__class__.__name__),
         "wall_s": round(wall, 3),
@@ -221,11 +269,22 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         # Median training step (forward, backward, optimiser; data loading excluded when workers keep up).
         "train_step_s": timer.median(),
         "batch_size": t.batch_size,
+        "threads": threads,
         "init_weights": init_report,
         "n_parameters": sum(p.numel() for p in module.model.parameters()),
     }
     write_json(out_dir / "train.json", summary)
     return summary
+
+
+def _stopped_by(trainer: Any, t: Any, early_stop: Any) -> str:
+    if early_stop is not None and early_stop.stopped_epoch > 0:
+        return "early_stopping"
+    if t.max_steps != -1 and trainer.global_step >= t.max_steps:
+        return "max_steps"
+    if trainer.current_epoch >= t.epochs:
+        return "epochs"
+    return "max_time" if t.max_time else "interrupted"
 
 
 def evaluate(

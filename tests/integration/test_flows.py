@@ -46,7 +46,9 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ls_server: tuple) -> P
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["labelstudio"]["projects"] = {LINE: params["labelstudio"]["projects"]["neu-det"]}
     params["pipeline"]["lines"] = [LINE]
-    params["gate"]["tolerance"] = 1.0  # quick-profile models are noise: let every candidate through the gate
+    # Quick-profile models are noise: let every candidate through the gate (no floor, any change vs production).
+    params["gate"]["tolerance"] = 1.0
+    params["gate"]["min"] = {"detect": {"map50": 0.0}}
     params["export"]["parity_images"] = 4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")

@@ -101,6 +101,22 @@ def test_max_steps_before_first_validation_still_yields_a_model(tmp_path: Path) 
     assert out["train"]["global_step"] == 2 and out["train"]["best_val"] is not None
 
 
+def test_run_stopped_by_max_time_still_yields_an_evaluated_model(tmp_path: Path) -> None:
+    """train.max_time (a nightly budget): the fit stops on the clock, validates its last weights, and the
+    bundle evaluates like any other."""
+    out = _run(tmp_path, "classify", _cfg("classify", max_steps=-1, epochs=100_000, max_time="00:00:00:02"))
+    summary = out["train"]
+    assert summary["stopped_by"] == "max_time" and summary["epochs"] < 100_000
+    assert summary["best_val"] is not None and summary["wall_s"] < 60
+    assert 0.0 <= out["metrics"]["accuracy"] <= 1.0
+
+
+def test_early_stopping_ends_a_plateau(tmp_path: Path) -> None:
+    cfg = _cfg("classify", max_steps=-1, epochs=50, early_stop_patience=1, early_stop_min_delta=1.0)
+    summary = _run(tmp_path, "classify", cfg)["train"]
+    assert summary["stopped_by"] == "early_stopping" and summary["epochs"] == 2
+
+
 def test_train_refuses_kind_mismatch(tmp_path: Path) -> None:
     from crux.training.pipeline import prepare, train
 

@@ -122,3 +122,34 @@ def test_config_validation_and_lineage_helpers(tmp_path: Path) -> None:
     assert git_revision(tmp_path) is None
     rev = git_revision(Path(__file__).resolve().parents[2])
     assert rev is None or len(rev.split("-")[0]) == 40
+
+
+def test_tta_views_are_the_group_the_generators_span() -> None:
+    from crux.export import tta_views
+
+    assert tta_views([]) == [(0, False)]
+    assert sorted(tta_views(["hflip"])) == [(0, False), (0, True)]
+    assert sorted(tta_views(["vflip"])) == [(0, False), (2, True)]
+    assert sorted(tta_views(["rot90"])) == [(0, False), (1, False), (2, False), (3, False)]
+    assert len(tta_views(["hflip", "vflip"])) == 4  # flips and the 180° turn
+    assert len(tta_views(["hflip", "vflip", "rot90"])) == len(set(tta_views(["hflip", "rot90"]))) == 8
+    with pytest.raises(ConfigError, match="tta"):
+        from_mapping(ExportConfig, {"tta": ["hflip", "shear"]}, "export")
+
+
+def test_tta_is_baked_into_the_onnx_graph_and_measured(tmp_path: Path, prepared: dict[str, Path]) -> None:
+    bundle = tiny_bundle(tmp_path / "model.pt", "classify")
+    cfg = ExportConfig(exporter="torchscript", parity_images=4, tta=("hflip", "vflip", "rot90"))
+    card = export(bundle, tmp_path / "out", cfg, prepared_dir=prepared["classify"], metrics={"macro_f1": 0.5})
+    assert card["parity"]["passed"] and len(card["tta"]["views"]) == 8
+    assert card["tta"]["tta_ms"] > 0 and card["tta"]["plain_ms"] > 0
+    # The card's metrics are re-measured on the shipped graph (not the torch model's without TTA).
+    assert card["metrics"]["tta_views"] == 8 and card["metrics"]["accuracy"] == card["tta"]["test"]["tta"]["accuracy"]
+    model = OnnxModel.from_dir(tmp_path / "out")
+    x = np.random.default_rng(0).normal(size=(1, 1, 32, 32)).astype(np.float32)
+    views = [x, x[..., ::-1], x[..., ::-1, :], np.rot90(x, 1, (2, 3)), np.rot90(x, 3, (2, 3)).swapaxes(2, 3)]
+    outs = [model.run_raw(np.ascontiguousarray(v)) for v in views]
+    for out in outs[1:]:  # the averaged model is invariant under every flip and rotation
+        np.testing.assert_allclose(out, outs[0], atol=1e-5)
+    with pytest.raises(ExportError, match="classification only"):
+        export(tiny_bundle(tmp_path / "det.pt", "detect"), tmp_path / "det", cfg, prepared_dir=prepared["detect"])

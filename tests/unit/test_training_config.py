@@ -164,3 +164,41 @@ def test_line_overrides_are_validated(overrides: object, message: str) -> None:
 
     with pytest.raises(ConfigError, match=message):
         load_pipeline_config(line_params({"pipeline": {"overrides": overrides}}, "b"))
+
+
+def test_max_time_early_stop_and_profiles_validate() -> None:
+    from crux.training.config import DEMO_PROFILE, max_time_seconds, profile_overrides
+
+    cfg = _load(merge_params(default_params_for("classify"), {"train": {"max_time": "00:05:30:00"}}))
+    assert cfg.train.max_time == "00:05:30:00" and max_time_seconds(cfg.train.max_time) == 5.5 * 3600
+    assert max_time_seconds(None) is None
+    for bad in ("5:30", "00:24:00:00", "00:00:00:00", "00:00:61:00", 330):
+        with pytest.raises(ConfigError, match="max_time"):
+            _load(merge_params(default_params_for("classify"), {"train": {"max_time": bad}}))
+    with pytest.raises(ConfigError, match="early_stop"):
+        _load(merge_params(default_params_for("classify"), {"train": {"early_stop_patience": -1}}))
+    demo = _load(merge_params(default_params_for("classify"), DEMO_PROFILE))
+    assert demo.train.precision == "fast" and demo.train.max_time is not None
+    assert "train.max_time=00:00:05:00" in profile_overrides("demo")
+    with pytest.raises(ConfigError, match="profile"):
+        profile_overrides("fastest")
+
+
+def default_params_for(kind: str) -> dict[str, Any]:
+    from crux.training.config import default_params
+
+    return default_params(kind)
+
+
+def test_precision_fast_is_bf16_only_where_the_cpu_runs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from crux.training import pipeline
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA picks its own mixed precision")
+    monkeypatch.setattr(pipeline, "cpu_has_native_bf16", lambda: True)
+    assert pipeline.resolve_precision("fast", "cpu") == "bf16-mixed"
+    assert pipeline.resolve_precision("auto", "cpu") == "32-true"  # auto stays reproducible
+    monkeypatch.setattr(pipeline, "cpu_has_native_bf16", lambda: False)
+    assert pipeline.resolve_precision("fast", "cpu") == "32-true"
