@@ -75,6 +75,7 @@ def prepared_dataset(root: Path, kind: str, image_size: int = IMAGE_SIZE) -> Pat
 HEALTHY_METRICS: dict[str, dict[str, Any]] = {
     "classify": {"accuracy": 0.97, "macro_f1": 0.97, "inspection": {"ng_recall": 0.95, "false_reject_rate": 0.02}},
     "detect": {"map50": 0.6},
+    "segment": {"miou": 0.6, "accuracy": 0.97, "inspection": {"ng_recall": 0.95, "false_reject_rate": 0.02}},
 }
 
 
