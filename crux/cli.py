@@ -699,6 +699,42 @@ def keys_init(
     out.print(f"Key {key_id}: private {private_path} (0600, never commit it), public {public_path} (give to edges).")
 
 
+@keys_app.command("rotate")
+def keys_rotate(
+    private: Annotated[Path | None, typer.Option(help="Private key file (0600, git-ignored).")] = None,
+    public: Annotated[Path | None, typer.Option(help="Public key file, copied to every edge.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """A new signing key pair; the old public key stays trusted (edge.public_keys) during the overlap."""
+    from crux.signing import rotate_keys
+
+    ctx = load_context(params)
+    private_path = private or ctx.path(DEFAULT_PRIVATE_KEY)
+    public_path = public or ctx.path(DEFAULT_PUBLIC_KEY)
+    old_id, new_id, old_public, retired = rotate_keys(private_path, public_path)
+    out.print(f"New key {new_id}: private {private_path}, public {public_path}.")
+    out.print(
+        f"Old key {old_id}: public kept at {old_public}, private moved to {retired} (delete it after the overlap)."
+    )
+    configured = [str(ctx.path(Path(p))) for p in edge_config(ctx).public_keys]
+    if str(old_public) not in configured:
+        out.print(
+            f"Next: add {old_public} to edge.public_keys (beside {public_path}) and give both public keys to every "
+            "edge BEFORE publishing with the new key; remove the old one when production is signed by the new key."
+        )
+
+
+def trusted_keys(ctx: Context) -> list[Any]:
+    """edge.public_keys for verifying production before publish/rollback; files not there are skipped (warned)."""
+    from crux.signing import load_public_keys
+
+    paths = [ctx.path(Path(p)) for p in edge_config(ctx).public_keys]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        console.print(f"[yellow]edge.public_keys: {', '.join(missing)} not found; not trusted[/]")
+    return load_public_keys([p for p in paths if p.is_file()])
+
+
 def gate_config(ctx: Context) -> Any:
     from crux.publish import GateConfig
 
@@ -737,6 +773,7 @@ def publish_command(
             force=force,
             reason=reason,
             model_file="model.int8.onnx" if int8 else "model.onnx",
+            trusted_keys=trusted_keys(ctx),
         )
     except GateRefused as refused:
         if as_json:
@@ -781,7 +818,14 @@ def rollback_command(
     from crux.publish import rollback
 
     ctx = load_context(params)
-    pointer = rollback(model_remote(ctx, remote), line, signing_key(ctx, key), to_version=to, reason=reason)
+    pointer = rollback(
+        model_remote(ctx, remote),
+        line,
+        signing_key(ctx, key),
+        to_version=to,
+        reason=reason,
+        trusted_keys=trusted_keys(ctx),
+    )
     out.print(f"{line}: production is now v{pointer['version']} (was v{pointer['previous_version']}).")
 
 

@@ -113,10 +113,10 @@ def _url(fs: Any, path: str) -> str:
 
 
 def _decode(fs: Any, path: str) -> tuple[str, int, int]:
-    from PIL import Image
+    from crux.postprocess import open_image
 
     data = fs.cat_file(path)
-    with Image.open(io.BytesIO(data)) as image:
+    with open_image(io.BytesIO(data), name=path) as image:
         image.load()  # a full decode: truncated or corrupt files fail here, not at training time
         width, height = image.size
     return hashlib.sha256(data).hexdigest(), width, height

@@ -307,22 +307,22 @@ def create_app(settings: IngestSettings) -> FastAPI:
         return CaptureCreated(id=existing.id, sha256=existing.sha256, image_key=existing.image_key, replayed=True)
 
     def _decode(data: bytes, content_type: str) -> tuple[int, int]:
-        from PIL import Image, UnidentifiedImageError
+        from crux.postprocess import ImageError, open_image
 
         fmt = allowed[content_type][0]
         try:
             # Only the declared format's decoder is tried: a PNG sent as image/jpeg is refused, and the
-            # attack surface is one decoder, not all of Pillow's.
-            with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            # attack surface is one decoder, not all of Pillow's. The pixel limit is checked before decoding.
+            with open_image(io.BytesIO(data), max_pixels=settings.max_pixels, formats=[fmt], name="image") as im:
                 width, height = im.size
-                if width * height > settings.max_pixels:
-                    raise _reject(413, f"image has {width}x{height} pixels, over the {settings.max_pixels} limit")
                 im.load()
-        except HTTPException:
-            raise
-        except UnidentifiedImageError as exc:
-            raise _reject(415, f"image is not a valid {fmt} file") from exc
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        except ImageError as exc:
+            if exc.reason == "too_large":
+                raise _reject(413, f"{exc} (max_pixels {settings.max_pixels})") from exc
+            if exc.reason == "unidentified":
+                raise _reject(415, f"image is not a valid {fmt} file") from exc
+            raise _reject(422, f"image could not be decoded as {fmt}: {exc}") from exc
+        except ValueError as exc:
             raise _reject(422, f"image could not be decoded as {fmt}: {exc}") from exc
         if width < 1 or height < 1:
             raise _reject(422, "image has no pixels")
