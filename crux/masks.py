@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -298,8 +299,14 @@ def coco_segmentation(segmentation: Any, width: int, height: int) -> np.ndarray:
         for poly in segmentation:
             if len(poly) < 6 or len(poly) % 2:
                 raise MaskError(f"a polygon needs at least 3 x,y pairs, got {len(poly)} numbers")
-            pts = list(zip(poly[0::2], poly[1::2], strict=True))
-            region |= rasterize_polygon([(float(x), float(y)) for x, y in pts], width, height)
+            try:
+                coords = [float(v) for v in poly]
+            except (TypeError, ValueError) as exc:
+                raise MaskError(f"polygon coordinates are not numbers: {exc}") from exc
+            if not all(math.isfinite(v) for v in coords):
+                raise MaskError("polygon coordinates must be finite numbers (NaN or inf found)")
+            pts = list(zip(coords[0::2], coords[1::2], strict=True))
+            region |= rasterize_polygon(pts, width, height)
         return region
     if not isinstance(segmentation, dict) or "counts" not in segmentation or "size" not in segmentation:
         raise MaskError("segmentation is neither RLE {size, counts} nor a list of polygons")
