@@ -67,14 +67,50 @@ class Context:
         return value if value.is_absolute() else (self.root / value)
 
 
+# The top-level sections of params.yaml; anything else is a typo (`trian:`) that would silently be ignored.
+PARAMS_SECTIONS = (
+    "labelstudio",
+    "ingest",
+    "dataset",
+    "pipeline",
+    "data",
+    "augment",
+    "train",
+    "evaluate",
+    "export",
+    "gate",
+    "edge",
+    "deploy",
+    "trigger",
+    "webhooks",
+)
+
+
 def load_context(params_path: Path) -> Context:
+    import difflib
+
     import yaml
 
     if not params_path.exists():
         raise ConfigError(f"{params_path}: params file not found (run crux from the project folder or pass --params)")
-    params = yaml.safe_load(params_path.read_text()) or {}
+    try:
+        params = yaml.safe_load(params_path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{params_path}{at}: YAML syntax error: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{params_path}: cannot read the params file ({exc})") from None
+    if params is None:
+        raise ConfigError(f"{params_path}: the params file is empty (expected sections: {', '.join(PARAMS_SECTIONS)})")
     if not isinstance(params, dict):
         raise ConfigError(f"{params_path}: expected a mapping of sections")
+    for name in params:
+        if name not in PARAMS_SECTIONS:
+            close = difflib.get_close_matches(str(name), PARAMS_SECTIONS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(PARAMS_SECTIONS)})"
+            raise ConfigError(f"{params_path}: unknown top-level section {name!r}{hint}")
     return Context(root=params_path.resolve().parent, params=params)
 
 
