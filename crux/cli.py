@@ -777,6 +777,42 @@ def gate_config(ctx: Context) -> Any:
     return from_mapping(GateConfig, ctx.section("gate"), "gate")
 
 
+def check_model_fits_line(ctx: Context, line: str, export_dir: Path) -> None:
+    """Refuse a model made for another line: its card's kind, classes (in order), OK class and input channels must
+    be the line's project (`labelstudio.projects.LINE`, channels from `data` with the line's overrides)."""
+    import json
+
+    from crux.training.config import line_params
+
+    projects = labelstudio_config(ctx).projects
+    if not projects:
+        console.print(f"[yellow]labelstudio.projects is empty: {line}'s model is not checked against a project[/]")
+        return
+    spec = labelstudio_config(ctx).project(line)  # ConfigError naming the known projects
+    card_path = Path(export_dir) / "card.json"
+    try:
+        card = json.loads(card_path.read_text())
+        kind, classes = card["kind"], list(card["classes"])
+        channels = int(card["input"]["channels"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{card_path}: not a model card of `crux export` ({type(exc).__name__}: {exc})") from None
+    data = line_params(ctx.params, line).get("data") or {}
+    want_channels = int(data.get("channels", 1))
+    problems = []
+    if kind != spec.kind:
+        problems.append(f"kind {kind!r}, the line is {spec.kind!r}")
+    if classes != list(spec.classes):
+        problems.append(f"classes {classes}, the line has {list(spec.classes)}")
+    if card.get("ok_class") != spec.ok_class:
+        problems.append(f"OK class {card.get('ok_class')!r}, the line's is {spec.ok_class!r}")
+    if channels != want_channels:
+        problems.append(f"{channels} input channel(s), the line's data has {want_channels}")
+    if problems:
+        raise ConfigError(
+            f"{card_path} is not a model for line {line!r} (labelstudio.projects.{line}): " + "; ".join(problems)
+        )
+
+
 @app.command("publish")
 def publish_command(
     line: Annotated[str, typer.Argument(help="Inspection line (the project name).")],
@@ -799,6 +835,7 @@ def publish_command(
 
     ctx = load_context(params)
     gate = gate_config(ctx)
+    check_model_fits_line(ctx, line, export_dir)
     try:
         result = publish(
             model_remote(ctx, remote),
