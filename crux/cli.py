@@ -334,6 +334,8 @@ def import_command(
     ctx = load_context(params)
     cfg = labelstudio_config(ctx)
     spec = cfg.project(project)
+    if predictions is not None and not predictions.is_file():
+        raise ConfigError(f"--predictions {predictions}: file not found (nothing imported)")
     if "://" not in source:
         source = str(Path(source).resolve())
     started = time.perf_counter()
@@ -1107,8 +1109,12 @@ def stations_add(
 ) -> None:
     """Register a station and print its upload token once (only its hash is stored)."""
     from crux.ingest import add_station
+    from crux.ingest.names import check_name
 
-    token = add_station(_ingest_engine(load_context(params)), name, line)
+    ctx = load_context(params)
+    check_name(name, "station")
+    labelstudio_config(ctx).project(line)  # a station of a line that is not a project would upload into nothing
+    token = add_station(_ingest_engine(ctx), name, line)
     out.print(token, soft_wrap=True)
     console.print(f"Station {name} on line {line}: keep this token now, it cannot be shown again.")
 
