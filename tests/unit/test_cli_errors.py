@@ -49,3 +49,17 @@ def test_import_with_a_missing_predictions_file_is_refused_before_connecting(par
     result = CliRunner().invoke(app, [*args, "--params", str(params)])
     assert result.exit_code != 0
     assert isinstance(result.exception, CruxError) and "missing.jsonl: file not found" in str(result.exception)
+
+
+def test_keys_rotate_keeps_the_old_public_key_and_says_what_to_trust(params: Path) -> None:
+    from crux.signing import key_id, load_public_key
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["keys", "init", "--params", str(params)]).exit_code == 0
+    keys = params.parent / ".crux" / "keys"
+    old_id = key_id(load_public_key((keys / "publish.pub").read_bytes()))
+    result = runner.invoke(app, ["keys", "rotate", "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    assert key_id(load_public_key((keys / f"publish-{old_id}.pub").read_bytes())) == old_id
+    assert key_id(load_public_key((keys / "publish.pub").read_bytes())) != old_id
+    assert f"add {keys / f'publish-{old_id}.pub'} to edge.public_keys" in " ".join(result.stdout.split())
