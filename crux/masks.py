@@ -58,16 +58,17 @@ def encode_png(class_mask: np.ndarray) -> bytes:
 def decode_png(data: bytes) -> np.ndarray:
     """A stored class mask (mode L PNG) → uint8 array H x W."""
     import numpy as np
-    from PIL import Image
+
+    from crux.postprocess import open_image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(io.BytesIO(data), name="mask") as image:
             if image.mode != "L":
                 raise MaskError(f"a class mask is an 8-bit single-channel PNG, got mode {image.mode}")
             return np.array(image, dtype=np.uint8)
     except MaskError:
         raise
-    except Exception as exc:  # Pillow raises many types for bad files (DecompressionBombError included)
+    except Exception as exc:  # ImageError (unreadable, over the pixel limit) and whatever else Pillow raises
         raise MaskError(f"not a readable PNG ({type(exc).__name__}: {exc})") from exc
 
 
@@ -182,13 +183,14 @@ def binary_source_mask(array: np.ndarray, mode: str) -> np.ndarray:
 def read_image_array(data: bytes) -> tuple[np.ndarray, str]:
     """Decode image bytes (a mask file) into an array and its Pillow mode; MaskError when it does not decode."""
     import numpy as np
-    from PIL import Image
+
+    from crux.postprocess import open_image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(io.BytesIO(data)) as image:
             image.load()
             return np.array(image), image.mode
-    except Exception as exc:  # Pillow raises many types for bad files (DecompressionBombError included)
+    except Exception as exc:  # ImageError (unreadable, over the pixel limit) and whatever else Pillow raises
         raise MaskError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
 
 
