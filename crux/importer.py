@@ -164,6 +164,8 @@ def _decode_all(fs: Any, paths: Sequence[str], problems: list[str], progress: Ca
 
 def _finite(value: Any) -> float:
     """float(value), refusing NaN and ±inf (every range check would let NaN through: NaN < 0 is False)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
     number = float(value)
     if not math.isfinite(number):
         raise ValueError(f"{value!r} is not a finite number")
@@ -715,7 +717,9 @@ def read_predictions(path: Path, spec: ProjectSpec) -> dict[str, Prediction]:
         where = f"{path}:{number}"
         try:
             record = json.loads(line)
-            image = str(record["image"])
+            image = record["image"]
+            if not isinstance(image, str) or not image:
+                raise ValueError(f"image {image!r} is not a path")
             model_version = str(record["model_version"])
             score = _finite(record["score"])
             if geometry == "box":
@@ -731,6 +735,10 @@ def read_predictions(path: Path, spec: ProjectSpec) -> dict[str, Prediction]:
                 labels, scores = (Label(cls=record["label"]),), (score,)
         except (KeyError, TypeError, ValueError) as exc:
             problems.append(f"{where}: not a prediction record ({type(exc).__name__}: {exc})")
+            continue
+        outside = [v for v in (score, *scores) if not 0.0 <= v <= 1.0]
+        if outside:
+            problems.append(f"{where}: score(s) {outside} outside 0..1")
             continue
         unknown = sorted({label.cls for label in labels} - set(spec.classes))
         if unknown:

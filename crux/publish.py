@@ -488,10 +488,9 @@ def verify_release(
     pointer = _parse_pointer(pointer_raw, public_keys, require_signature)
     if pointer.get("line") != line:
         raise ReleaseError(f"{where}: current.json is a release of line {pointer.get('line')!r}, not {line!r}")
-    try:
-        version = int(pointer["version"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ReleaseError(f"{where}: current.json has no integer version") from exc
+    version = pointer.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ReleaseError(f"{where}: current.json names version {version!r}, not a version number >= 1")
     if manifest_raw is None:
         raise ReleaseError(f"{where}: version {version} has no manifest (incomplete or deleted)")
     if hashlib.sha256(manifest_raw).hexdigest() != pointer.get("manifest_sha256"):
@@ -505,7 +504,7 @@ def verify_release(
         raise ReleaseError(f"{where}: manifest of version {version}: {exc}") from exc
     if manifest.get("line") != line:
         raise ReleaseError(f"{where}: manifest of version {version} is for line {manifest.get('line')!r}, not {line!r}")
-    if manifest.get("version") != version:
+    if manifest.get("version") != version or isinstance(manifest.get("version"), bool):
         raise ReleaseError(f"{where}: manifest of version {version} names version {manifest.get('version')}")
     return pointer, manifest
 
@@ -770,7 +769,7 @@ def list_models(
         if verify_sig:
             try:
                 verify(doc, public_keys)
-                verified = True
+                verified = doc.get("line") == line and doc.get("version") == v  # another line's copy is not ours
             except SignatureError:
                 verified = False
         versions.append(
