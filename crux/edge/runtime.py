@@ -231,7 +231,13 @@ class EdgeRuntime:
             self.on_event(name, data)
 
     def resume(self) -> bool:
-        """Load the release installed before a restart (verified again: files may have changed on disk)."""
+        """Load the release installed before a restart (verified again: files may have changed on disk).
+
+        Downloads a killed process left half-done (`models/.incoming-*`) are removed first."""
+        if self.models_dir.is_dir():
+            for partial in self.models_dir.glob(".incoming-*"):
+                shutil.rmtree(partial, ignore_errors=True)
+                log.info("removed %s (a download interrupted by a restart)", partial)
         path = self.state_dir / INSTALLED
         if not path.is_file():
             return False

@@ -198,3 +198,17 @@ def test_key_rotation_publish_with_the_new_key_over_production_signed_by_the_old
     assert rt.check_update() and rt.running.version == 2  # type: ignore[union-attr]
     assert rollback(remote, "line-a", new_key, to_version=1, trusted_keys=trusted)["version"] == 1
     assert rt.check_update() and rt.running.version == 1  # type: ignore[union-attr]
+
+
+def test_restart_removes_downloads_a_killed_edge_left_half_done(tmp_path: Path, exports: dict[str, Path]) -> None:
+    key = generate_private_key()
+    publish(str(tmp_path / "remote"), "line-a", exports["v1"], key, GateConfig())
+    events: list = []
+    rt = runtime(tmp_path, "line-a", [key.public_key()], events)
+    assert rt.check_update()
+    partial = rt.models_dir / ".incoming-0123abcd"
+    (partial / "model.onnx").parent.mkdir(parents=True)
+    (partial / "model.onnx").write_bytes(b"half a model")
+    restarted = runtime(tmp_path, "line-a", [key.public_key()], events)
+    assert restarted.resume() and restarted.running.version == 1  # type: ignore[union-attr]
+    assert not partial.exists()
