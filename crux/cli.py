@@ -67,14 +67,50 @@ class Context:
         return value if value.is_absolute() else (self.root / value)
 
 
+# The top-level sections of params.yaml; anything else is a typo (`trian:`) that would silently be ignored.
+PARAMS_SECTIONS = (
+    "labelstudio",
+    "ingest",
+    "dataset",
+    "pipeline",
+    "data",
+    "augment",
+    "train",
+    "evaluate",
+    "export",
+    "gate",
+    "edge",
+    "deploy",
+    "trigger",
+    "webhooks",
+)
+
+
 def load_context(params_path: Path) -> Context:
+    import difflib
+
     import yaml
 
     if not params_path.exists():
         raise ConfigError(f"{params_path}: params file not found (run crux from the project folder or pass --params)")
-    params = yaml.safe_load(params_path.read_text()) or {}
+    try:
+        params = yaml.safe_load(params_path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{params_path}{at}: YAML syntax error: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{params_path}: cannot read the params file ({exc})") from None
+    if params is None:
+        raise ConfigError(f"{params_path}: the params file is empty (expected sections: {', '.join(PARAMS_SECTIONS)})")
     if not isinstance(params, dict):
         raise ConfigError(f"{params_path}: expected a mapping of sections")
+    for name in params:
+        if name not in PARAMS_SECTIONS:
+            close = difflib.get_close_matches(str(name), PARAMS_SECTIONS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(PARAMS_SECTIONS)})"
+            raise ConfigError(f"{params_path}: unknown top-level section {name!r}{hint}")
     return Context(root=params_path.resolve().parent, params=params)
 
 
@@ -298,6 +334,8 @@ def import_command(
     ctx = load_context(params)
     cfg = labelstudio_config(ctx)
     spec = cfg.project(project)
+    if predictions is not None and not predictions.is_file():
+        raise ConfigError(f"--predictions {predictions}: file not found (nothing imported)")
     if "://" not in source:
         source = str(Path(source).resolve())
     started = time.perf_counter()
@@ -699,10 +737,82 @@ def keys_init(
     out.print(f"Key {key_id}: private {private_path} (0600, never commit it), public {public_path} (give to edges).")
 
 
+@keys_app.command("rotate")
+def keys_rotate(
+    private: Annotated[Path | None, typer.Option(help="Private key file (0600, git-ignored).")] = None,
+    public: Annotated[Path | None, typer.Option(help="Public key file, copied to every edge.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """A new signing key pair; the old public key stays trusted (edge.public_keys) during the overlap."""
+    from crux.signing import rotate_keys
+
+    ctx = load_context(params)
+    private_path = private or ctx.path(DEFAULT_PRIVATE_KEY)
+    public_path = public or ctx.path(DEFAULT_PUBLIC_KEY)
+    old_id, new_id, old_public, retired = rotate_keys(private_path, public_path)
+    out.print(f"New key {new_id}: private {private_path}, public {public_path}.")
+    out.print(
+        f"Old key {old_id}: public kept at {old_public}, private moved to {retired} (delete it after the overlap)."
+    )
+    configured = [str(ctx.path(Path(p))) for p in edge_config(ctx).public_keys]
+    if str(old_public) not in configured:
+        out.print(
+            f"Next: add {old_public} to edge.public_keys (beside {public_path}) and give both public keys to every "
+            "edge BEFORE publishing with the new key; remove the old one when production is signed by the new key."
+        )
+
+
+def trusted_keys(ctx: Context) -> list[Any]:
+    """edge.public_keys for verifying production before publish/rollback; files not there are skipped (warned)."""
+    from crux.signing import load_public_keys
+
+    paths = [ctx.path(Path(p)) for p in edge_config(ctx).public_keys]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        console.print(f"[yellow]edge.public_keys: {', '.join(missing)} not found; not trusted[/]")
+    return load_public_keys([p for p in paths if p.is_file()])
+
+
 def gate_config(ctx: Context) -> Any:
     from crux.publish import GateConfig
 
     return from_mapping(GateConfig, ctx.section("gate"), "gate")
+
+
+def check_model_fits_line(ctx: Context, line: str, export_dir: Path) -> None:
+    """Refuse a model made for another line: its card's kind, classes (in order), OK class and input channels must
+    be the line's project (`labelstudio.projects.LINE`, channels from `data` with the line's overrides)."""
+    import json
+
+    from crux.training.config import line_params
+
+    projects = labelstudio_config(ctx).projects
+    if not projects:
+        console.print(f"[yellow]labelstudio.projects is empty: {line}'s model is not checked against a project[/]")
+        return
+    spec = labelstudio_config(ctx).project(line)  # ConfigError naming the known projects
+    card_path = Path(export_dir) / "card.json"
+    try:
+        card = json.loads(card_path.read_text())
+        kind, classes = card["kind"], list(card["classes"])
+        channels = int(card["input"]["channels"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{card_path}: not a model card of `crux export` ({type(exc).__name__}: {exc})") from None
+    data = line_params(ctx.params, line).get("data") or {}
+    want_channels = int(data.get("channels", 1))
+    problems = []
+    if kind != spec.kind:
+        problems.append(f"kind {kind!r}, the line is {spec.kind!r}")
+    if classes != list(spec.classes):
+        problems.append(f"classes {classes}, the line has {list(spec.classes)}")
+    if card.get("ok_class") != spec.ok_class:
+        problems.append(f"OK class {card.get('ok_class')!r}, the line's is {spec.ok_class!r}")
+    if channels != want_channels:
+        problems.append(f"{channels} input channel(s), the line's data has {want_channels}")
+    if problems:
+        raise ConfigError(
+            f"{card_path} is not a model for line {line!r} (labelstudio.projects.{line}): " + "; ".join(problems)
+        )
 
 
 @app.command("publish")
@@ -727,6 +837,7 @@ def publish_command(
 
     ctx = load_context(params)
     gate = gate_config(ctx)
+    check_model_fits_line(ctx, line, export_dir)
     try:
         result = publish(
             model_remote(ctx, remote),
@@ -737,6 +848,7 @@ def publish_command(
             force=force,
             reason=reason,
             model_file="model.int8.onnx" if int8 else "model.onnx",
+            trusted_keys=trusted_keys(ctx),
         )
     except GateRefused as refused:
         if as_json:
@@ -781,7 +893,14 @@ def rollback_command(
     from crux.publish import rollback
 
     ctx = load_context(params)
-    pointer = rollback(model_remote(ctx, remote), line, signing_key(ctx, key), to_version=to, reason=reason)
+    pointer = rollback(
+        model_remote(ctx, remote),
+        line,
+        signing_key(ctx, key),
+        to_version=to,
+        reason=reason,
+        trusted_keys=trusted_keys(ctx),
+    )
     out.print(f"{line}: production is now v{pointer['version']} (was v{pointer['previous_version']}).")
 
 
@@ -990,8 +1109,12 @@ def stations_add(
 ) -> None:
     """Register a station and print its upload token once (only its hash is stored)."""
     from crux.ingest import add_station
+    from crux.ingest.names import check_name
 
-    token = add_station(_ingest_engine(load_context(params)), name, line)
+    ctx = load_context(params)
+    check_name(name, "station")
+    labelstudio_config(ctx).project(line)  # a station of a line that is not a project would upload into nothing
+    token = add_station(_ingest_engine(ctx), name, line)
     out.print(token, soft_wrap=True)
     console.print(f"Station {name} on line {line}: keep this token now, it cannot be shown again.")
 

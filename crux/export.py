@@ -28,7 +28,7 @@ import numpy as np
 from crux.config import ConfigError
 from crux.dataset.store import sha256_file
 from crux.errors import CruxError
-from crux.postprocess import DetectSpec, InputSpec, box_iou, load_image, preprocess
+from crux.postprocess import DetectSpec, InputSpec, box_iou, load_image, open_image, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -610,7 +610,6 @@ def _evaluate_onnx_segment(
 ) -> dict[str, Any]:
     """Segmentation metrics of an ONNX model at the card's operating point, through `OnnxModel.results_from_raw`
     (the edge's own decoding)."""
-    from PIL import Image
 
     from crux.evaluation import pixel_confusion, segmentation_metrics
 
@@ -625,7 +624,7 @@ def _evaluate_onnx_segment(
         chunk = records[sl]
         x, sizes = _load_batch(prepared_dir, chunk, model.spec)
         for r, result in zip(chunk, model.results_from_raw(model.run_raw(x), sizes), strict=True):
-            with Image.open(Path(prepared_dir) / r["mask"]) as m:
+            with open_image(Path(prepared_dir) / r["mask"]) as m:
                 cm += pixel_confusion(lut[np.asarray(m)], result.class_map, cm.shape[0])
             ng.append(float(result.probs[0]))
             strongest.append(defects.index(max(defects, key=lambda c: result.scores[c])))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import posixpath
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -113,10 +114,10 @@ def _url(fs: Any, path: str) -> str:
 
 
 def _decode(fs: Any, path: str) -> tuple[str, int, int]:
-    from PIL import Image
+    from crux.postprocess import open_image
 
     data = fs.cat_file(path)
-    with Image.open(io.BytesIO(data)) as image:
+    with open_image(io.BytesIO(data), name=path) as image:
         image.load()  # a full decode: truncated or corrupt files fail here, not at training time
         width, height = image.size
     return hashlib.sha256(data).hexdigest(), width, height
@@ -161,6 +162,16 @@ def _decode_all(fs: Any, paths: Sequence[str], problems: list[str], progress: Ca
     return decoded
 
 
+def _finite(value: Any) -> float:
+    """float(value), refusing NaN and ±inf (every range check would let NaN through: NaN < 0 is False)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number")
+    return number
+
+
 def _yolo_labels(
     fs: Any,
     label_path: str,
@@ -187,9 +198,9 @@ def _yolo_labels(
             continue
         try:
             class_id = int(fields[0])
-            cx, cy, w, h = (float(v) for v in fields[1:])
+            cx, cy, w, h = (_finite(v) for v in fields[1:])
         except ValueError:
-            problems.append(f"{where}: not numbers: {line.strip()!r}")
+            problems.append(f"{where}: not finite numbers: {line.strip()!r}")
             continue
         if not 0 <= class_id < len(names):
             problems.append(f"{where}: unknown class id {class_id} (classes.txt has {len(names)} classes)")
@@ -228,9 +239,9 @@ def _yolo_polygons(
             continue
         try:
             class_id = int(fields[0])
-            coords = [float(v) for v in fields[1:]]
+            coords = [_finite(v) for v in fields[1:]]
         except ValueError:
-            problems.append(f"{where}: not numbers: {line.strip()!r}")
+            problems.append(f"{where}: not finite numbers: {line.strip()!r}")
             continue
         if not 0 <= class_id < len(names):
             problems.append(f"{where}: unknown class id {class_id} (classes.txt has {len(names)} classes)")
@@ -393,7 +404,11 @@ def _coco_labels(
         if spec.kind == "classify" or bbox is None:
             labels.append(Label(cls=cls))
             continue
-        x, y, w, h = (float(v) for v in bbox)
+        try:
+            x, y, w, h = (_finite(v) for v in bbox)
+        except (TypeError, ValueError):
+            problems.append(f"{where} annotation {ann.get('id')}: bbox {bbox} is not 4 finite numbers")
+            continue
         tol = COORD_TOLERANCE * max(width, height) + 1e-3
         if w <= 0 or h <= 0 or x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
             problems.append(f"{where}: bbox {bbox} is empty or outside the {width}x{height} image")
@@ -690,19 +705,27 @@ def read_predictions(path: Path, spec: ProjectSpec) -> dict[str, Prediction]:
     problems: list[str] = []
     predictions: dict[str, Prediction] = {}
     geometry = get_kind(spec.kind).geometry
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise ImportValidationError([f"{path}: predictions file not found"]) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImportValidationError([f"{path}: cannot read the predictions file ({exc})"]) from exc
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
         try:
             record = json.loads(line)
-            image = str(record["image"])
+            image = record["image"]
+            if not isinstance(image, str) or not image:
+                raise ValueError(f"image {image!r} is not a path")
             model_version = str(record["model_version"])
-            score = float(record["score"])
+            score = _finite(record["score"])
             if geometry == "box":
                 boxes = record.get("boxes") or []
-                labels = tuple(Label(cls=b["label"], box=PixelBox(*map(float, b["xyxy"]))) for b in boxes)
-                scores = tuple(float(b["score"]) for b in boxes)
+                labels = tuple(Label(cls=b["label"], box=PixelBox(*map(_finite, b["xyxy"]))) for b in boxes)
+                scores = tuple(_finite(b["score"]) for b in boxes)
             elif geometry == "mask":
                 labels = _predicted_regions(path.parent, record, spec, where, problems)
                 if labels is None:
@@ -712,6 +735,10 @@ def read_predictions(path: Path, spec: ProjectSpec) -> dict[str, Prediction]:
                 labels, scores = (Label(cls=record["label"]),), (score,)
         except (KeyError, TypeError, ValueError) as exc:
             problems.append(f"{where}: not a prediction record ({type(exc).__name__}: {exc})")
+            continue
+        outside = [v for v in (score, *scores) if not 0.0 <= v <= 1.0]
+        if outside:
+            problems.append(f"{where}: score(s) {outside} outside 0..1")
             continue
         unknown = sorted({label.cls for label in labels} - set(spec.classes))
         if unknown:

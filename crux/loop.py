@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,8 +158,10 @@ def publish_candidate(
     force: bool = False,
     reason: str | None = None,
     storage_options: dict[str, Any] | None = None,
+    trusted_keys: Sequence[Any] = (),
 ) -> PublishResult:
-    """Gate the line's exported candidate against production and publish it (raises GateRefused)."""
+    """Gate the line's exported candidate against production and publish it (raises GateRefused); production is
+    verified against `trusted_keys` (edge.public_keys) and the signing key."""
     from crux.publish import publish
 
     return publish(
@@ -170,4 +173,5 @@ def publish_candidate(
         force=force,
         reason=reason,
         storage_options=storage_options,
+        trusted_keys=trusted_keys,
     )

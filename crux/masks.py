@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,16 +58,17 @@ def encode_png(class_mask: np.ndarray) -> bytes:
 def decode_png(data: bytes) -> np.ndarray:
     """A stored class mask (mode L PNG) → uint8 array H x W."""
     import numpy as np
-    from PIL import Image
+
+    from crux.postprocess import open_image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(io.BytesIO(data), name="mask") as image:
             if image.mode != "L":
                 raise MaskError(f"a class mask is an 8-bit single-channel PNG, got mode {image.mode}")
             return np.array(image, dtype=np.uint8)
     except MaskError:
         raise
-    except Exception as exc:  # Pillow raises many types for bad files (DecompressionBombError included)
+    except Exception as exc:  # ImageError (unreadable, over the pixel limit) and whatever else Pillow raises
         raise MaskError(f"not a readable PNG ({type(exc).__name__}: {exc})") from exc
 
 
@@ -181,13 +183,14 @@ def binary_source_mask(array: np.ndarray, mode: str) -> np.ndarray:
 def read_image_array(data: bytes) -> tuple[np.ndarray, str]:
     """Decode image bytes (a mask file) into an array and its Pillow mode; MaskError when it does not decode."""
     import numpy as np
-    from PIL import Image
+
+    from crux.postprocess import open_image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(io.BytesIO(data)) as image:
             image.load()
             return np.array(image), image.mode
-    except Exception as exc:  # Pillow raises many types for bad files (DecompressionBombError included)
+    except Exception as exc:  # ImageError (unreadable, over the pixel limit) and whatever else Pillow raises
         raise MaskError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
 
 
@@ -298,8 +301,14 @@ def coco_segmentation(segmentation: Any, width: int, height: int) -> np.ndarray:
         for poly in segmentation:
             if len(poly) < 6 or len(poly) % 2:
                 raise MaskError(f"a polygon needs at least 3 x,y pairs, got {len(poly)} numbers")
-            pts = list(zip(poly[0::2], poly[1::2], strict=True))
-            region |= rasterize_polygon([(float(x), float(y)) for x, y in pts], width, height)
+            try:
+                coords = [float(v) for v in poly]
+            except (TypeError, ValueError) as exc:
+                raise MaskError(f"polygon coordinates are not numbers: {exc}") from exc
+            if not all(math.isfinite(v) for v in coords):
+                raise MaskError("polygon coordinates must be finite numbers (NaN or inf found)")
+            pts = list(zip(coords[0::2], coords[1::2], strict=True))
+            region |= rasterize_polygon(pts, width, height)
         return region
     if not isinstance(segmentation, dict) or "counts" not in segmentation or "size" not in segmentation:
         raise MaskError("segmentation is neither RLE {size, counts} nor a list of polygons")

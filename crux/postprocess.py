@@ -15,14 +15,17 @@ Conventions
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from crux.errors import CruxError
 
 # ----------------------------------------------------------------------------------------------------------------
 # Input
@@ -45,9 +48,63 @@ class InputSpec:
         return cls(int(data["image_size"]), int(data["channels"]), float(data["mean"]), float(data["std"]))
 
 
-def load_image(path: str | Path, channels: int) -> np.ndarray:
-    """Decode an image file to uint8 (H, W, channels)."""
-    with Image.open(path) as img:
+# Decompression bombs: a tiny PNG can declare 100k x 100k pixels. Every reader refuses more than this before
+# decoding (Pillow's own DecompressionBombError, which is not an OSError, is turned into ImageError too).
+MAX_PIXELS = 40_000_000
+
+
+class ImageError(CruxError, ValueError):
+    """An image that cannot be decoded. `reason`: "missing", "unidentified" (not an image of an allowed
+    format), "too_large" (over the pixel limit) or "corrupt" (truncated or damaged)."""
+
+    def __init__(self, message: str, reason: str = "corrupt") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@contextlib.contextmanager
+def open_image(
+    source: str | Path | IO[bytes],
+    *,
+    max_pixels: int = MAX_PIXELS,
+    formats: Sequence[str] | None = None,
+    name: str | None = None,
+) -> Iterator[Image.Image]:
+    """THE way CRUX opens an image (edge frames, `crux predict`, imports, dataset checks, ingest uploads).
+
+    Refuses images over `max_pixels` from the header, before anything is decoded, and turns every decoding
+    failure inside the block (OSError, SyntaxError, ValueError, DecompressionBombError) into an ImageError that
+    names the image, so a caller can record that one frame as an error and go on.
+    """
+    where = name or (str(source) if isinstance(source, str | Path) else "image")
+    try:
+        img = Image.open(source, formats=formats)
+    except FileNotFoundError as exc:
+        raise ImageError(f"{where}: file not found", "missing") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{where}: over the pixel limit (decompression bomb?): {exc}", "too_large") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{where}: not a readable image ({exc})", "unidentified") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{where}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    with img:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageError(
+                f"{where}: {width}x{height} pixels, over the {max_pixels} pixel limit (decompression bomb?)",
+                "too_large",
+            )
+        try:
+            yield img
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{where}: over the pixel limit (decompression bomb?): {exc}", "too_large") from exc
+        except (OSError, SyntaxError) as exc:
+            raise ImageError(f"{where}: cannot decode ({type(exc).__name__}: {exc})") from exc
+
+
+def load_image(path: str | Path | IO[bytes], channels: int, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode an image file to uint8 (H, W, channels); ImageError when it cannot (see `open_image`)."""
+    with open_image(path, max_pixels=max_pixels) as img:
         img.draft("L" if channels == 1 else "RGB", img.size)  # JPEG: decode straight to the target mode
         return to_channels(np.asarray(img.convert("L" if channels == 1 else "RGB")), channels)
 

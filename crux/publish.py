@@ -468,6 +468,61 @@ def _parse_pointer(raw: bytes, public_keys: Sequence[Any], verify_sig: bool) -> 
 # Write side
 
 
+def verify_release(
+    pointer_raw: bytes,
+    manifest_raw: bytes | None,
+    public_keys: Sequence[Any],
+    line: str,
+    *,
+    require_signature: bool = True,
+    where: str = "",
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """THE release-identity check (publish, rollback, the edge and `crux predict` all use it).
+
+    A release is accepted only when the pointer and the manifest are each signed by a trusted key, the manifest's
+    sha256 is the one in the pointer, and both name the expected `line` and the same version. A validly signed
+    release of another line copied under this line's folder is refused. Returns (pointer, manifest) without
+    their signatures.
+    """
+    where = where or line
+    pointer = _parse_pointer(pointer_raw, public_keys, require_signature)
+    if pointer.get("line") != line:
+        raise ReleaseError(f"{where}: current.json is a release of line {pointer.get('line')!r}, not {line!r}")
+    version = pointer.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ReleaseError(f"{where}: current.json names version {version!r}, not a version number >= 1")
+    if manifest_raw is None:
+        raise ReleaseError(f"{where}: version {version} has no manifest (incomplete or deleted)")
+    if hashlib.sha256(manifest_raw).hexdigest() != pointer.get("manifest_sha256"):
+        raise ReleaseError(f"{where}: manifest of version {version} does not match the pointer's sha256 (tampered)")
+    try:
+        doc = json.loads(manifest_raw)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        manifest = verify(doc, public_keys) if require_signature else {k: v for k, v in doc.items() if k != "signature"}
+    except (SignatureError, ValueError) as exc:
+        raise ReleaseError(f"{where}: manifest of version {version}: {exc}") from exc
+    if manifest.get("line") != line:
+        raise ReleaseError(f"{where}: manifest of version {version} is for line {manifest.get('line')!r}, not {line!r}")
+    if manifest.get("version") != version or isinstance(manifest.get("version"), bool):
+        raise ReleaseError(f"{where}: manifest of version {version} names version {manifest.get('version')}")
+    return pointer, manifest
+
+
+def _production(
+    fs: Any, line_path: str, line: str, public_keys: Sequence[Any]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The verified production (pointer, manifest) of a line, or None when nothing was published."""
+    raw = _cat(fs, _join(line_path, CURRENT))
+    if raw is None:
+        return None
+    try:
+        version = int(json.loads(raw)["version"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ReleaseError(f"{line}: current.json is not a crux pointer") from exc
+    return verify_release(raw, _cat(fs, _join(line_path, _version_dir(version), MANIFEST)), public_keys, line)
+
+
 @dataclass(frozen=True)
 class PublishResult:
     line: str
@@ -491,12 +546,15 @@ def publish(
     model_file: str = "model.onnx",
     storage_options: Mapping[str, Any] | None = None,
     now: dt.datetime | None = None,
+    trusted_keys: Sequence[Any] = (),
 ) -> PublishResult:
     """Publish `export_dir` (model + card.json from `crux export`) as the next version of `line`.
 
     The gate compares the card's metrics with production's (the production manifest's metrics, or
     `production_metrics` when the caller re-evaluated production on the current test split). A refused gate
     raises GateRefused unless `force`, which needs a `reason`; both are recorded in the manifest and the event.
+    Production is verified against `trusted_keys` (the edges' `edge.public_keys`) plus the signing key's own public
+    key, so the first publish after a key rotation accepts production signed by the previous key.
     """
     if not LINE_NAME.match(line) or ".." in line:
         raise PublishError(f"line {line!r}: use 1-64 letters, digits, '_', '.', '-' (it becomes a folder name)")
@@ -507,16 +565,15 @@ def publish(
     if not card_path.is_file() or not (export_dir / model_file).is_file():
         raise PublishError(f"{export_dir} has no card.json and {model_file}: run `crux export` first")
     card = json.loads(card_path.read_text())
-    public = private_key.public_key()
+    keys = _trusted(private_key, trusted_keys)
     fs, line_path = _fs(_join(root_url, line), storage_options)
 
-    current = _cat(fs, _join(line_path, CURRENT))
-    pointer = _parse_pointer(current, [public], True) if current is not None else None
+    production = _production(fs, line_path, line, keys)
+    pointer = production[0] if production else None
     prod_version = int(pointer["version"]) if pointer else None
     prod_metrics = production_metrics
-    if pointer is not None and prod_metrics is None:
-        prod_manifest = _read_manifest(fs, line_path, prod_version, [public], pointer.get("manifest_sha256"))  # type: ignore[arg-type]
-        prod_metrics = prod_manifest.get("metrics")
+    if production is not None and prod_metrics is None:
+        prod_metrics = production[1].get("metrics")
     gate = gate_check(
         card.get("metrics"),
         prod_metrics,
@@ -583,6 +640,15 @@ def publish(
     return PublishResult(line, version, sequence, vpath, gate, bool(force and not gate.passed))
 
 
+def _trusted(private_key: Any, trusted_keys: Sequence[Any]) -> list[Any]:
+    """The keys production may be signed by: the trusted set and the signing key itself (deduplicated)."""
+    from crux.signing import key_id
+
+    keys = {key_id(k): k for k in trusted_keys}
+    keys.setdefault(key_id(private_key), private_key.public_key())
+    return list(keys.values())
+
+
 def _write_pointer(fs: Any, line_path: str, pointer: Mapping[str, Any]) -> None:
     data = canonical_json(pointer)
     _write(fs, _join(line_path, EVENTS, f"{int(pointer['sequence']):08d}.json"), data)  # history first
@@ -615,20 +681,24 @@ def rollback(
     reason: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     now: dt.datetime | None = None,
+    trusted_keys: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Point production at an earlier (or any existing) version with a signed rollback record.
 
     Default target: the version that was in production before the current one. Returns the new pointer.
+    Releases are verified against `trusted_keys` plus the signing key's own public key (see `publish`).
     """
-    public = private_key.public_key()
+    if not LINE_NAME.match(line) or ".." in line:
+        raise PublishError(f"line {line!r}: use 1-64 letters, digits, '_', '.', '-' (it becomes a folder name)")
+    keys = _trusted(private_key, trusted_keys)
     fs, line_path = _fs(_join(root_url, line), storage_options)
-    current = _cat(fs, _join(line_path, CURRENT))
-    if current is None:
+    production = _production(fs, line_path, line, keys)
+    if production is None:
         raise PublishError(f"{line}: nothing published, nothing to roll back")
-    pointer = _parse_pointer(current, [public], True)
+    pointer = production[0]
     cur_version = int(pointer["version"])
     if to_version is None:
-        to_version = _previous_production(fs, line_path, [public], cur_version)
+        to_version = _previous_production(fs, line_path, keys, cur_version)
         if to_version is None:
             raise PublishError(f"{line}: no earlier production version to roll back to (pass --to VERSION)")
     if to_version == cur_version:
@@ -636,7 +706,9 @@ def rollback(
     manifest_raw = _cat(fs, _join(line_path, _version_dir(to_version), MANIFEST))
     if manifest_raw is None:
         raise PublishError(f"{line}: version {to_version} does not exist")
-    _read_manifest(fs, line_path, to_version, [public], None)  # exists and is genuinely ours
+    target = _read_manifest(fs, line_path, to_version, keys, None)  # exists and is genuinely ours
+    if target.get("line") != line:
+        raise PublishError(f"{line}: version {to_version} is a release of line {target.get('line')!r}")
     sequence = max([*_list_events(fs, line_path), int(pointer["sequence"])]) + 1
     new_pointer = sign(
         {
@@ -697,7 +769,7 @@ def list_models(
         if verify_sig:
             try:
                 verify(doc, public_keys)
-                verified = True
+                verified = doc.get("line") == line and doc.get("version") == v  # another line's copy is not ours
             except SignatureError:
                 verified = False
         versions.append(
@@ -768,32 +840,32 @@ def fetch_release(
     installed: Mapping[str, Any] | None,
     storage_options: Mapping[str, Any] | None = None,
     require_signature: bool = True,
+    line: str | None = None,
 ) -> Release | None:
     """Download and verify the line's production release into `dest_root/<version>-<sequence>/`.
 
-    Returns None when `installed` (the pointer the caller runs) is already current; raises ReleaseError when the
-    release is not acceptable (signature, hash, size, older version); nothing partial is left behind.
+    `line` is the line the caller runs (default: the last part of `line_url`); a release of any other line is
+    refused (`verify_release`). Returns None when `installed` (the pointer the caller runs) is already current;
+    raises ReleaseError when the release is not acceptable (line, signature, hash, size, older version); nothing
+    partial is left behind.
     """
+    expected_line = line or line_url.rstrip("/").rsplit("/", 1)[-1]
     fs, line_path = _fs(line_url, storage_options)
     raw = _cat(fs, _join(line_path, CURRENT))
     if raw is None:
         raise ReleaseError(f"{line_url}: nothing published yet")
     pointer = _parse_pointer(raw, public_keys, require_signature)
+    if pointer.get("line") != expected_line:
+        raise ReleaseError(
+            f"{line_url}: current.json is a release of line {pointer.get('line')!r}, not {expected_line!r}"
+        )
     if not check_monotonic(pointer, installed):
         return None
     version, sequence = int(pointer["version"]), int(pointer["sequence"])
     mraw = _cat(fs, _join(line_path, _version_dir(version), MANIFEST))
-    if mraw is None:
-        raise ReleaseError(f"version {version} has no manifest")
-    if hashlib.sha256(mraw).hexdigest() != pointer.get("manifest_sha256"):
-        raise ReleaseError(f"manifest of version {version} does not match the pointer's sha256 (tampered)")
-    try:
-        doc = json.loads(mraw)
-        manifest = verify(doc, public_keys) if require_signature else {k: v for k, v in doc.items() if k != "signature"}
-    except (SignatureError, ValueError) as exc:
-        raise ReleaseError(f"manifest of version {version}: {exc}") from exc
-    if int(manifest.get("version", -1)) != version or manifest.get("line") != pointer.get("line"):
-        raise ReleaseError("manifest and pointer disagree on line/version")
+    pointer, manifest = verify_release(
+        raw, mraw, public_keys, expected_line, require_signature=require_signature, where=line_url
+    )
 
     dest_root = Path(dest_root)
     dest_root.mkdir(parents=True, exist_ok=True)

@@ -135,3 +135,27 @@ def verify(document: Mapping[str, Any], keys: Iterable[Ed25519PublicKey]) -> dic
     except (InvalidSignature, ValueError) as exc:
         raise SignatureError("signature does not match the document (tampered or wrong key)") from exc
     return body
+
+
+def rotate_keys(private_path: Path, public_path: Path) -> tuple[str, str, Path, Path]:
+    """Replace the signing key pair, keeping the old public key trusted for the overlap.
+
+    The old public key is kept as `publish-<old id>.pub` beside `public_path` (list it in `edge.public_keys` until
+    every edge has the new key and production is signed by it); the old private key is moved to
+    `<private>.retired-<old id>` (0600) instead of being destroyed, so nothing is lost by a mistaken rotation —
+    delete it once the overlap ends. Returns (old id, new id, old public key file, retired private key file).
+    """
+    private_path, public_path = Path(private_path), Path(public_path)
+    if not private_path.is_file():
+        raise SignatureError(f"{private_path}: no signing key to rotate (run `crux keys init`)")
+    old = load_private_key(private_path.read_bytes())
+    old_id = key_id(old)
+    old_public = public_path.with_name(f"{public_path.stem}-{old_id}{public_path.suffix or '.pub'}")
+    retired = private_path.with_name(f"{private_path.name}.retired-{old_id}")
+    old_public.write_bytes(public_key_pem(old.public_key()))
+    fd = os.open(retired, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(private_key_pem(old))
+    os.chmod(retired, 0o600)
+    new_id = init_keys(private_path, public_path, overwrite=True)
+    return old_id, new_id, old_public, retired

@@ -75,13 +75,21 @@ def push_task(params_path: str) -> None:
 def publish_task(line: str, params_path: str, remote: str | None) -> dict[str, Any] | None:
     """Gate the candidate (absolute floors, then vs production); publish when it passes. A refusal is a decision,
     not a failure: {"published": False, "gate": …} with the criteria in the `LINE-gate` Markdown artifact."""
-    from crux.cli import gate_config, model_remote, signing_key
-    from crux.loop import publish_candidate
+    from crux.cli import check_model_fits_line, gate_config, model_remote, signing_key, trusted_keys
+    from crux.loop import export_dir, publish_candidate
     from crux.publish import GateRefused
 
     ctx = _context(params_path)
+    check_model_fits_line(ctx, line, export_dir(ctx.root, line))
     try:
-        result = publish_candidate(ctx.root, line, model_remote(ctx, remote), signing_key(ctx, None), gate_config(ctx))
+        result = publish_candidate(
+            ctx.root,
+            line,
+            model_remote(ctx, remote),
+            signing_key(ctx, None),
+            gate_config(ctx),
+            trusted_keys=trusted_keys(ctx),
+        )
     except GateRefused as refused:
         create_markdown_artifact(
             key=f"{line}-gate",

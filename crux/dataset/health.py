@@ -42,7 +42,9 @@ def dhash(path: Path, size: int = 8) -> int:
     import numpy as np
     from PIL import Image
 
-    with Image.open(path) as img:
+    from crux.postprocess import open_image
+
+    with open_image(path) as img:
         small = np.asarray(img.convert("L").resize((size + 1, size), Image.Resampling.LANCZOS), dtype=np.int16)
     bits = (small[:, 1:] > small[:, :-1]).flatten()
     return int("".join("1" if b else "0" for b in bits), 2)
@@ -166,7 +168,7 @@ def check_dataset(
         for sha, path in present.items():
             try:
                 hashes[sha] = dhash(path)
-            except OSError:
+            except (OSError, ValueError):  # ImageError too: unreadable or over the pixel limit
                 findings.append(Finding("error", "corrupt_image", f"{path.name} does not decode", ()))
         for a, b, bits in near_duplicate_pairs(hashes, opt.near_duplicate_bits):
             ids = [i.task_id for i in by_sha[a]] + [i.task_id for i in by_sha[b]]

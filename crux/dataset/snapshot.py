@@ -11,6 +11,7 @@ Two steps with a file between them, so that each can be retried and tested on it
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -52,6 +53,8 @@ from crux.errors import CruxError
 from crux.geometry import iou
 from crux.kinds import IMAGE_KEY, Label, LabelError, get_kind
 from crux.masks import encode_png, write_mask
+
+log = logging.getLogger(__name__)
 
 
 class SnapshotError(CruxError, RuntimeError):
@@ -370,7 +373,8 @@ def build_dataset(
     out_dir = Path(out_dir)
     previous_dir = Path(previous_dir) if previous_dir is not None else None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    clean_stale(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-{os.getpid()}-", dir=out_dir.parent))
     try:
         summary = _build_into(export_path, tmp, kind, classes, ok_class, fetch, ratios, previous_dir, project, workers)
         _swap_in(tmp, out_dir)
@@ -378,6 +382,57 @@ def build_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return DatasetSummary(**{**summary.__dict__, "out_dir": out_dir})
+
+
+# Work folders beside out_dir (data/.LINE.building-PID-xxxx, data/.LINE.old-PID); .dvcignore lists both patterns.
+STALE_PATTERNS = (".*.building-*", ".*.old-*")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _owner_pid(name: str, marker: str) -> int | None:
+    rest = name.split(marker, 1)[1]
+    head = rest.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def clean_stale(out_dir: Path) -> list[Path]:
+    """Remove the work folders a killed snapshot left beside `out_dir`; returns what was removed.
+
+    A folder whose process is still alive is another snapshot at work and is left alone. When a snapshot was
+    killed between its two renames (out_dir moved aside, the new one not yet in place), the moved-aside version
+    is put back instead of being deleted: nothing is lost.
+    """
+    out_dir = Path(out_dir)
+    removed: list[Path] = []
+    if not out_dir.parent.is_dir():
+        return removed
+    for marker in (".building-", ".old-"):
+        for path in sorted(out_dir.parent.glob(f".{out_dir.name}{marker}*")):
+            pid = _owner_pid(path.name, marker)
+            if pid is not None and _pid_alive(pid):
+                continue
+            if marker == ".old-" and path.is_dir() and not out_dir.exists():
+                os.replace(path, out_dir)
+                log.warning("%s: restored from %s (a snapshot was interrupted mid-swap)", out_dir, path.name)
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            log.info("removed %s left by an interrupted snapshot", path)
+            removed.append(path)
+    return removed
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:

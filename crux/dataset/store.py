@@ -54,14 +54,14 @@ class ImageInfo:
 
 def decode_image(data: bytes) -> ImageInfo:
     """Decode the whole image (not only its header) so truncated files are caught."""
-    from PIL import Image, UnidentifiedImageError
+    from crux.postprocess import open_image
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(io.BytesIO(data)) as img:
             fmt = img.format or ""
             img.load()
             width, height = img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except ValueError as exc:  # ImageError included (unreadable, truncated, over the pixel limit)
         raise CorruptImageError(f"image does not decode: {exc}") from exc
     ext = FORMAT_EXT.get(fmt)
     if ext is None:
@@ -73,9 +73,9 @@ def decode_image(data: bytes) -> ImageInfo:
 
 def image_size(path: Path) -> tuple[int, int]:
     """Size from the header only, for images already in a store (decoded when they were first fetched)."""
-    from PIL import Image
+    from crux.postprocess import open_image
 
-    with Image.open(path) as img:
+    with open_image(path) as img:
         return img.size
 
 

@@ -45,6 +45,20 @@ def init_repo(repo: Path) -> None:
         git(repo, "init", "-q")
     if not (repo / ".dvc").is_dir():
         Repo.init(str(repo))
+    ensure_dvcignore(repo)
+
+
+def ensure_dvcignore(repo: Path) -> None:
+    """DVC must not see a snapshot's work folders (data/.LINE.building-*, data/.LINE.old-*)."""
+    from crux.dataset.snapshot import STALE_PATTERNS
+
+    path = Path(repo) / ".dvcignore"
+    text = path.read_text() if path.is_file() else ""
+    missing = [p for p in STALE_PATTERNS if p not in text.splitlines()]
+    if missing:
+        sep = "" if not text or text.endswith("\n") else "\n"
+        header = "# Work folders of an interrupted `crux snapshot` (removed by the next one)\n"
+        path.write_text(text + sep + header + "\n".join(missing) + "\n")
 
 
 def set_remote(

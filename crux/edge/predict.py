@@ -290,9 +290,18 @@ def open_model(
         return OnnxModel.from_dir(local, version=version, threads=threads)
     import tempfile
 
+    if cache_dir is not None:
+        return _open_release(ref, Path(cache_dir), public_keys, storage_options, threads)
+    # ONNX Runtime holds the model in memory once the session exists: the download folder goes right away.
+    with tempfile.TemporaryDirectory(prefix="crux-predict-") as tmp:
+        return _open_release(ref, Path(tmp), public_keys, storage_options, threads)
+
+
+def _open_release(
+    ref: str, dest: Path, public_keys: Sequence[Any], storage_options: Mapping[str, Any] | None, threads: int
+) -> OnnxModel:
     from crux.publish import fetch_release
 
-    dest = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="crux-predict-"))
     release = fetch_release(
         ref, dest, public_keys, installed=None, storage_options=storage_options, require_signature=bool(public_keys)
     )

@@ -33,6 +33,7 @@ from typing import IO, TYPE_CHECKING, Any
 from crux.config import ConfigError
 from crux.dataset.store import sha256_file
 from crux.edge.predict import NO_DEFECT_LABEL, OnnxModel, Result, contract_record
+from crux.postprocess import ImageError, open_image
 from crux.publish import ReleaseError, fetch_release
 
 if TYPE_CHECKING:
@@ -217,6 +218,7 @@ class EdgeRuntime:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.frames = 0
+        self._last_rejection: str | None = None
 
     # ------------------------------------------------------------------ model management
 
@@ -229,7 +231,13 @@ class EdgeRuntime:
             self.on_event(name, data)
 
     def resume(self) -> bool:
-        """Load the release installed before a restart (verified again: files may have changed on disk)."""
+        """Load the release installed before a restart (verified again: files may have changed on disk).
+
+        Downloads a killed process left half-done (`models/.incoming-*`) are removed first."""
+        if self.models_dir.is_dir():
+            for partial in self.models_dir.glob(".incoming-*"):
+                shutil.rmtree(partial, ignore_errors=True)
+                log.info("removed %s (a download interrupted by a restart)", partial)
         path = self.state_dir / INSTALLED
         if not path.is_file():
             return False
@@ -245,6 +253,8 @@ class EdgeRuntime:
 
     def _install(self, folder: Path, pointer: dict[str, Any]) -> None:
         manifest = json.loads((folder / "manifest.json").read_text())
+        if pointer.get("line") != self.line or manifest.get("line") != self.line:
+            raise ValueError(f"{folder} holds a release of line {manifest.get('line')!r}, not {self.line!r}")
         for name, entry in manifest["files"].items():
             if sha256_file(folder / name) != entry["sha256"]:
                 raise ValueError(f"{folder / name} changed on disk since it was verified")
@@ -268,10 +278,10 @@ class EdgeRuntime:
                     self.public_keys,
                     installed=running.pointer if running else None,
                     storage_options=self.storage_options,
+                    line=self.line,
                 )
             except ReleaseError as exc:
-                log.warning("update rejected, keeping %s: %s", _describe(running), exc)
-                self._event("update_rejected", reason=str(exc), running=running.version if running else None)
+                self._rejected(str(exc), running)
                 return False
             except OSError as exc:
                 log.warning("remote unreachable, keeping %s: %s", _describe(running), exc)
@@ -283,16 +293,23 @@ class EdgeRuntime:
                 self._install(release.path, release.pointer)
             except Exception as exc:  # a release that does not load must never stop inspection
                 shutil.rmtree(release.path, ignore_errors=True)
-                log.warning("release %d does not load, keeping %s: %s", release.version, _describe(running), exc)
-                self._event(
-                    "update_rejected", reason=f"load failed: {exc}", running=running.version if running else None
-                )
+                self._rejected(f"release {release.version} does not load: {exc}", running)
                 return False
+            self._last_rejection = None
             _write_json(self.state_dir / INSTALLED, {"path": str(release.path), "pointer": release.pointer})
             self._prune(keep={release.path, running.path if running else None})
             log.info("model %s installed (%s)", release.version, release.action)
             self._event("model_swapped", version=release.version, action=release.action, sequence=release.sequence)
             return True
+
+    def _rejected(self, reason: str, running: Running | None) -> None:
+        """Log and report a rejected release once: the same rejection on every poll is not news."""
+        if reason == self._last_rejection:
+            log.debug("update still rejected: %s", reason)
+            return
+        self._last_rejection = reason
+        log.warning("update rejected, keeping %s: %s", _describe(running), reason)
+        self._event("update_rejected", reason=reason, running=running.version if running else None)
 
     def _prune(self, keep: set[Path | None]) -> None:
         # Keep the new and the previous release (instant local fallback); drop older ones.
@@ -340,7 +357,7 @@ class EdgeRuntime:
         try:
             data = Path(image).read_bytes()
             result = running.model.predict_bytes(data)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, ImageError) as exc:  # this frame only: inspection goes on
             self.frames += 1
             return {"image": name, "error": f"{type(exc).__name__}: {exc}", "model_version": running.version}
         latency_ms = (time.perf_counter() - started) * 1000.0
@@ -483,9 +500,9 @@ class LiveView:
         from crux.postprocess import rle_decode
 
         try:
-            with Image.open(record["image"]) as img:
+            with open_image(record["image"]) as img:
                 base = img.convert("RGB")
-        except OSError:
+        except (OSError, ImageError):
             return
         red = Image.new("RGB", base.size, (230, 30, 30))
         for region in record["regions"]:

@@ -253,7 +253,22 @@ def create_app(settings: IngestSettings) -> FastAPI:
                 existing = records.find_by_idempotency_key(conn, up.station.id, up.idempotency_key)
             if existing is None:
                 raise
-            return _replayed(existing, digest), False
+            return _replayed(existing, digest, up.meta), False
+
+    def _meta_values(meta: Any) -> dict[str, Any]:
+        """The stored columns that come from the request's metadata (also what a replay must match)."""
+        return {
+            "captured_at": to_naive_utc(meta.captured_at),
+            "original_name": meta.original_name,
+            "model_version": meta.model_version,
+            "prediction": meta.prediction,
+            "verdict": meta.verdict,
+            "scores": dict(meta.scores),
+            "boxes": [
+                b.model_dump(by_alias=True, mode="json", exclude=_NO_MASK if b.mask is None else None)
+                for b in meta.boxes
+            ],
+        }
 
     def _store(up: _Upload, digest: str) -> tuple[CaptureCreated, bool]:
         # One connection for the replay check and the insert: the upload path is dominated by
@@ -263,7 +278,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
             if up.idempotency_key is not None:
                 existing = records.find_by_idempotency_key(conn, up.station.id, up.idempotency_key)
                 if existing is not None:
-                    return _replayed(existing, digest), False
+                    return _replayed(existing, digest, up.meta), False
             width, height = _decode(up.data, up.content_type)
             try:
                 up.meta.check_boxes_inside(width, height)
@@ -271,27 +286,17 @@ def create_app(settings: IngestSettings) -> FastAPI:
                 raise _reject(422, str(exc)) from exc
             key = image_key(digest, allowed[up.content_type][1])
             store.put(key, up.data)
-            meta = up.meta
             values = {
                 "station_id": up.station.id,
                 "station": up.station.name,
                 "line": up.station.line,
-                "captured_at": to_naive_utc(meta.captured_at),
                 "sha256": digest,
                 "image_key": key,
                 "content_type": up.content_type,
                 "size_bytes": len(up.data),
                 "width": width,
                 "height": height,
-                "original_name": meta.original_name,
-                "model_version": meta.model_version,
-                "prediction": meta.prediction,
-                "verdict": meta.verdict,
-                "scores": dict(meta.scores),
-                "boxes": [
-                    b.model_dump(by_alias=True, mode="json", exclude=_NO_MASK if b.mask is None else None)
-                    for b in meta.boxes
-                ],
+                **_meta_values(up.meta),
                 "idempotency_key": up.idempotency_key,
                 "ls_project": None,
                 "ls_task_id": None,
@@ -301,28 +306,37 @@ def create_app(settings: IngestSettings) -> FastAPI:
             capture_id = records.insert_capture(conn, values)
         return CaptureCreated(id=capture_id, sha256=digest, image_key=key, replayed=False), True
 
-    def _replayed(existing: records.CaptureRecord, digest: str) -> CaptureCreated:
+    def _replayed(existing: records.CaptureRecord, digest: str, meta: Any) -> CaptureCreated:
         if existing.sha256 != digest:
             raise _reject(409, "Idempotency-Key was already used for a different image by this station")
+        # A replay must be the same request: different metadata under one key would otherwise be dropped silently.
+        stored = {**existing.as_dict(), "captured_at": to_naive_utc(existing.captured_at)}
+        differ = sorted(k for k, v in _meta_values(meta).items() if stored.get(k) != v)
+        if differ:
+            raise _reject(
+                409,
+                f"Idempotency-Key was already used by this station with different metadata ({', '.join(differ)}); "
+                f"capture {existing.id} keeps the first upload's",
+            )
         return CaptureCreated(id=existing.id, sha256=existing.sha256, image_key=existing.image_key, replayed=True)
 
     def _decode(data: bytes, content_type: str) -> tuple[int, int]:
-        from PIL import Image, UnidentifiedImageError
+        from crux.postprocess import ImageError, open_image
 
         fmt = allowed[content_type][0]
         try:
             # Only the declared format's decoder is tried: a PNG sent as image/jpeg is refused, and the
-            # attack surface is one decoder, not all of Pillow's.
-            with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            # attack surface is one decoder, not all of Pillow's. The pixel limit is checked before decoding.
+            with open_image(io.BytesIO(data), max_pixels=settings.max_pixels, formats=[fmt], name="image") as im:
                 width, height = im.size
-                if width * height > settings.max_pixels:
-                    raise _reject(413, f"image has {width}x{height} pixels, over the {settings.max_pixels} limit")
                 im.load()
-        except HTTPException:
-            raise
-        except UnidentifiedImageError as exc:
-            raise _reject(415, f"image is not a valid {fmt} file") from exc
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        except ImageError as exc:
+            if exc.reason == "too_large":
+                raise _reject(413, f"{exc} (max_pixels {settings.max_pixels})") from exc
+            if exc.reason == "unidentified":
+                raise _reject(415, f"image is not a valid {fmt} file") from exc
+            raise _reject(422, f"image could not be decoded as {fmt}: {exc}") from exc
+        except ValueError as exc:
             raise _reject(422, f"image could not be decoded as {fmt}: {exc}") from exc
         if width < 1 or height < 1:
             raise _reject(422, "image has no pixels")
@@ -337,7 +351,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
             200: {"model": CaptureCreated, "description": "replay of an earlier upload (same Idempotency-Key)"},
             401: {"description": "no, unknown or revoked token"},
             403: {"description": "token of another station/line"},
-            409: {"description": "Idempotency-Key reused for a different image"},
+            409: {"description": "Idempotency-Key reused for a different image or different metadata"},
             413: {"description": "body, metadata, image or pixel count over the limit"},
             415: {"description": "not multipart, or image type not accepted / not matching its bytes"},
             422: {"description": "malformed metadata, corrupt image, bad names"},

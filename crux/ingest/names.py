@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 
+from crux.errors import CruxError
+
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 # Idempotency keys come from clients (the edge uses uuid4 hex); allow the usual token alphabets.
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
 
 
-class InvalidNameError(ValueError):
+class InvalidNameError(CruxError, ValueError):
     """A station/line/file name is empty, too long or contains path or control characters."""
 
 

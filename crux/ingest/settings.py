@@ -6,13 +6,15 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from crux.postprocess import MAX_PIXELS
+
 # A 200-px inspection JPEG is ~10 KiB; 8 MiB leaves room for full-resolution line-scan crops while
 # still refusing anything that would let one client fill the disk in a few requests.
 DEFAULT_MAX_IMAGE_BYTES = 8 * 1024 * 1024
 # Metadata is a few hundred bytes; a cap stops "JSON bombs" (deep or huge documents) early.
 DEFAULT_MAX_METADATA_BYTES = 64 * 1024
-# Decompression bombs: a tiny PNG can declare 100k x 100k pixels; refuse before decoding.
-DEFAULT_MAX_PIXELS = 40_000_000
+# Decompression bombs: a tiny PNG can declare 100k x 100k pixels; refuse before decoding (the common limit).
+DEFAULT_MAX_PIXELS = MAX_PIXELS
 
 
 @dataclass(frozen=True)

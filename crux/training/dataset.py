@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from crux.postprocess import InputSpec, load_image, resize
+from crux.postprocess import InputSpec, load_image, open_image, resize
 from crux.training.prepare import read_prepared, read_split
 
 
@@ -54,7 +54,7 @@ class InspectionDataset(Dataset):
         return self._lut
 
     def _segment_item(self, item: dict[str, Any], image: np.ndarray, out: dict[str, Any]) -> np.ndarray:
-        with Image.open(self.root / item["mask"]) as m:
+        with open_image(self.root / item["mask"]) as m:
             orig = self.channel_lut()[np.asarray(m)]
         mask = np.asarray(Image.fromarray(orig).resize((self.spec.image_size,) * 2, Image.Resampling.NEAREST))
         if self.augment is not None:

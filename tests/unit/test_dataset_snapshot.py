@@ -307,3 +307,47 @@ def test_export_gives_up_after_bounded_retries_with_a_clear_error(tmp_path: Path
 def test_export_reports_a_failed_server_side_export(tmp_path: Path) -> None:
     with pytest.raises(SnapshotError, match="failed on the server"):
         export_snapshot_to_file(client(FakeExports(["failed"])), 1, tmp_path / "e.json", sleep=lambda s: None)
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: no such process any more (pids are not reused this fast)
+
+
+def test_work_folders_of_a_killed_snapshot_are_removed_by_the_next(world: World) -> None:
+    import os
+
+    from crux.dataset.snapshot import clean_stale
+
+    world.add(1, [Ann([box("scratches", 1, 1, 10, 10)])])
+    world.build()
+    parent = world.data.parent
+    dead = _dead_pid()
+    stale = [parent / f".data.building-{dead}-abc", parent / ".data.building-k2j3h4", parent / f".data.old-{dead}"]
+    for d in stale:
+        (d / "images").mkdir(parents=True)
+    live = parent / f".data.building-{os.getpid()}-live"  # another snapshot still at work: left alone
+    live.mkdir()
+    world.build()
+    assert [d for d in stale if d.exists()] == [] and live.is_dir()
+    assert (world.data / "dataset.json").is_file()
+    # Killed between the two renames: data/ was moved aside and the new one never arrived. It is put back.
+    os.replace(world.data, parent / f".data.old-{dead}")
+    assert clean_stale(world.data) == []
+    assert (world.data / "dataset.json").is_file() and not (parent / f".data.old-{dead}").exists()
+
+
+def test_dvcignore_lists_the_work_folders(tmp_path: Path) -> None:
+    from crux.dataset.versioning import ensure_dvcignore
+
+    repo_root = Path(__file__).resolve().parents[2]
+    assert {".*.building-*", ".*.old-*"} <= set((repo_root / ".dvcignore").read_text().splitlines())
+    (tmp_path / ".dvcignore").write_text("# mine\nfoo")
+    ensure_dvcignore(tmp_path)
+    ensure_dvcignore(tmp_path)  # idempotent
+    assert (tmp_path / ".dvcignore").read_text().splitlines()[0:2] == ["# mine", "foo"]
+    assert (tmp_path / ".dvcignore").read_text().count(".*.old-*") == 1

@@ -283,3 +283,45 @@ def test_health_and_openapi(client: TestClient) -> None:
     assert "multipart/form-data" in spec["paths"]["/v1/captures"]["post"]["requestBody"]["content"]
     assert "captured_at" in spec["components"]["schemas"]["CaptureMetadata"]["properties"]
     assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"verdict": "ok"}, "verdict"),
+        ({"scores": {"scratches": 0.5, "crazing": 0.5}}, "scores"),
+        ({"captured_at": "2025-03-01T08:00:01Z"}, "captured_at"),
+        ({"boxes": []}, "boxes"),
+        ({"model_version": "neu-det-v4"}, "model_version"),
+    ],
+)
+def test_replay_with_different_metadata_is_a_conflict_and_keeps_the_first(
+    env: Env, client: TestClient, change: dict, field: str
+) -> None:
+    first = post(client, env.token, make_jpeg(5), key="retry-2")
+    assert first.status_code == 201
+    # The same instant in another offset is the same metadata: still a replay.
+    same = capture_metadata("cam-1", "line-a", captured_at="2025-03-01T09:00:00+01:00")
+    assert post(client, env.token, make_jpeg(5), same, key="retry-2").status_code == 200
+    conflict = post(client, env.token, make_jpeg(5), capture_metadata("cam-1", "line-a", **change), key="retry-2")
+    assert conflict.status_code == 409, conflict.json()
+    assert "different metadata" in conflict.json()["detail"] and field in conflict.json()["detail"]
+    assert env.rows() == 1
+    stored = client.get(f"/v1/captures/{first.json()['id']}", headers={"Authorization": f"Bearer {env.token}"})
+    assert stored.json()["verdict"] == "ng" and stored.json()["model_version"] == "neu-det-v3"
+
+
+def test_decompression_bomb_upload_is_413_and_stores_nothing(env: Env, client: TestClient) -> None:
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = bytearray(data[12:29])
+    ihdr[4:12] = struct.pack(">II", 20000, 20000)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    r = post(client, env.token, bytes(data), content_type="image/png", filename="c.png")
+    assert r.status_code == 413 and "pixel" in r.json()["detail"]
+    assert env.nothing_stored()

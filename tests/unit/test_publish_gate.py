@@ -387,3 +387,54 @@ def test_reader_polling_during_publish_never_sees_a_partial_model(
         thread.join()
     assert not errors
     assert seen and seen == sorted(seen) and seen[-1] >= 1  # readers only ever move forward
+
+
+def test_publish_cli_refuses_a_model_made_for_another_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key
+) -> None:  # type: ignore[no-untyped-def]
+    """A detector exported for a detect line, published to a classify line: refused before anything is written."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from crux.cli import app
+    from crux.signing import private_key_pem
+
+    projects = {
+        "det": {"title": "d", "kind": "detect", "classes": {"scratch": "#ff0000", "spot": "#00ff00"}},
+        "cls": {
+            "title": "c",
+            "kind": "classify",
+            "classes": {"ok": "#00ff00", "scratch": "#ff0000", "spot": "#0000ff"},
+            "ok_class": "ok",
+        },
+        "cls3": {
+            "title": "c3",
+            "kind": "classify",
+            "classes": {"ok": "#00ff00", "scratch": "#ff0000", "spot": "#0000ff"},
+            "ok_class": "ok",
+        },
+    }
+    doc = {
+        "labelstudio": {"projects": projects},
+        "pipeline": {"overrides": {"cls3": {"data": {"channels": 3}}}},
+        "edge": {"remote": "remote"},
+    }
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(doc))
+    monkeypatch.setenv("CRUX_SIGNING_KEY", private_key_pem(key).decode())
+    detector = exported(tmp_path, "detect")
+    classifier = exported(tmp_path, "classify")
+    runner = CliRunner()
+    wrong = runner.invoke(app, ["publish", "cls", str(detector), "--params", str(params)])
+    assert wrong.exit_code == 1 and not (tmp_path / "remote" / "cls").exists()
+    assert isinstance(wrong.exception, ConfigError) or "not a model for line 'cls'" in wrong.output
+    message = str(wrong.exception) if wrong.exception else wrong.output
+    assert "kind 'detect', the line is 'classify'" in message and "classes ['scratch', 'spot']" in message
+    gray = runner.invoke(app, ["publish", "cls3", str(classifier), "--params", str(params)])
+    assert gray.exit_code == 1 and "1 input channel(s), the line's data has 3" in str(gray.exception or gray.output)
+    unknown = runner.invoke(app, ["publish", "nosuch", str(classifier), "--params", str(params)])
+    assert unknown.exit_code == 1 and "not declared in labelstudio.projects" in str(unknown.exception or unknown.output)
+    ok = runner.invoke(app, ["publish", "cls", str(classifier), "--params", str(params)])
+    assert ok.exit_code == 0, ok.output
+    ok = runner.invoke(app, ["publish", "det", str(detector), "--params", str(params)])
+    assert ok.exit_code == 0, ok.output
