@@ -45,10 +45,14 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 def training_threads(threads: int, num_workers: int) -> int:
-    """`train.threads`, 0 = the cores this process may use minus one per loader worker (at least 1)."""
+    """`train.threads`, 0 = OMP_NUM_THREADS when the environment sets it (a machine shared by several runs), else
+    the cores this process may use minus one per loader worker (at least 1)."""
     if threads:
         return threads
     import os
+
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
 
     try:
         cores = len(os.sched_getaffinity(0))

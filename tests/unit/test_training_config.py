@@ -202,3 +202,13 @@ def test_precision_fast_is_bf16_only_where_the_cpu_runs_it(monkeypatch: pytest.M
     assert pipeline.resolve_precision("auto", "cpu") == "32-true"  # auto stays reproducible
     monkeypatch.setattr(pipeline, "cpu_has_native_bf16", lambda: False)
     assert pipeline.resolve_precision("fast", "cpu") == "32-true"
+
+
+def test_training_threads_follow_the_setting_then_omp_then_the_free_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from crux.training.pipeline import training_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert training_threads(3, 1) == 3 and training_threads(0, 1) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: {0, 1}, raising=False)
+    assert training_threads(0, 1) == 1 and training_threads(0, 0) == 2
