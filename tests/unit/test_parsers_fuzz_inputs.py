@@ -20,7 +20,7 @@ from crux.dataset.synthetic import image_bytes
 from crux.importer import ImportValidationError, scan_source
 from crux.ingest.schemas import CaptureMetadata
 from crux.ingest.testing import capture_metadata
-from crux.publish import ReleaseError, _parse_pointer
+from crux.publish import GateConfig, PublishError, ReleaseError, _parse_pointer, fetch_release, publish
 from crux.signing import generate_private_key, sign
 
 FUZZ = settings(max_examples=150, deadline=None)
@@ -139,3 +139,32 @@ def test_ingest_metadata_validates_or_gives_a_validation_error(doc: Any) -> None
 def test_pointer_bytes_that_are_no_pointer(raw: bytes) -> None:
     with pytest.raises(ReleaseError):
         _parse_pointer(raw, [KEY.public_key()], True)
+
+
+CARD = {
+    "kind": "classify",
+    "classes": ["ok", "scratch"],
+    "ok_class": "ok",
+    "metrics": {"accuracy": 0.9, "macro_f1": 0.8, "ok_recall": 0.95, "ng_recall": 0.9},
+    "lineage": {"dataset": "abc", "git": "def"},
+    "input": {"size": 32, "channels": 1},
+}
+
+
+@FUZZ
+@given(st.one_of(near(CARD), JSON))
+def test_model_cards_publish_or_give_a_publish_error_naming_the_card(card: Any) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        export = Path(tmp) / "export"
+        export.mkdir()
+        (export / "model.onnx").write_bytes(b"not checked by publish")
+        (export / "card.json").write_text(json.dumps(card))
+        try:
+            result = publish(str(Path(tmp) / "remote"), "line-a", export, KEY, GateConfig(), force=True, reason="f")
+        except PublishError as exc:
+            assert "card.json" in str(exc), str(exc)
+            return
+        release = fetch_release(
+            str(Path(tmp) / "remote" / "line-a"), Path(tmp) / "edge", [KEY.public_key()], installed=None
+        )
+        assert release is not None and release.version == result.version == 1
