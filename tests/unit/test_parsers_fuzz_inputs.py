@@ -168,3 +168,38 @@ def test_model_cards_publish_or_give_a_publish_error_naming_the_card(card: Any) 
             str(Path(tmp) / "remote" / "line-a"), Path(tmp) / "edge", [KEY.public_key()], installed=None
         )
         assert release is not None and release.version == result.version == 1
+
+
+TASK = {
+    "id": 5,
+    "data": {"image": "/data/local-files/?d=x.jpg", "sha256": "ab" * 32, "width": 64, "height": 48},
+    "annotations": [
+        {
+            "id": 9,
+            "completed_by": {"id": 1, "email": "a@x"},
+            "updated_at": "2025-01-01T00:00:00Z",
+            "result": [
+                {
+                    "type": "rectanglelabels",
+                    "original_width": 64,
+                    "original_height": 48,
+                    "value": {"x": 10, "y": 10, "width": 20, "height": 30, "rectanglelabels": ["a"]},
+                }
+            ],
+        },
+        {"id": 10, "completed_by": 2, "result": [], "was_cancelled": False},
+    ],
+}
+
+
+@FUZZ
+@given(st.one_of(near(TASK), JSON))
+def test_label_studio_export_tasks_parse_or_give_a_snapshot_error_naming_the_task(task: Any) -> None:
+    from crux.dataset.snapshot import ParsedTask, SnapshotError, parse_task
+
+    try:
+        parsed = parse_task(task, 3, "detect", ["a", "b"])
+    except SnapshotError as exc:
+        assert "task" in str(exc) or "export item #3" in str(exc), str(exc)
+        return
+    assert parsed in ("skipped", "unlabeled") or isinstance(parsed, ParsedTask)
