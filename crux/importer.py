@@ -345,20 +345,30 @@ def _scan_coco(fs: Any, root: str, spec: ProjectSpec, problems: list[str]) -> di
     for ann_path in files:
         try:
             coco = json.loads(fs.cat_file(ann_path))
+            if not isinstance(coco, dict):
+                raise TypeError("the file is not a JSON object")
             categories = {int(c["id"]): str(c["name"]) for c in coco["categories"]}
             images = {int(i["id"]): str(i["file_name"]) for i in coco["images"]}
             # `verdict`: the image's class, which `crux export-dataset` adds for segment datasets.
             verdicts = {int(i["id"]): i["verdict"] for i in coco["images"] if i.get("verdict") is not None}
-        except (ValueError, KeyError, TypeError) as exc:
+            annotations = coco.get("annotations", [])
+            if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
+                raise TypeError("annotations is not a list of objects")
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
             problems.append(f"{ann_path}: not a COCO annotation file ({type(exc).__name__}: {exc})")
             continue
         for cat_id, name in categories.items():
             if _class_for(name, spec) is None:
                 problems.append(f"{ann_path}: category {cat_id} {name!r} is not a class of project {spec.title!r}")
         by_image: dict[int, list[dict[str, Any]]] = {image_id: [] for image_id in images}
-        for index, ann in enumerate(coco.get("annotations", [])):
-            image_id = ann.get("image_id")
-            if image_id not in by_image or ann.get("category_id") not in categories:
+        for index, ann in enumerate(annotations):
+            image_id, category_id = ann.get("image_id"), ann.get("category_id")
+            if (
+                not isinstance(image_id, int)
+                or image_id not in by_image
+                or not isinstance(category_id, int)
+                or category_id not in categories
+            ):
                 problems.append(f"{ann_path}: annotations[{index}] names an unknown image or category")
                 continue
             by_image[image_id].append(ann)

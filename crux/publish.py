@@ -564,7 +564,7 @@ def publish(
     card_path = export_dir / "card.json"
     if not card_path.is_file() or not (export_dir / model_file).is_file():
         raise PublishError(f"{export_dir} has no card.json and {model_file}: run `crux export` first")
-    card = json.loads(card_path.read_text())
+    card = _read_card(card_path)
     keys = _trusted(private_key, trusted_keys)
     fs, line_path = _fs(_join(root_url, line), storage_options)
 
@@ -638,6 +638,31 @@ def publish(
     )
     _write_pointer(fs, line_path, new_pointer)
     return PublishResult(line, version, sequence, vpath, gate, bool(force and not gate.passed))
+
+
+def _read_card(card_path: Path) -> dict[str, Any]:
+    """The model card `crux export` wrote, with the fields publish copies into the signed manifest checked."""
+    from crux.kinds import KINDS
+
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PublishError(f"{card_path}: not a model card of `crux export` ({type(exc).__name__}: {exc})") from None
+    problems = []
+    if not isinstance(card, dict):
+        raise PublishError(f"{card_path}: not a model card of `crux export` (not a JSON object)")
+    if not isinstance(card.get("kind"), str) or card["kind"] not in KINDS:
+        problems.append(f"kind {card.get('kind')!r} is not one of {', '.join(KINDS)}")
+    classes = card.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        problems.append(f"classes {classes!r} is not a list of class names")
+    if card.get("metrics") is not None and not isinstance(card["metrics"], dict):
+        problems.append("metrics is not an object")
+    if card.get("ok_class") is not None and card["ok_class"] not in (classes if isinstance(classes, list) else ()):
+        problems.append(f"ok_class {card['ok_class']!r} is not one of its classes")
+    if problems:
+        raise PublishError(f"{card_path}: not a model card of `crux export`: {'; '.join(problems)}")
+    return card
 
 
 def _trusted(private_key: Any, trusted_keys: Sequence[Any]) -> list[Any]:

@@ -130,8 +130,9 @@ class ManifestItem:
                 mask=None if data.get("mask") is None else str(data["mask"]),
                 verdict=None if data.get("verdict") is None else str(data["verdict"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ManifestError(f"manifest item {dict(data)!r}: {exc!r}") from exc
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            # AttributeError: a label that is not an object; OverflowError: int() of an infinite number.
+            raise ManifestError(f"manifest item {data!r}: {exc!r}") from exc
 
 
 def _label_sort_key(label: ItemLabel) -> tuple[str, tuple[float, ...]]:
@@ -163,6 +164,8 @@ def iter_manifest_lines(lines: Iterable[str], where: str = MANIFEST) -> Iterator
             data = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ManifestError(f"{where}:{n}: not JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ManifestError(f"{where}:{n}: not a JSON object")
         try:
             yield ManifestItem.from_json(data)
         except ManifestError as exc:

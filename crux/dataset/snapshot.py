@@ -235,7 +235,8 @@ def _labels_of(
         raise SnapshotError(f"task {task_id}: annotation result is not a list of objects")
     try:
         labels = kind.from_results(results, width, height)
-    except (KeyError, TypeError, ValueError, LabelError, ZeroDivisionError) as exc:
+    except (KeyError, TypeError, ValueError, LabelError, ZeroDivisionError, AttributeError, OverflowError) as exc:
+        # AttributeError: a `value` that is not an object; OverflowError: int() of an infinite number.
         raise SnapshotError(f"task {task_id}: malformed {kind.result_type} result: {exc!r}") from exc
     for label in labels:
         if label.cls not in classes:
@@ -260,6 +261,10 @@ def parse_task(task: Any, index: int, kind: str, classes: Sequence[str]) -> Pars
     annotations = task.get("annotations") or []
     if not isinstance(annotations, list) or not all(isinstance(a, Mapping) for a in annotations):
         raise SnapshotError(f"task {task_id}: annotations is not a list of objects")
+    for annotation in annotations:
+        ann_id = annotation.get("id")
+        if ann_id is not None and (not isinstance(ann_id, int) or isinstance(ann_id, bool)):
+            raise SnapshotError(f"task {task_id}: annotation id {ann_id!r} is not an integer")
     live = [a for a in annotations if not a.get("was_cancelled")]
     if not live:
         return "skipped" if annotations else "unlabeled"

@@ -1,0 +1,205 @@
+"""Issue #14, continued: hypothesis fuzzing of more outside-input parsers (COCO annotation files, dataset
+manifests, release pointers, ingest metadata). Each either returns a valid value or raises its CruxError naming
+the item (for ingest metadata: pydantic's ValidationError, which the server turns into a 422); nothing else."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from crux.config import ProjectSpec, from_mapping
+from crux.dataset.manifest import ManifestError, ManifestItem, parse_manifest
+from crux.dataset.synthetic import image_bytes
+from crux.importer import ImportValidationError, scan_source
+from crux.ingest.schemas import CaptureMetadata
+from crux.ingest.testing import capture_metadata
+from crux.publish import GateConfig, PublishError, ReleaseError, _parse_pointer, fetch_release, publish
+from crux.signing import generate_private_key, sign
+
+FUZZ = settings(max_examples=150, deadline=None)
+SPEC = from_mapping(ProjectSpec, {"title": "t", "kind": "detect", "classes": {"a": "#000000", "b": "#ffffff"}}, "p")
+KEY = generate_private_key()
+SCALAR = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from([0, 1, 2, "a", "b", "a.jpg", "../x.jpg", "a\x00.jpg", 1e999, -1e999]),
+)
+JSON = st.recursive(
+    SCALAR,
+    lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(st.text(max_size=8), kids, max_size=4)),
+    max_leaves=12,
+)
+
+
+def _mutate(base: Any, draw: st.DrawFn) -> Any:
+    """`base` with some of its values (at any depth) replaced by arbitrary JSON: mostly valid, wrong here and there."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(JSON)
+    if isinstance(base, dict):
+        return {k: _mutate(v, draw) for k, v in base.items() if draw(st.integers(0, 15))}
+    if isinstance(base, list):
+        return [_mutate(v, draw) for v in base]
+    return base
+
+
+@st.composite
+def near(draw: st.DrawFn, base: Any) -> Any:
+    return _mutate(base, draw)
+
+
+COCO = {
+    "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    "images": [{"id": 1, "file_name": "x.jpg", "width": 64, "height": 48}],
+    "annotations": [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 10]},
+        {"id": 2, "image_id": 1, "category_id": 2, "bbox": [5.5, 6, 3, 4]},
+    ],
+}
+
+
+@FUZZ
+@given(st.one_of(near(COCO), JSON))
+def test_coco_annotation_files_give_items_or_problems_naming_the_file(doc: Any) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "x.jpg").write_bytes(image_bytes(1))
+        (Path(tmp) / "annotations.json").write_text(json.dumps(doc))
+        try:
+            result = scan_source(tmp, SPEC, "coco")
+        except ImportValidationError as exc:
+            named = ("annotations.json", "x.jpg", f"{tmp}: no images found")
+            assert exc.problems and all(any(n in p for n in named) for p in exc.problems), exc.problems
+            return
+        for item in result.items:
+            for label in item.labels:
+                assert label.cls in ("a", "b")
+                if label.box is not None:
+                    values = [label.box.x1, label.box.y1, label.box.x2, label.box.y2]
+                    assert all(v == v and abs(v) != float("inf") for v in values)
+
+
+ITEM = ManifestItem(
+    sha256="ab" * 32, task_id=3, image="images/ab/x.jpg", width=64, height=48, original_name="x.jpg", split="train"
+).to_json()
+ITEM["labels"] = [{"class": "a", "box": [1.0, 2.0, 3.0, 4.0]}]
+ITEM["annotation_ids"] = [7]
+
+
+@FUZZ
+@given(st.lists(st.one_of(near(ITEM).map(json.dumps), JSON.map(json.dumps), st.text(max_size=30)), max_size=4))
+def test_manifest_lines_give_items_or_a_manifest_error_naming_the_line(lines: list[str]) -> None:
+    try:
+        items = parse_manifest("\n".join(lines), where="m.jsonl")
+    except ManifestError as exc:
+        assert str(exc).startswith("m.jsonl:"), str(exc)
+        return
+    assert all(isinstance(i, ManifestItem) and isinstance(i.task_id, int) for i in items)
+
+
+POINTER = sign(
+    {"format": "crux-pointer/1", "line": "l", "version": 2, "sequence": 3, "action": "publish", "at": "x"}, KEY
+)
+
+
+@FUZZ
+@given(st.one_of(near(POINTER), JSON), st.booleans())
+def test_pointers_give_a_verified_pointer_or_a_release_error(doc: Any, verify_sig: bool) -> None:
+    raw = json.dumps(doc).encode()
+    try:
+        pointer = _parse_pointer(raw, [KEY.public_key()], verify_sig)
+    except ReleaseError as exc:
+        assert "pointer" in str(exc) or "current.json" in str(exc), str(exc)
+        return
+    assert isinstance(pointer, dict)
+
+
+@FUZZ
+@given(st.one_of(near(capture_metadata("cam-1", "line-a", original_name="c.jpg", reason="ng")), JSON))
+def test_ingest_metadata_validates_or_gives_a_validation_error(doc: Any) -> None:
+    try:
+        meta = CaptureMetadata.model_validate_json(json.dumps(doc))
+    except ValidationError:
+        return
+    assert meta.captured_at.tzinfo is not None
+    assert all(0 <= s <= 1 for s in meta.scores.values())
+    # What validated round-trips: the server stores it and reads it back.
+    assert CaptureMetadata.model_validate_json(meta.model_dump_json(by_alias=True)) == meta
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe", b"[]", b"1e999", b'{"format": "crux-pointer/1"}'])
+def test_pointer_bytes_that_are_no_pointer(raw: bytes) -> None:
+    with pytest.raises(ReleaseError):
+        _parse_pointer(raw, [KEY.public_key()], True)
+
+
+CARD = {
+    "kind": "classify",
+    "classes": ["ok", "scratch"],
+    "ok_class": "ok",
+    "metrics": {"accuracy": 0.9, "macro_f1": 0.8, "ok_recall": 0.95, "ng_recall": 0.9},
+    "lineage": {"dataset": "abc", "git": "def"},
+    "input": {"size": 32, "channels": 1},
+}
+
+
+@FUZZ
+@given(st.one_of(near(CARD), JSON))
+def test_model_cards_publish_or_give_a_publish_error_naming_the_card(card: Any) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        export = Path(tmp) / "export"
+        export.mkdir()
+        (export / "model.onnx").write_bytes(b"not checked by publish")
+        (export / "card.json").write_text(json.dumps(card))
+        try:
+            result = publish(str(Path(tmp) / "remote"), "line-a", export, KEY, GateConfig(), force=True, reason="f")
+        except PublishError as exc:
+            assert "card.json" in str(exc), str(exc)
+            return
+        release = fetch_release(
+            str(Path(tmp) / "remote" / "line-a"), Path(tmp) / "edge", [KEY.public_key()], installed=None
+        )
+        assert release is not None and release.version == result.version == 1
+
+
+TASK = {
+    "id": 5,
+    "data": {"image": "/data/local-files/?d=x.jpg", "sha256": "ab" * 32, "width": 64, "height": 48},
+    "annotations": [
+        {
+            "id": 9,
+            "completed_by": {"id": 1, "email": "a@x"},
+            "updated_at": "2025-01-01T00:00:00Z",
+            "result": [
+                {
+                    "type": "rectanglelabels",
+                    "original_width": 64,
+                    "original_height": 48,
+                    "value": {"x": 10, "y": 10, "width": 20, "height": 30, "rectanglelabels": ["a"]},
+                }
+            ],
+        },
+        {"id": 10, "completed_by": 2, "result": [], "was_cancelled": False},
+    ],
+}
+
+
+@FUZZ
+@given(st.one_of(near(TASK), JSON))
+def test_label_studio_export_tasks_parse_or_give_a_snapshot_error_naming_the_task(task: Any) -> None:
+    from crux.dataset.snapshot import ParsedTask, SnapshotError, parse_task
+
+    try:
+        parsed = parse_task(task, 3, "detect", ["a", "b"])
+    except SnapshotError as exc:
+        assert "task" in str(exc) or "export item #3" in str(exc), str(exc)
+        return
+    assert parsed in ("skipped", "unlabeled") or isinstance(parsed, ParsedTask)
