@@ -5,11 +5,8 @@ in the default run, 50 points in the slow set; figures in <pytest basetemp>/kill
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from collections import Counter
@@ -19,38 +16,13 @@ from typing import Any
 import pytest
 import yaml
 from conftest import REPO, copy_neu_subset, neu_stems
+from kill_support import run_and_kill
 
 from crux import importer
 from crux.config import LabelStudioConfig, from_mapping
 from crux.labelstudio.projects import sync_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")]
-
-
-def _run_and_kill(script: str, delay: float | None) -> tuple[bool, float]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        if proc.stdout.readline() != b"go\n":  # type: ignore[union-attr]
-            proc.wait(60)
-            raise AssertionError(f"child failed before go: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-        t0 = time.monotonic()
-        try:
-            rc = proc.wait(300 if delay is None else delay)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return False, time.monotonic() - t0
-        if rc != 0:
-            raise AssertionError(f"child failed (rc {rc}): {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-        return True, time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 @pytest.mark.parametrize("points", [pytest.param(2, id="short"), pytest.param(50, id="long", marks=pytest.mark.slow)])
@@ -90,14 +62,14 @@ def test_import_killed_at_seeded_points_gives_all_or_none(
         return sync_project(ls_client, name, spec).project_id
 
     probe = project(f"kill-import-{points}-probe")
-    _, t_full = _run_and_kill(script(probe), None)
+    _, t_full = run_and_kill(script(probe), None, run_timeout=300)
     assert tasks(probe) == Counter(dict.fromkeys(expected, 1))
     rng = random.Random(f"import-{points}")
     killed = finished_first = 0
     violations: list[str] = []
     for point in range(points):
         pid = project(f"kill-import-{points}-{point}")
-        finished, _ = _run_and_kill(script(pid), rng.uniform(0, t_full))
+        finished, _ = run_and_kill(script(pid), rng.uniform(0, t_full), run_timeout=300)
         killed += not finished
         finished_first += finished
         time.sleep(1.0)  # a request the killed client sent is still processed by the server: let it land

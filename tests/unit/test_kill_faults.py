@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from edge_support import exported
+from kill_support import run_and_kill
 
 from crux.dataset.manifest import read_manifest
 from crux.dataset.snapshot import build_dataset
@@ -167,34 +168,6 @@ def _go_script(setup: str, work: str) -> str:
     return f"{textwrap.dedent(setup).strip()}\n{go}\nif True:\n{body}\n"
 
 
-def _run_and_kill(script: str, delay: float | None) -> tuple[bool, float]:
-    """Run `script`; SIGKILL it `delay` s after it says `go` (None: let it finish). (finished, seconds after go)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        if line != b"go\n":
-            proc.wait(30)
-            raise AssertionError(f"child failed before go: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-        t0 = time.monotonic()
-        try:
-            rc = proc.wait(120 if delay is None else delay)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return False, time.monotonic() - t0
-        if rc != 0:
-            raise AssertionError(f"child failed (rc {rc}): {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-        return True, time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
 def _tree(root: Path) -> dict[str, str]:
     """Every file under `root` (relative path -> sha256): byte identity of a whole folder."""
     return {
@@ -247,13 +220,13 @@ def test_snapshot_killed_at_seeded_points(tmp_path: Path, points: int, kill_repo
     stats = KillStats("snapshot", points)
     probe = tmp_path / "probe" / "data"
     shutil.copytree(base, probe)
-    _, stats.t_full_s = _run_and_kill(script(probe), None)
+    _, stats.t_full_s = run_and_kill(script(probe), None)
     assert _tree(probe) == new  # the child's build is the reference build
     rng = random.Random(f"snapshot-{points}")
     for point in range(points):
         data = tmp_path / f"p{point}" / "data"
         shutil.copytree(base, data)
-        finished, _ = _run_and_kill(script(data), rng.uniform(0, stats.t_full_s))
+        finished, _ = run_and_kill(script(data), rng.uniform(0, stats.t_full_s))
         stats.killed += not finished
         stats.finished_first += finished
         live = _tree(data)
@@ -322,13 +295,13 @@ def test_publish_killed_at_seeded_points(
     stats = KillStats("publish", points)
     probe = tmp_path / "probe"
     shutil.copytree(releases["remote"], probe)
-    _, stats.t_full_s = _run_and_kill(script(probe), None)
+    _, stats.t_full_s = run_and_kill(script(probe), None)
     assert served(probe, tmp_path / "edge") == (2, v2_files)
     rng = random.Random(f"publish-{points}")
     for point in range(points):
         remote = tmp_path / f"remote{point}"
         shutil.copytree(releases["remote"], remote)
-        finished, _ = _run_and_kill(script(remote), rng.uniform(0, stats.t_full_s))
+        finished, _ = run_and_kill(script(remote), rng.uniform(0, stats.t_full_s))
         stats.killed += not finished
         stats.finished_first += finished
         now = served(remote, tmp_path / "edge")
@@ -372,13 +345,13 @@ def test_edge_killed_at_seeded_points_resumes_with_a_verified_model(
     stats = KillStats("edge", points)
     probe = tmp_path / "probe"
     shutil.copytree(base, probe)
-    _, stats.t_full_s = _run_and_kill(script(probe), None)
+    _, stats.t_full_s = run_and_kill(script(probe), None)
     rng = random.Random(f"edge-{points}")
     resume_s: list[float] = []
     for point in range(points):
         state = tmp_path / f"state{point}"
         shutil.copytree(base, state)
-        finished, _ = _run_and_kill(script(state), rng.uniform(0, stats.t_full_s))
+        finished, _ = run_and_kill(script(state), rng.uniform(0, stats.t_full_s))
         stats.killed += not finished
         stats.finished_first += finished
         t0 = time.perf_counter()
@@ -394,7 +367,7 @@ def test_edge_killed_at_seeded_points_resumes_with_a_verified_model(
         shutil.rmtree(state)
     # A restarted edge process: imports, EdgeRuntime, resume() (verification, ONNX load, warm-up), exit.
     shutil.copytree(base, tmp_path / "cold")
-    _, cold_s = _run_and_kill(
+    _, cold_s = run_and_kill(
         _go_script(
             "import time",
             f"""
