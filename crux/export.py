@@ -28,7 +28,7 @@ import numpy as np
 from crux.config import ConfigError
 from crux.dataset.store import sha256_file
 from crux.errors import CruxError
-from crux.postprocess import DetectSpec, InputSpec, box_iou, load_image, open_image, preprocess
+from crux.postprocess import DetectSpec, InputSpec, box_iou, load_image, mask_channels, open_image, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -615,9 +615,7 @@ def _evaluate_onnx_segment(
 
     assert model.segment is not None
     defects = list(model.segment.defect_classes)
-    lut = np.zeros(256, np.uint8)  # mask value (1 + class index) → output channel, as the training dataset maps it
-    for i, c in enumerate(model.classes):
-        lut[i + 1] = 1 + defects.index(c) if c in defects else 0
+    lut = mask_channels(model.classes, defects)  # as the training dataset maps masks
     cm = np.zeros((1 + len(defects),) * 2, np.int64)
     ng, strongest, targets = [], [], []
     for sl in _batches(len(records), batch_size):

@@ -386,6 +386,15 @@ class SegmentMaps:
         return int(np.argmax(self.class_scores)) if self.class_scores.size else 0
 
 
+def mask_channels(classes: Sequence[str], defect_classes: Sequence[str]) -> np.ndarray:
+    """Lookup table: dataset mask pixel value (0 background, 1 + index in `classes`) → segmenter output channel
+    (0 background, j = defect_classes[j - 1]); a class without a channel (the OK class) maps to background."""
+    lut = np.zeros(256, np.uint8)
+    for i, c in enumerate(classes):
+        lut[i + 1] = 1 + list(defect_classes).index(c) if c in defect_classes else 0
+    return lut
+
+
 def box_filter(maps: np.ndarray, k: int) -> np.ndarray:
     """Mean over a k x k window with zero padding (torch avg_pool2d(k, 1, k // 2), count_include_pad) on (..., H, W)."""
     if k <= 1:

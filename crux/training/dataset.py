@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from crux.postprocess import InputSpec, load_image, open_image, resize
+from crux.postprocess import InputSpec, load_image, mask_channels, open_image, resize
 from crux.training.prepare import read_prepared, read_split
 
 
@@ -41,16 +41,11 @@ class InspectionDataset(Dataset):
             self.augment.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
     def channel_lut(self) -> np.ndarray:
-        """Mask pixel value (1 + index in classes) → segmenter output channel (0 background, j = j-th defect class);
-        the OK class, should it appear in a mask, maps to background."""
+        """Mask pixel value → segmenter output channel (`crux.postprocess.mask_channels`), read once."""
         if self._lut is None:
             meta = read_prepared(self.root)
             classes, ok = list(meta["classes"]), meta.get("ok_class")
-            defects = [c for c in classes if c != ok]
-            lut = np.zeros(256, np.uint8)
-            for i, c in enumerate(classes):
-                lut[i + 1] = 0 if c == ok else 1 + defects.index(c)
-            self._lut = lut
+            self._lut = mask_channels(classes, [c for c in classes if c != ok])
         return self._lut
 
     def _segment_item(self, item: dict[str, Any], image: np.ndarray, out: dict[str, Any]) -> np.ndarray:
