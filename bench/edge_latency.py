@@ -45,6 +45,7 @@ def default_bundle(path: Path, kind: str, size: int) -> Path:
 
     from crux.kinds import get_kind
     from crux.postprocess import DetectSpec, InputSpec
+    from crux.train import models
     from crux.train.models.bundle import save_bundle
     from crux.train.recipe import ModelParams
 
@@ -53,9 +54,8 @@ def default_bundle(path: Path, kind: str, size: int) -> Path:
     params, ok = ModelParams(), None
     if kind == "segment":  # the Magnetic Tile line's model (params.yaml pipeline.overrides.magnetic-tile)
         classes, ok, params = MAGNETIC_TILE_CLASSES, "ok", ModelParams(width=16, neck_width=32)
-    task_kind = get_kind(kind)
-    model_config = task_kind.model_config(params, len(task_kind.head_classes(classes, ok)), 1)
-    model = task_kind.build_model(model_config).eval()
+    model_config = models.model_config(kind, params, len(get_kind(kind).head_classes(classes, ok)), 1)
+    model = models.build_model(kind, model_config).eval()
     detect = DetectSpec(tuple(params.strides), len(classes)).to_dict() if kind == "detect" else None
     meta = {
         "kind": kind,
@@ -64,7 +64,7 @@ def default_bundle(path: Path, kind: str, size: int) -> Path:
         "input": InputSpec(size, 1).to_dict(),
         "model_config": model_config,
         "detect": detect,
-        **({kind: spec} if (spec := task_kind.decode_spec(classes, ok)) else {}),
+        **({kind: spec} if (spec := get_kind(kind).decode_spec(classes, ok)) else {}),
         "info": {"note": "random weights (benchmark)"},
     }
     save_bundle(path, model, meta)
@@ -83,7 +83,7 @@ def _stats(samples: list[float]) -> dict[str, float]:
 def _int8_model(out: Path, card: dict[str, Any], calib: list[Any]) -> Any:
     """Static INT8 of the exported model with `crux export`'s own quantisation, calibrated on the first benchmark
     inputs."""
-    from crux.edge.predict import OnnxModel
+    from crux.inference import OnnxModel
     from crux.ship.export import quantize_onnx
 
     path = out / "model.int8.onnx"
@@ -95,7 +95,7 @@ def bench_kind(kind: str, bundle: Path, images: list[Path], work: Path, exporter
     import numpy as np
     import torch
 
-    from crux.edge.predict import OnnxModel
+    from crux.inference import OnnxModel
     from crux.postprocess import load_image, preprocess
     from crux.ship.export import ExportConfig, export
     from crux.train.models.bundle import load_bundle

@@ -39,7 +39,7 @@ def export_and_time(root: Path, src: Path, params: dict) -> dict:
     import statistics
 
     from crux.config import from_mapping
-    from crux.edge.predict import OnnxModel, timed_predict
+    from crux.inference import OnnxModel, timed_predict
     from crux.ship.export import ExportConfig, export
 
     cfg = from_mapping(ExportConfig, {**params["export"], "quantize": True}, "export")

@@ -954,7 +954,8 @@ def predict_command(
     """Inspect images with the edge's own code path; `--json` prints the stable contract."""
     import json
 
-    from crux.edge.predict import open_model, predict_paths
+    from crux.edge.predict import open_model
+    from crux.inference import predict_paths
 
     # A local model folder needs no params; a published line is verified with the trusted keys from params.
     is_folder = (Path(model_or_remote) / "card.json").is_file()

@@ -10,7 +10,7 @@ import dataclasses
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -172,10 +172,32 @@ class LabelStudioConfig:
 # Dataset section (snapshot, versions, health)
 
 
-def _default_health() -> Any:
-    from crux.data.health import HealthOptions
+@dataclass(frozen=True)
+class HealthOptions:
+    """Thresholds of `crux data check` (params.yaml `dataset.health`)."""
 
-    return HealthOptions()
+    min_class_count: int = 10  # images per class below which a class is flagged
+    tiny_box_px: float = 4.0  # boxes narrower or lower than this (pixels) are flagged
+    bounds_tolerance_px: float = 0.5  # rounding slack before a box counts as out of bounds
+    near_duplicate_bits: int = 4  # dHash Hamming distance (of 64 bits) at or below which images are near duplicates
+    near_duplicates: bool = True  # needs every image decoded once; off for a quick check
+    speck_px: int = 10  # segmentation: connected mask regions smaller than this (pixels) are flagged
+
+
+class SplitError(CruxError, ValueError):
+    pass
+
+
+def validate_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
+    """(train, val, test) fractions: three, none negative, summing to 1."""
+    if len(ratios) != 3:
+        raise SplitError(f"split ratios are (train, val, test), got {list(ratios)!r}")
+    train, val, test = (float(r) for r in ratios)
+    if min(train, val, test) < 0:
+        raise SplitError(f"split ratios must not be negative, got {list(ratios)!r}")
+    if abs(train + val + test - 1.0) > 1e-6:
+        raise SplitError(f"split ratios must sum to 1, got {list(ratios)!r} (sum {train + val + test})")
+    return (train, val, test)
 
 
 @dataclass(frozen=True)
@@ -187,12 +209,9 @@ class DatasetConfig:
     retries: int = 3
     # Segmentation: a mask whose new version overlaps the old one less than this (pixel IoU) is a relabel.
     mask_relabel_iou: float = 0.9
-    health: Any = field(default_factory=_default_health)
+    health: HealthOptions = field(default_factory=HealthOptions)
 
     def __post_init__(self) -> None:
-        from crux.data.health import HealthOptions
-        from crux.data.split import SplitError, validate_ratios
-
         try:
             validate_ratios(self.split)
         except SplitError as exc:

@@ -86,26 +86,14 @@ class TaskKind(Protocol):
     gate_ok_floors: Mapping[str, float]
     gate_ok_ceilings: Mapping[str, float]
 
-    def model_config(self, params: Any, num_classes: int, in_channels: int) -> dict[str, Any]: ...
-
-    def build_model(self, model_config: Mapping[str, Any]) -> Any: ...
-
-    def training_task(
-        self, classes: Sequence[str], ok_class: str | None, spec: Any, detect_spec: Any, optim: Mapping[str, Any]
-    ) -> Any: ...
-
-    def postprocess(
-        self, raw: Any, original_sizes: Sequence[tuple[int, int]], spec: Any, detect_spec: Any = None
-    ) -> Any: ...
-
 
 _NONE: Mapping[str, float] = types.MappingProxyType({})
 
 
-class _ModelHooks:
-    """Lazy model/training hooks shared by the kinds; `_task` names the class in crux.train.tasks."""
+class _KindDefaults:
+    """Defaults shared by the kinds (the network and the training task are found by kind name in
+    `crux.train.models.MODELS` and `crux.train.tasks.TASKS`)."""
 
-    _task: str
     # A kind without floors publishes nothing until params.yaml `gate.min.<kind>` names one (crux.ship.publish).
     gate_floors: Mapping[str, float] = _NONE
     gate_ceilings: Mapping[str, float] = _NONE
@@ -119,19 +107,6 @@ class _ModelHooks:
     def decode_spec(self, classes: Sequence[str], ok_class: str | None) -> dict[str, Any] | None:
         """Decoding parameters stored in the bundle under the kind's name (the detector's come from params)."""
         return None
-
-    def model_config(self, params: Any, num_classes: int, in_channels: int) -> dict[str, Any]:
-        """Model config dict (stored in the model bundle) from params `train.model` (`ModelParams`)."""
-        return self._task_class().model_config(params, num_classes, in_channels)
-
-    def build_model(self, model_config: Mapping[str, Any]) -> Any:
-        """A torch nn.Module from a model config dict (the bundle's `model_config`)."""
-        return self._task_class().build_model(model_config)
-
-    def _task_class(self) -> Any:
-        from crux.train import tasks
-
-        return getattr(tasks, self._task)
 
 
 class _PlainLabels:
@@ -148,7 +123,7 @@ def _header(spec: ProjectSpec) -> str:
     return f"  <Header value={quoteattr(spec.title)}/>\n"
 
 
-class ClassifyKind(_PlainLabels, _ModelHooks):
+class ClassifyKind(_PlainLabels, _KindDefaults):
     """Whole-image inspection: OK plus defect types as single-choice Choices."""
 
     name = "classify"
@@ -156,26 +131,12 @@ class ClassifyKind(_PlainLabels, _ModelHooks):
     result_type = "choices"
     geometry = "image"
     monitor = "macro_f1"
-    _task = "ClassifyTask"
     # A constant or random classifier scores macro-F1 <= 1/classes (0.17 on 6 classes), even when one class
     # fills 80% of a line; one that passes everything as OK has NG recall 0, one that rejects everything 100%
     # false rejects.
     gate_floors = types.MappingProxyType({"macro_f1": 0.5})
     gate_ok_floors = types.MappingProxyType({"inspection.ng_recall": 0.8})
     gate_ok_ceilings = types.MappingProxyType({"inspection.false_reject_rate": 0.2})
-
-    def training_task(
-        self, classes: Sequence[str], ok_class: str | None, spec: Any, detect_spec: Any, optim: Mapping[str, Any]
-    ) -> Any:
-        return self._task_class()(classes, ok_class, spec, float(optim.get("label_smoothing", 0.0)))
-
-    def postprocess(
-        self, raw: Any, original_sizes: Sequence[tuple[int, int]], spec: Any, detect_spec: Any = None
-    ) -> Any:
-        """Raw logits (B, C) → class probabilities (B, C) (numpy only)."""
-        from crux.postprocess import postprocess_classify
-
-        return postprocess_classify(raw)
 
     def label_config(self, spec: ProjectSpec) -> str:
         choices = "\n".join(
@@ -216,7 +177,7 @@ class ClassifyKind(_PlainLabels, _ModelHooks):
         return labels
 
 
-class DetectKind(_PlainLabels, _ModelHooks):
+class DetectKind(_PlainLabels, _KindDefaults):
     """Defect localisation: one RectangleLabels box per defect."""
 
     name = "detect"
@@ -224,22 +185,8 @@ class DetectKind(_PlainLabels, _ModelHooks):
     result_type = "rectanglelabels"
     geometry = "box"
     monitor = "map50"
-    _task = "DetectTask"
     # The blind detector of issue 13 had mAP@0.5 = 0.00001; a from-scratch NEU model reaches 0.5 in minutes.
     gate_floors = types.MappingProxyType({"map50": 0.25})
-
-    def training_task(
-        self, classes: Sequence[str], ok_class: str | None, spec: Any, detect_spec: Any, optim: Mapping[str, Any]
-    ) -> Any:
-        return self._task_class()(classes, ok_class, spec, detect_spec)
-
-    def postprocess(
-        self, raw: Any, original_sizes: Sequence[tuple[int, int]], spec: Any, detect_spec: Any = None
-    ) -> Any:
-        """Raw detector output (B, N, 5 + C) → one `Detections` per image, in original pixels (numpy only)."""
-        from crux.postprocess import postprocess_detect_batch
-
-        return postprocess_detect_batch(raw, original_sizes, spec, detect_spec)
 
     def label_config(self, spec: ProjectSpec) -> str:
         labels = "\n".join(
@@ -294,7 +241,7 @@ class DetectKind(_PlainLabels, _ModelHooks):
         return labels
 
 
-class SegmentKind(_ModelHooks):
+class SegmentKind(_KindDefaults):
     """Defect segmentation: annotators paint (BrushLabels) or outline (PolygonLabels) each defect; an optional
     whole-image verdict (Choices over all classes) when the project declares an OK class.
 
@@ -312,7 +259,6 @@ class SegmentKind(_ModelHooks):
     verdict_type = "choices"
     geometry = "mask"
     monitor = "miou"
-    _task = "SegmentTask"
     # A blind segmenter paints nothing (mIoU 0) or flags every part: both are refused before any line's own bars.
     gate_floors = types.MappingProxyType({"miou": 0.2})
     gate_ok_floors = types.MappingProxyType({"inspection.ng_recall": 0.8})
@@ -328,26 +274,6 @@ class SegmentKind(_ModelHooks):
         from crux.postprocess import SegmentSpec
 
         return SegmentSpec(tuple(self.head_classes(classes, ok_class))).to_dict()
-
-    def training_task(
-        self, classes: Sequence[str], ok_class: str | None, spec: Any, detect_spec: Any, optim: Mapping[str, Any]
-    ) -> Any:
-        from crux.postprocess import SegmentSpec
-
-        segment = SegmentSpec.from_dict(self.decode_spec(classes, ok_class) or {})
-        return self._task_class()(classes, ok_class, spec, segment, float(optim.get("image_loss_weight", 1.0)))
-
-    def postprocess(
-        self, raw: Any, original_sizes: Sequence[tuple[int, int]], spec: Any, detect_spec: Any = None
-    ) -> Any:
-        """Raw segmenter logits (B, 1 + D, S, S) → one `SegmentMaps` per image (numpy only)."""
-        from crux.postprocess import postprocess_segment_batch
-
-        return postprocess_segment_batch(raw, original_sizes, spec)
-
-    @staticmethod
-    def defect_classes(classes: Iterable[str], ok_class: str | None) -> list[str]:
-        return [c for c in classes if c != ok_class]
 
     def label_config(self, spec: ProjectSpec) -> str:
         defects = [(c, colour) for c, colour in spec.classes.items() if c != spec.ok_class]
@@ -522,4 +448,4 @@ def get_kind(name: str) -> TaskKind:
     try:
         return KINDS[name]
     except KeyError:
-        raise ValueError(f"unknown task kind {name!r}; known: {', '.join(sorted(KINDS))}") from None
+        raise LabelError(f"unknown task kind {name!r}; known: {', '.join(sorted(KINDS))}") from None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crux.config import HealthOptions
 from crux.data.manifest import ClassesInfo, ManifestItem
 
 
@@ -25,16 +26,6 @@ class Finding:
 
     def to_json(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "severity": self.severity, "task_ids": list(self.task_ids)}
-
-
-@dataclass(frozen=True)
-class HealthOptions:
-    min_class_count: int = 10  # images per class below which a class is flagged
-    tiny_box_px: float = 4.0  # boxes narrower or lower than this (pixels) are flagged
-    bounds_tolerance_px: float = 0.5  # rounding slack before a box counts as out of bounds
-    near_duplicate_bits: int = 4  # dHash Hamming distance (of 64 bits) at or below which images are near duplicates
-    near_duplicates: bool = True  # needs every image decoded once; off for a quick check
-    speck_px: int = 10  # segmentation: connected mask regions smaller than this (pixels) are flagged
 
 
 def dhash(path: Path, size: int = 8) -> int:

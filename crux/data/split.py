@@ -11,26 +11,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from crux.config import validate_ratios
 from crux.data.manifest import SPLITS
-from crux.errors import CruxError
 
 # A salt that versions the assignment rule: changing it would reshuffle every dataset.
 _SALT = b"crux-split-v1:"
-
-
-class SplitError(CruxError, ValueError):
-    pass
-
-
-def validate_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
-    if len(ratios) != 3:
-        raise SplitError(f"split ratios are (train, val, test), got {list(ratios)!r}")
-    train, val, test = (float(r) for r in ratios)
-    if min(train, val, test) < 0:
-        raise SplitError(f"split ratios must not be negative, got {list(ratios)!r}")
-    if abs(train + val + test - 1.0) > 1e-6:
-        raise SplitError(f"split ratios must sum to 1, got {list(ratios)!r} (sum {train + val + test})")
-    return (train, val, test)
 
 
 def unit_interval(sha256: str) -> float:

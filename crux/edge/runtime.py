@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from crux.config import ConfigError
 from crux.data.store import sha256_file
-from crux.edge.predict import NO_DEFECT_LABEL, OnnxModel, Result, contract_record
+from crux.inference import NO_DEFECT_LABEL, OnnxModel, Result, contract_record
 from crux.postprocess import ImageError, open_image
 from crux.ship.publish import ReleaseError, fetch_release
 

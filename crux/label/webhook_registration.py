@@ -11,10 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 from crux.errors import CruxError
 from crux.label.projects import MARKER
-from crux.loop.trigger import ACTIONS, authorization_header
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
+
+# The Label Studio actions that change what a snapshot exports. TASKS_CREATED counts too: an import of
+# tasks with annotations (the bulk path) emits only that action, with `total_annotations` per task.
+ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "TASKS_CREATED")
+
+
+def authorization_header(secret: str) -> str:
+    """The header value Label Studio is told to send (`headers` of its webhook) and the receiver expects."""
+    return f"Bearer {secret}"
 
 
 class WebhookRegistrationError(CruxError, RuntimeError):

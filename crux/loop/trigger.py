@@ -34,15 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 from crux.config import ConfigError
 from crux.errors import CruxError
+from crux.label.webhook_registration import authorization_header
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
 log = logging.getLogger(__name__)
 
-# The Label Studio actions that change what a snapshot exports. TASKS_CREATED counts too: an import of
-# tasks with annotations (the bulk path) emits only that action, with `total_annotations` per task.
-ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "TASKS_CREATED")
 WEBHOOK_PATH = "/webhooks/labelstudio"
 # A TASKS_CREATED batch is up to 5000 tasks (WEBHOOK_BATCH_SIZE) of ~0.6 KiB each, plus the project.
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -136,11 +134,6 @@ def load_or_create_secret(path: Path) -> str:
     with os.fdopen(fd, "w") as handle:
         handle.write(secret + "\n")
     return secret
-
-
-def authorization_header(secret: str) -> str:
-    """The header value Label Studio is told to send (`headers` of its webhook)."""
-    return f"Bearer {secret}"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -366,7 +366,7 @@ def export(
     import onnx
     import torch
 
-    from crux.edge.predict import OnnxModel
+    from crux.inference import OnnxModel
     from crux.train.models.bundle import load_bundle
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -460,7 +460,7 @@ def _tta_report(
     """Test split with and without TTA through ONNX Runtime, and the frame latency of both (1 thread)."""
     import time
 
-    from crux.edge.predict import OnnxModel
+    from crux.inference import OnnxModel
 
     plain_path = work / "plain.onnx"
     _torch_export(plain_model, spec, plain_path, replace(cfg, exporter="torchscript"))
@@ -546,7 +546,7 @@ def _quantize(
     }
     test = _split_records(prepared_dir, "test")
     if test:
-        from crux.edge.predict import OnnxModel
+        from crux.inference import OnnxModel
 
         fp = evaluate_onnx(OnnxModel(fp32, card), prepared_dir, "test")  # type: ignore[arg-type]
         q = evaluate_onnx(OnnxModel(int8, card), prepared_dir, "test")  # type: ignore[arg-type]
@@ -570,7 +570,7 @@ def _quantize(
 
 
 def evaluate_onnx(model: Any, prepared_dir: Path, split: str = "test", batch_size: int = 16) -> dict[str, Any]:
-    """Metrics of an ONNX model (`crux.edge.predict.OnnxModel`) on a prepared split, through the edge code path
+    """Metrics of an ONNX model (`crux.inference.OnnxModel`) on a prepared split, through the edge code path
     (preprocess → ORT → crux.postprocess) and crux.evaluation. Used for the INT8 report and re-gating production."""
     from crux.evaluation import classification_metrics, detection_metrics
 

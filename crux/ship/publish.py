@@ -50,7 +50,6 @@ MANIFEST = "manifest.json"
 EVENTS = "events"
 # The ingest service's name rule (crux.collect.names), repeated so the edge need not import the ingest package.
 LINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
-DEFAULT_METRIC = {"classify": "macro_f1", "detect": "map50"}  # the kinds' monitor metrics (crux.kinds)
 
 
 class PublishError(CruxError, RuntimeError):
@@ -346,12 +345,10 @@ def _short(c: Criterion) -> str:
 
 
 def get_monitor(kind: str) -> str:
-    try:
-        from crux.kinds import get_kind
+    """The metric candidates are compared on: the kind's monitored metric (`crux.kinds`)."""
+    from crux.kinds import get_kind
 
-        return get_kind(kind).monitor
-    except ValueError:
-        return DEFAULT_METRIC.get(kind, "accuracy")
+    return get_kind(kind).monitor
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import torch
 
 from crux.kinds import get_kind
 from crux.postprocess import DetectSpec, InputSpec
+from crux.train.models import build_model
+from crux.train.tasks import training_task
 from crux.train.torch_dataset import normalise
 
 
@@ -32,12 +34,12 @@ class InspectionModule(pl.LightningModule):
         self.kind = get_kind(kind)
         spec = InputSpec.from_dict(input_spec)
         self.spec = spec
-        self.task = self.kind.training_task(
-            classes, ok_class, spec, DetectSpec.from_dict(detect_spec) if detect_spec else None, optim
+        self.task = training_task(
+            kind, classes, ok_class, spec, DetectSpec.from_dict(detect_spec) if detect_spec else None, optim
         )
         # channels_last: oneDNN (CPU) and cuDNN (tensor cores) run convolutions faster in NHWC (here 1.2x in fp32,
         # 1.35x under bf16 on CPU); results do not depend on the layout, and exports are unaffected.
-        self.model = self.task.build_model(model_config).to(memory_format=torch.channels_last)
+        self.model = build_model(kind, model_config).to(memory_format=torch.channels_last)
         self.optim = optim
         self._state: dict[str, Any] | None = None
         self._fit_started = time.monotonic()
@@ -88,7 +90,7 @@ class InspectionModule(pl.LightningModule):
         # metric is then the mean over ranks (sync_dist) — exact numbers come from `crux evaluate`.
         metrics, _ = self.task.metrics(self._state)
         self.last_metrics[stage] = metrics
-        self.log(f"{stage}/{self.task.monitor}", float(metrics[self.task.monitor]), prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/{self.kind.monitor}", float(metrics[self.kind.monitor]), prog_bar=True, sync_dist=True)
         for key in ("accuracy", "map50_95"):
             if key in metrics:
                 self.log(f"{stage}/{key}", float(metrics[key]), sync_dist=True)

@@ -123,6 +123,7 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
 
     from crux.train.augment import build_augment
     from crux.train.datamodule import InspectionDataModule
+    from crux.train.models import model_config as model_config_of
     from crux.train.models.bundle import save_bundle
     from crux.train.models.common import load_initial_weights
     from crux.train.module import InspectionModule
@@ -138,7 +139,7 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
     classes, ok_class = list(prepared["classes"]), prepared.get("ok_class")
     t = cfg.train
     spec = InputSpec(cfg.data.image_size, cfg.data.channels, cfg.data.mean, cfg.data.std)
-    model_config = kind.model_config(t.model, len(kind.head_classes(classes, ok_class)), cfg.data.channels)
+    model_config = model_config_of(kind.name, t.model, len(kind.head_classes(classes, ok_class)), cfg.data.channels)
     detect_spec = DetectSpec(tuple(t.model.strides), len(classes)).to_dict() if cfg.data.kind == "detect" else None
     optim = {
         "optimizer": t.optimizer,
@@ -308,6 +309,7 @@ def evaluate(
     from torch.utils.data import DataLoader
 
     from crux.train.models.bundle import load_bundle
+    from crux.train.tasks import training_task
     from crux.train.torch_dataset import InspectionDataset, collate, normalise
 
     model_dir, prepared_dir, out_dir = Path(model_dir), Path(prepared_dir), Path(out_dir)
@@ -329,7 +331,7 @@ def evaluate(
             max_detections=cfg.max_detections,
         )
     kind = get_kind(meta["kind"])
-    task = kind.training_task(meta["classes"], meta.get("ok_class"), spec, detect_spec, {})
+    task = training_task(kind.name, meta["classes"], meta.get("ok_class"), spec, detect_spec, {})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
 

@@ -1,4 +1,4 @@
-"""Per-kind training logic (model, loss, raw outputs → predictions → metrics), found through `crux.kinds`.
+"""The training registry: per task kind (by name), the loss, raw outputs → predictions, and metrics.
 
 The LightningModule stays kind-agnostic: it calls a task's `loss`, `collect` and `metrics`. `collect` post-processes
 each batch's raw outputs with `crux.postprocess` right away, so validation holds predictions, not raw tensors.
@@ -6,14 +6,15 @@ each batch's raw outputs with `crux.postprocess` right away, so validation holds
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crux.errors import CruxError
 from crux.evaluation import (
     classification_metrics,
     detection_metrics,
@@ -29,13 +30,22 @@ from crux.postprocess import (
     postprocess_detect_batch,
     postprocess_segment_batch,
 )
-from crux.train.recipe import ModelParams
 from crux.train.torch_dataset import split_targets
 
 
-class ClassifyTask:
-    monitor = "macro_f1"
+class Task(Protocol):
+    """What the LightningModule and `evaluate` call; one implementation per kind, found in `TASKS`."""
 
+    def loss(self, raw: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]: ...
+
+    def new_state(self) -> Any: ...
+
+    def collect(self, state: Any, raw: torch.Tensor, batch: Mapping[str, Any]) -> None: ...
+
+    def metrics(self, state: Any, **options: Any) -> tuple[dict[str, Any], dict[str, Any]]: ...
+
+
+class ClassifyTask:
     def __init__(
         self, classes: Sequence[str], ok_class: str | None, spec: InputSpec, label_smoothing: float = 0.0
     ) -> None:
@@ -43,19 +53,6 @@ class ClassifyTask:
         self.ok_class = ok_class
         self.spec = spec
         self.label_smoothing = label_smoothing
-
-    @staticmethod
-    def model_config(params: ModelParams, num_classes: int, in_channels: int) -> dict[str, Any]:
-        from crux.train.models.classifier import ClassifierConfig
-
-        cfg = ClassifierConfig(num_classes, in_channels, params.width, tuple(params.depth), params.dropout, params.pool)
-        return cfg.to_dict()
-
-    @staticmethod
-    def build_model(model_config: Mapping[str, Any]) -> nn.Module:
-        from crux.train.models.classifier import Classifier, ClassifierConfig
-
-        return Classifier(ClassifierConfig.from_dict(dict(model_config)))
 
     def loss(self, raw: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         return {"loss": F.cross_entropy(raw.float(), batch["label"], label_smoothing=self.label_smoothing)}
@@ -76,29 +73,12 @@ class ClassifyTask:
 
 
 class DetectTask:
-    monitor = "map50"
-
     def __init__(self, classes: Sequence[str], ok_class: str | None, spec: InputSpec, detect: DetectSpec) -> None:
         self.classes = list(classes)
         self.ok_class = ok_class
         self.spec = spec
         self.detect = detect
         self._loss: nn.Module | None = None
-
-    @staticmethod
-    def model_config(params: ModelParams, num_classes: int, in_channels: int) -> dict[str, Any]:
-        from crux.train.models.detector import DetectorConfig
-
-        cfg = DetectorConfig(
-            num_classes, in_channels, params.width, tuple(params.depth), params.neck_width, tuple(params.strides)
-        )
-        return cfg.to_dict()
-
-    @staticmethod
-    def build_model(model_config: Mapping[str, Any]) -> nn.Module:
-        from crux.train.models.detector import Detector, DetectorConfig
-
-        return Detector(DetectorConfig.from_dict(dict(model_config)))
 
     def loss(self, raw: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         from crux.train.models.detector import DetectionLoss
@@ -127,8 +107,6 @@ class DetectTask:
 class SegmentTask:
     """Per-pixel defect classes (background + the defect classes) with the image verdict read off the map."""
 
-    monitor = "miou"
-
     def __init__(
         self,
         classes: Sequence[str],
@@ -142,21 +120,6 @@ class SegmentTask:
         self.spec = spec
         self.segment = segment
         self.image_loss_weight = image_loss_weight
-
-    @staticmethod
-    def model_config(params: ModelParams, num_classes: int, in_channels: int) -> dict[str, Any]:
-        # `num_classes` counts the dataset's classes; the segmenter outputs background + defect classes, so the
-        # caller passes len(defect classes) here (see SegmentKind.model_config).
-        from crux.train.models.segmenter import SegmenterConfig
-
-        cfg = SegmenterConfig(1 + num_classes, in_channels, params.width, tuple(params.depth), params.neck_width)
-        return cfg.to_dict()
-
-    @staticmethod
-    def build_model(model_config: Mapping[str, Any]) -> nn.Module:
-        from crux.train.models.segmenter import Segmenter, SegmenterConfig
-
-        return Segmenter(SegmenterConfig.from_dict(dict(model_config)))
 
     def loss(self, raw: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         return segment_loss(
@@ -269,3 +232,49 @@ def segment_loss(
     image = F.binary_cross_entropy(score, is_ng.to(score.dtype))
     loss = focal * 10.0 + dice + image_weight * image
     return {"loss": loss, "focal": focal, "dice": dice, "image": image}
+
+
+# (classes, ok_class, input spec, detect spec or None, params `train.optim`) → the kind's task.
+TaskFactory = Callable[[Sequence[str], "str | None", InputSpec, "DetectSpec | None", Mapping[str, Any]], Task]
+
+
+def _classify(
+    classes: Sequence[str], ok_class: str | None, spec: InputSpec, detect: DetectSpec | None, optim: Mapping[str, Any]
+) -> Task:
+    return ClassifyTask(classes, ok_class, spec, float(optim.get("label_smoothing", 0.0)))
+
+
+def _detect(
+    classes: Sequence[str], ok_class: str | None, spec: InputSpec, detect: DetectSpec | None, optim: Mapping[str, Any]
+) -> Task:
+    if detect is None:
+        raise CruxError("a detect task needs the decoding parameters (the bundle's `detect` spec)")
+    return DetectTask(classes, ok_class, spec, detect)
+
+
+def _segment(
+    classes: Sequence[str], ok_class: str | None, spec: InputSpec, detect: DetectSpec | None, optim: Mapping[str, Any]
+) -> Task:
+    from crux.kinds import get_kind
+
+    segment = SegmentSpec.from_dict(get_kind("segment").decode_spec(classes, ok_class) or {})
+    return SegmentTask(classes, ok_class, spec, segment, float(optim.get("image_loss_weight", 1.0)))
+
+
+TASKS: Mapping[str, TaskFactory] = {"classify": _classify, "detect": _detect, "segment": _segment}
+
+
+def training_task(
+    kind: str,
+    classes: Sequence[str],
+    ok_class: str | None,
+    spec: InputSpec,
+    detect_spec: DetectSpec | None,
+    optim: Mapping[str, Any],
+) -> Task:
+    """The training task of `kind` (params `train.optim` carries its loss options)."""
+    try:
+        factory = TASKS[kind]
+    except KeyError:
+        raise CruxError(f"no training task for kind {kind!r} (known: {', '.join(TASKS)})") from None
+    return factory(classes, ok_class, spec, detect_spec, optim)

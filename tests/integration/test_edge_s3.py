@@ -11,8 +11,9 @@ from conftest import new_bucket
 from edge_support import exported
 from PIL import Image
 
-from crux.edge.predict import open_model, predict_paths
+from crux.edge.predict import open_model
 from crux.edge.runtime import EdgeConfig, EdgeRuntime
+from crux.inference import predict_paths
 from crux.ship.publish import GateConfig, GateRefused, ReleaseError, fetch_release, list_models, publish, rollback
 from crux.ship.signing import generate_private_key
 

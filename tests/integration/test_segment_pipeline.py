@@ -71,8 +71,8 @@ def test_training_and_evaluation_report_pixels_and_verdicts(trained: Path) -> No
 def test_export_parity_card_and_predict_contract(trained: Path) -> None:
     from pycocotools import mask as coco
 
-    from crux.edge.predict import SEGMENT_KEYS, OnnxModel, contract_record
     from crux.edge.runtime import EdgeConfig, decide
+    from crux.inference import SEGMENT_KEYS, OnnxModel, contract_record
     from crux.ship.export import ExportConfig, export
 
     post = json.loads((trained / "eval" / "postprocess.json").read_text())

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crux.data.split import SplitError, assign_split, validate_ratios
+from crux.config import SplitError, validate_ratios
+from crux.data.split import assign_split
 
 
 def sha(n: int) -> str:

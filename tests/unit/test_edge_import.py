@@ -23,7 +23,7 @@ class Block(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Block())
 started = time.perf_counter()
-import crux.edge.runtime, crux.edge.predict, crux.ship.publish, crux.ship.signing, crux.edge.outbox
+import crux.edge.runtime, crux.edge.predict, crux.inference, crux.ship.publish, crux.ship.signing, crux.edge.outbox
 import_s = time.perf_counter() - started
 print(json.dumps({"import_s": import_s, "loaded": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)}))
 """

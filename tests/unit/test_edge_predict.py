@@ -10,8 +10,9 @@ import pytest
 from edge_support import exported
 from PIL import Image
 
-from crux.edge.predict import CONTRACT_KEYS, contract_record, open_model, predict_paths
+from crux.edge.predict import open_model
 from crux.edge.runtime import EdgeConfig, EdgeRuntime
+from crux.inference import CONTRACT_KEYS, contract_record, predict_paths
 from crux.ship.publish import GateConfig, ReleaseError, publish
 from crux.ship.signing import generate_private_key
 
@@ -103,7 +104,7 @@ def test_remote_line_and_runtime_give_the_same_records(setup: dict[str, Path], t
 
 
 def test_contract_record_rounding() -> None:
-    from crux.edge.predict import Box, Result
+    from crux.inference import Box, Result
 
     r = Result("spot", 0.123456789, {"spot": 0.123456789}, [Box("spot", 0.123456789, (1.234, 2.345, 3.456, 4.567))])
     rec = contract_record("x.jpg", r, 7)

@@ -16,8 +16,8 @@ from edge_support import exported
 from PIL import Image
 
 from crux.config import ConfigError, from_mapping
-from crux.edge.predict import OnnxModel
 from crux.edge.runtime import EdgeConfig, EdgeRuntime, LiveView, decide, glob_source, stdin_source, watch_folder
+from crux.inference import OnnxModel
 from crux.ship.publish import GateConfig, publish, rollback
 from crux.ship.signing import generate_private_key, sign
 
@@ -273,7 +273,7 @@ def test_detector_decision_and_error_frames(tmp_path: Path, exports: dict[str, P
 
 
 def test_decide_thresholds(exports: dict[str, Path]) -> None:
-    from crux.edge.predict import Result
+    from crux.inference import Result
 
     model = OnnxModel.from_dir(exports["v1"])
     probs = np.array([0.55, 0.40, 0.05], np.float32)

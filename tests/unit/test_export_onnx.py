@@ -12,7 +12,7 @@ import torch
 from edge_support import prepared_dataset, tiny_bundle
 
 from crux.config import ConfigError, from_mapping
-from crux.edge.predict import OnnxModel
+from crux.inference import OnnxModel
 from crux.ship.export import ExportConfig, ExportError, dataset_version, evaluate_onnx, export, git_revision
 
 torch.set_num_threads(1)

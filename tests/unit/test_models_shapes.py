@@ -75,11 +75,16 @@ def test_initial_weights_skip_mismatched_heads(tmp_path: Path) -> None:
         load_initial_weights(dst, tmp_path / "missing.pt")
 
 
-def test_kind_registry_builds_models() -> None:
+def test_models_registry_builds_each_kinds_network() -> None:
+    from crux.kinds import KINDS
+    from crux.train.models import MODELS, build_model, model_config
+    from crux.train.models.segmenter import Segmenter
+    from crux.train.tasks import TASKS
+
+    assert set(MODELS) == set(TASKS) == set(KINDS)  # every kind has a network and a training task
     params = ModelParams(width=8, depth=(1, 1, 1), neck_width=16, strides=(8, 16))
-    for name, expected in (("classify", Classifier), ("detect", Detector)):
-        kind = get_kind(name)
-        model = kind.build_model(kind.model_config(params, num_classes=2, in_channels=1))
+    for name, expected in (("classify", Classifier), ("detect", Detector), ("segment", Segmenter)):
+        model = build_model(name, model_config(name, params, num_classes=2, in_channels=1))
         assert isinstance(model, expected)
     assert get_kind("classify").monitor == "macro_f1" and get_kind("detect").monitor == "map50"
 

@@ -17,8 +17,9 @@ import pytest
 from edge_support import exported
 from PIL import Image
 
-from crux.edge.predict import open_model, predict_paths
+from crux.edge.predict import open_model
 from crux.edge.runtime import EdgeConfig, EdgeRuntime
+from crux.inference import predict_paths
 from crux.postprocess import ImageError, load_image, open_image
 from crux.ship.publish import GateConfig, ReleaseError, fetch_release, publish, rollback
 from crux.ship.signing import generate_private_key, load_private_key, load_public_key, rotate_keys

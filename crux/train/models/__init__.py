@@ -1,2 +1,90 @@
-"""Plain-torch models (no torchvision). Import `crux.train.models.classifier` / `crux.train.models.detector` directly;
-this package imports nothing heavy so `crux.kinds` can reference it lazily."""
+"""The models registry: for each task kind (by name), how params become a model config and a config a network.
+
+Plain torch, no torchvision. The network modules (`classifier`, `detector`, `segmenter`) import lazily, so this
+package is cheap to import; `crux.train.models.bundle` rebuilds a saved network through `build_model`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from crux.errors import CruxError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """How one kind's network is configured (from params `train.model`) and built (from the bundle's config)."""
+
+    config: Callable[[Any, int, int], dict[str, Any]]  # (ModelParams, head classes, input channels) → config dict
+    build: Callable[[Mapping[str, Any]], nn.Module]
+
+
+def _classifier_config(params: Any, num_classes: int, in_channels: int) -> dict[str, Any]:
+    from crux.train.models.classifier import ClassifierConfig
+
+    cfg = ClassifierConfig(num_classes, in_channels, params.width, tuple(params.depth), params.dropout, params.pool)
+    return cfg.to_dict()
+
+
+def _classifier(config: Mapping[str, Any]) -> nn.Module:
+    from crux.train.models.classifier import Classifier, ClassifierConfig
+
+    return Classifier(ClassifierConfig.from_dict(dict(config)))
+
+
+def _detector_config(params: Any, num_classes: int, in_channels: int) -> dict[str, Any]:
+    from crux.train.models.detector import DetectorConfig
+
+    cfg = DetectorConfig(
+        num_classes, in_channels, params.width, tuple(params.depth), params.neck_width, tuple(params.strides)
+    )
+    return cfg.to_dict()
+
+
+def _detector(config: Mapping[str, Any]) -> nn.Module:
+    from crux.train.models.detector import Detector, DetectorConfig
+
+    return Detector(DetectorConfig.from_dict(dict(config)))
+
+
+def _segmenter_config(params: Any, num_classes: int, in_channels: int) -> dict[str, Any]:
+    # `num_classes` is the kind's head classes (the defect classes); the segmenter adds the background channel.
+    from crux.train.models.segmenter import SegmenterConfig
+
+    cfg = SegmenterConfig(1 + num_classes, in_channels, params.width, tuple(params.depth), params.neck_width)
+    return cfg.to_dict()
+
+
+def _segmenter(config: Mapping[str, Any]) -> nn.Module:
+    from crux.train.models.segmenter import Segmenter, SegmenterConfig
+
+    return Segmenter(SegmenterConfig.from_dict(dict(config)))
+
+
+MODELS: Mapping[str, ModelFamily] = {
+    "classify": ModelFamily(_classifier_config, _classifier),
+    "detect": ModelFamily(_detector_config, _detector),
+    "segment": ModelFamily(_segmenter_config, _segmenter),
+}
+
+
+def model_family(kind: str) -> ModelFamily:
+    try:
+        return MODELS[kind]
+    except KeyError:
+        raise CruxError(f"no model for task kind {kind!r} (known: {', '.join(MODELS)})") from None
+
+
+def model_config(kind: str, params: Any, num_classes: int, in_channels: int) -> dict[str, Any]:
+    """The model config dict (stored in the bundle) of a `kind` network from params `train.model`."""
+    return model_family(kind).config(params, num_classes, in_channels)
+
+
+def build_model(kind: str, config: Mapping[str, Any]) -> nn.Module:
+    """A fresh `kind` network from its config dict (the bundle's `model_config`)."""
+    return model_family(kind).build(config)

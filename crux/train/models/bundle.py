@@ -25,12 +25,12 @@ def save_bundle(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
 
 def load_bundle(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode on CPU, metadata without the weights)."""
-    from crux.kinds import get_kind
+    from crux.train.models import build_model
 
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if blob.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"{path} is not a crux model bundle ({BUNDLE_FORMAT})")
     state = blob.pop("state_dict")
-    model = get_kind(blob["kind"]).build_model(blob["model_config"])
+    model = build_model(blob["kind"], blob["model_config"])
     model.load_state_dict(state)
     return model.eval(), blob
