@@ -1,6 +1,6 @@
 """Frozen, validated configuration objects built from plain mappings (params.yaml sections).
 
-Only `crux/cli.py` reads params.yaml; everything else receives these objects. Unknown keys are
+Only `crux/settings.py` reads params.yaml; everything else receives these objects. Unknown keys are
 rejected with the dotted path of the offending key, so a typo never silently falls back to a default.
 """
 

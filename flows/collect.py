@@ -1,7 +1,7 @@
 """Collect: captures in the ingest DB → Label Studio tasks of their line's project, most uncertain first.
 
 Two tasks, one side effect each, both safe to repeat: make the project ready (image storage, sampling), then
-import the unsent captures (idempotent: reconciled by capture id). Config comes through `crux.cli`; the work
+import the unsent captures (idempotent: reconciled by capture id). Config comes through `crux.settings`; the work
 is `crux.collect.labeling`.
 """
 
@@ -16,15 +16,15 @@ from prefect.artifacts import create_markdown_artifact
 
 
 def _context(params_path: str) -> Any:
-    from crux.cli import load_context
+    from crux.settings import load_context
 
     return load_context(Path(params_path))
 
 
 def _resolve(params_path: str) -> dict[str, Any]:
-    """Everything a collect step needs, resolved from params.yaml and the environment by crux.cli."""
-    from crux.cli import ingest_settings, labelstudio_access, labelstudio_config, s3_storage_options
+    """Everything a collect step needs, resolved from params.yaml and the environment by crux.settings."""
     from crux.collect.storage import ImageStore
+    from crux.settings import ingest_settings, labelstudio_access, labelstudio_config, s3_storage_options
 
     ctx = _context(params_path)
     settings = ingest_settings(ctx)

@@ -1,5 +1,5 @@
 """Prefect tasks: one side effect each, with retries where repeating is safe. They resolve config through
-`crux.cli` (the only reader of params.yaml and the environment) and call `crux.loop.steps`; no ML logic here."""
+`crux.settings` (the only reader of params.yaml and the environment) and call `crux.loop.steps`; no ML logic here."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 
 
 def _context(params_path: str) -> Any:
-    from crux.cli import load_context
+    from crux.settings import load_context
 
     return load_context(Path(params_path))
 
@@ -19,9 +19,9 @@ def _context(params_path: str) -> Any:
 @task(retries=2, retry_delay_seconds=15)
 def snapshot_task(project: str, params_path: str) -> dict[str, Any] | None:
     """Label Studio → a new dataset version (git commit of data.dvc), or None when nothing changed."""
-    from crux.cli import dataset_config, labelstudio_access, labelstudio_config, s3_fetch_options
     from crux.data.diff import diff_to_markdown
     from crux.loop.steps import snapshot_project
+    from crux.settings import dataset_config, labelstudio_access, labelstudio_config, s3_fetch_options
 
     ctx = _context(params_path)
     outcome = snapshot_project(
@@ -75,8 +75,8 @@ def push_task(params_path: str) -> None:
 def publish_task(line: str, params_path: str, remote: str | None) -> dict[str, Any] | None:
     """Gate the candidate (absolute floors, then vs production); publish when it passes. A refusal is a decision,
     not a failure: {"published": False, "gate": …} with the criteria in the `LINE-gate` Markdown artifact."""
-    from crux.cli import check_model_fits_line, gate_config, model_remote, signing_key, trusted_keys
     from crux.loop.steps import export_dir, publish_candidate
+    from crux.settings import check_model_fits_line, gate_config, model_remote, signing_key, trusted_keys
     from crux.ship.publish import GateRefused
 
     ctx = _context(params_path)

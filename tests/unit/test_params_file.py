@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crux.cli import PARAMS_SECTIONS, load_context
 from crux.config import ConfigError
+from crux.settings import PARAMS_SECTIONS, load_context
 
 REPO = Path(__file__).resolve().parents[2]
 

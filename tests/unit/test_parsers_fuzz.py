@@ -102,7 +102,7 @@ def test_predictions_files_give_finite_predictions_or_problems_naming_file_and_l
 @FUZZ
 @given(st.one_of(st.text(max_size=200), st.binary(max_size=200).map(lambda b: b.decode("latin-1"))))
 def test_params_text_loads_or_is_a_config_error_naming_the_file(text: str) -> None:
-    from crux.cli import load_context
+    from crux.settings import load_context
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "params.yaml"

@@ -1,0 +1,262 @@
+"""`crux demo`: the whole loop on embedded defaults."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from crux.cli.label import (
+    _scan_and_import,
+    start_labelstudio,
+)
+from crux.cli.root import app
+from crux.cli.terminal import ParamsOption, console, out
+from crux.config import ConfigError
+from crux.settings import (
+    DEFAULT_PRIVATE_KEY,
+    DEFAULT_PUBLIC_KEY,
+    dataset_config,
+    edge_config,
+    labelstudio_config,
+    load_context,
+    model_remote,
+    prefect_defaults,
+    public_keys,
+)
+
+DEMO_LINE = "neu-cls"
+
+
+def _neu_class_folders(source: Path, dest: Path) -> Path:
+    """NEU-DET's images laid out as `dest/<class>/<file>` (the class is the file name's prefix, as in NEU-CLS),
+    hard links where the file system allows (copies otherwise), for `crux import --labels folders`."""
+    classes = (source / "classes.txt").read_text().split()
+    for image in sorted((source / "images").glob("*.jpg")):
+        cls = image.stem.rsplit("_", 1)[0]
+        if cls not in classes:
+            raise ConfigError(f"{image}: file name does not start with one of {classes}")
+        target = dest / cls / image.name
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(image, target)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(image, target)
+    return dest
+
+
+class _DemoProgress:
+    """Stage, epoch and time left of the running cycle, read from the files the pipeline writes (dvc captures
+    the commands' own output): a status line that changes every few seconds instead of one long spinner."""
+
+    def __init__(self, root: Path, line: str, budget_s: float | None, epochs: int) -> None:
+        self.root, self.line, self.budget_s, self.epochs = root, line, budget_s, epochs
+        self.started = time.time()
+        self.train_started: float | None = None
+
+    def _fresh(self, rel: str) -> Path | None:
+        path = self.root / rel
+        return path if path.exists() and path.stat().st_mtime >= self.started else None
+
+    def text(self) -> str:
+        import json
+
+        line = self.line
+        elapsed = time.time() - self.started
+        if self._fresh(f"models/{line}/export/card.json"):
+            return "gate → signed publish…"
+        if self._fresh(f"metrics/{line}/metrics.json"):
+            return "export: ONNX, onnx.checker, parity with torch, model card…"
+        if self._fresh(f"models/{line}/candidate/train.json"):
+            return "evaluate: the frozen test split through the edge's post-processing…"
+        live = self._fresh(f"models/{line}/candidate/dvclive/metrics.json")
+        if live is not None:
+            self.train_started = self.train_started or live.stat().st_mtime
+            try:
+                doc = json.loads(live.read_text())
+            except ValueError:
+                doc = {}
+            val = (doc.get("val") or {}).get("macro_f1")
+            spent = time.time() - self.train_started
+            eta = (
+                f", ≤{max(self.budget_s - spent, 0):.0f} s left of the {self.budget_s:.0f} s budget"
+                if self.budget_s
+                else ""
+            )
+            score = f", val macro-F1 {val:.3f}" if isinstance(val, int | float) else ""
+            return f"train: epoch {int(doc.get('epoch', 0)) + 1}/{self.epochs}{score}{eta}"
+        if self._fresh(f"build/{line}/prepared"):
+            return "train: starting (Lightning, albumentations)…"
+        if self._fresh(f"data/{line}/manifest.jsonl"):
+            return f"dvc exp run: prepare (hash-checking every image)… {elapsed:.0f} s"
+        return f"snapshot: Label Studio export → DVC dataset version… {elapsed:.0f} s"
+
+
+@app.command("demo")
+def demo(
+    neu: Annotated[Path | None, typer.Option(help="NEU-DET folder; default ../shared/datasets/neu-det.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """The whole loop on embedded defaults: Label Studio with NEU's images and their defect types (standing in for
+    a team of annotators) → the Prefect cycle (demo profile: a 5-minute training budget) → the
+    gate → a signed model in the local remote → the edge runtime on test-split images the model never trained on
+    → a verdict per defect class. Exit 1 when the gate refuses the model."""
+    import json
+    import shutil
+    import threading
+
+    from crux.label.client import connect
+    from crux.label.projects import sync_project
+    from crux.train.recipe import DEMO_PROFILE, max_time_seconds
+
+    started = time.perf_counter()
+    ctx = load_context(params)
+    cfg = labelstudio_config(ctx)
+    line = DEMO_LINE
+    spec = cfg.project(line)
+    source = neu or ctx.root.parent / "shared" / "datasets" / "neu-det"
+    if not (source / "images").is_dir() or not (source / "classes.txt").is_file():
+        raise ConfigError(f"{source}: NEU-DET not found; pass --neu PATH (the images/, labels/, classes.txt layout)")
+    console.rule("1/5 Label Studio")
+    settings, credentials = start_labelstudio(ctx)
+    client = connect(settings.url, credentials.token)
+    project_ids = {}
+    for name, project_spec in cfg.projects.items():
+        result = sync_project(client, name, project_spec)
+        project_ids[name] = result.project_id
+        console.print(f"Project {name}: {result.action} (id {result.project_id})")
+    project_id = project_ids[line]
+    folders = _neu_class_folders(source.resolve(), ctx.root / ".crux" / "demo-sources" / line)
+    report = _scan_and_import(client, line, project_id, spec, str(folders), "folders", settings.files_root)
+    console.print(
+        f"{line}: {report.created} new task(s) labelled with their defect type, {report.already_present} already there."
+    )
+
+    train_cfg = DEMO_PROFILE["train"]
+    budget = max_time_seconds(train_cfg["max_time"])
+    console.rule(f"2/5 The cycle (Prefect flow, demo profile: {budget / 60:.0f}-minute training budget)")
+    private = ctx.path(DEFAULT_PRIVATE_KEY)
+    if not private.exists() and not os.environ.get("CRUX_SIGNING_KEY"):
+        from crux.ship.signing import init_keys
+
+        init_keys(private, ctx.path(DEFAULT_PUBLIC_KEY))
+        console.print(f"Signing key created: {private} (0600)")
+    prefect_defaults(ctx)
+    progress = _DemoProgress(ctx.root, line, budget, int(train_cfg["epochs"]))
+    done = threading.Event()
+    cycle_started = time.perf_counter()
+    with console.status(progress.text()) as status:
+
+        def tick() -> None:
+            while not done.wait(2.0):
+                status.update(f"{progress.text()}  [{time.perf_counter() - cycle_started:.0f} s]")
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            from flows.cycle import cycle
+
+            result = cycle(line, params_path=str(ctx.root / "params.yaml"), profile="demo")
+        finally:
+            done.set()
+            ticker.join()
+    dataset, published = result["dataset"], result["published"]
+    console.print(f"Dataset: {dataset['message'].splitlines()[0] if dataset else 'no change since the last version'}")
+    train_json = ctx.root / "models" / line / "candidate" / "train.json"
+    if dataset and train_json.is_file():
+        summary = json.loads(train_json.read_text())
+        console.print(
+            f"Trained {summary['epochs']} epoch(s), {summary['global_step']} steps in {summary['wall_s']:.0f} s "
+            f"({summary['precision']}; stopped by {summary.get('stopped_by')}), best val {summary['monitor']} "
+            f"{summary['best_val']:.4f}"
+        )
+    if result.get("gate") is not None:
+        from crux.ship.publish import criteria_lines
+
+        verdict = "published v" + str(published["version"]) if published else "NOT published"
+        console.print(f"Gate: {verdict}")
+        for text in criteria_lines(result["gate"]):
+            out.print(f"  {text}", markup=False, highlight=False)
+
+    console.rule("3/5 The edge runtime on unseen images")
+    from crux.data.manifest import read_manifest
+    from crux.edge.runtime import EdgeRuntime
+    from crux.ship.publish import list_models, read_pointer
+
+    remote = f"{model_remote(ctx, None)}/{line}"
+    keys = public_keys(ctx)
+    if read_pointer(remote, keys) is None:
+        console.print(f"[bold red]No model in production for {line}: the gate refused it (above). Nothing to run.[/]")
+        raise typer.Exit(1)
+    data_dir = ctx.path(dataset_config(ctx).project_dir(line))
+    frames_dir = ctx.root / ".crux" / "demo-frames"
+    shutil.rmtree(frames_dir, ignore_errors=True)
+    frames_dir.mkdir(parents=True)
+    truth: dict[str, list[str]] = {}
+    for item in (i for i in read_manifest(data_dir / "manifest.jsonl") if i.split == "test"):
+        shutil.copy(data_dir / item.image, frames_dir / item.original_name)
+        truth[item.original_name] = [label.cls for label in item.labels]
+    edge = edge_config(ctx)
+    runtime = EdgeRuntime(remote, line, edge, keys, ctx.path(Path(edge.state_dir)), on_event=lambda name, detail: None)
+    records: list[dict[str, Any]] = []
+    log = ctx.root / ".crux" / "demo-edge.jsonl"
+    runtime.run(sorted(frames_dir.iterdir()), records.append, poll=False)
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    latencies = sorted(r["latency_ms"] for r in records if "latency_ms" in r)
+    version = records[0]["model_version"]
+    console.print(
+        f"{len(records)} test-split frames inspected by model v{version}, "
+        f"median latency {latencies[len(latencies) // 2]:.1f} ms/frame (1 thread) → {log}"
+    )
+
+    console.rule(f"4/5 Verdict: model v{version} on {len(records)} frames it never trained on")
+    from crux.ship.publish import criteria_lines
+    from crux.verdict import edge_verdict, verdict_lines
+
+    history = list_models(model_remote(ctx, None), line, keys)
+    release = next(v for v in history["versions"] if v["version"] == version)
+    verdict = edge_verdict(
+        records,
+        truth,
+        list(spec.class_names),
+        release["kind"],
+        spec.ok_class,
+        name_of=lambda r: Path(r["image"]).name,
+    )
+    for text in verdict_lines(verdict):
+        out.print(text, markup=False, highlight=False)
+    metrics = release.get("metrics") or {}
+    shown = {k: metrics[k] for k in ("accuracy", "macro_f1", "map50", "map50_95", "n_images") if k in metrics}
+    out.print("")
+    out.print(
+        "Model test metrics (crux evaluate, frozen test split): "
+        + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()),
+        markup=False,
+        highlight=False,
+    )
+    gate = release.get("gate") or {}
+    forced = f" — FORCED: {release.get('reason')}" if release.get("forced") else ""
+    out.print(f"Gate decision for v{version}: {'passed' if gate.get('passed') else 'REFUSED'}{forced}")
+    for text in criteria_lines(gate):
+        out.print(f"  {text}", markup=False, highlight=False)
+    plots = ctx.root / "metrics" / line / "plots"
+    out.print(f"Confusion matrix: {plots / 'confusion_matrix.png'}")
+    out.print(f"Curves (JSON for dvc plots; PR curve on detection lines): {plots}/  → .venv/bin/dvc plots show")
+
+    console.rule("5/5 Where to look")
+    card = ctx.root / "models" / line / "export" / "card.json"
+    out.print(f"Label Studio:   {settings.url}/projects/{project_id}/data")
+    out.print(f"Login:          {credentials.username} — password in {settings.credentials_path}")
+    out.print(f"Prefect UI:     PREFECT_HOME={os.environ['PREFECT_HOME']} .venv/bin/prefect server start")
+    out.print(f"Model card:     {card}")
+    out.print(f"Model history:  .venv/bin/crux models list {line}")
+    out.print("Dataset diff:   .venv/bin/crux data diff  (metrics: .venv/bin/dvc metrics show)")
+    out.print(f"Edge frames:    {log}")
+    out.print(f"Done in {time.perf_counter() - started:.0f} s. Stop Label Studio with: make down")

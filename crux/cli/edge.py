@@ -1,0 +1,107 @@
+"""`crux predict|edge`: inference on files, and the edge inspection runtime."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from crux.cli.root import app
+from crux.cli.terminal import ParamsOption, console, out
+from crux.settings import (
+    edge_config,
+    load_context,
+    model_remote,
+    public_keys,
+    station_token,
+)
+
+edge_app = typer.Typer(help="The edge inspection runtime.", no_args_is_help=True)
+app.add_typer(edge_app, name="edge")
+
+
+@app.command("predict")
+def predict_command(
+    model_or_remote: Annotated[str, typer.Argument(help="A model folder, or a published line URL.")],
+    images: Annotated[list[str], typer.Argument(help="Image files.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line (the stable contract).")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Inspect images with the edge's own code path; `--json` prints the stable contract."""
+    import json
+
+    from crux.edge.predict import open_model
+    from crux.inference import predict_paths
+
+    # A local model folder needs no params; a published line is verified with the trusted keys from params.
+    is_folder = (Path(model_or_remote) / "card.json").is_file()
+    keys = [] if is_folder else public_keys(load_context(params))
+    model = open_model(model_or_remote, public_keys=keys)
+    for record in predict_paths(model, images):
+        if as_json:
+            print(json.dumps(record), flush=True)
+        else:
+            out.print(f"{record['image']}: {record.get('label', record.get('error'))} {record.get('score', '')}")
+
+
+@edge_app.command("run")
+def edge_run(
+    line: Annotated[str, typer.Argument(help="Inspection line whose published model to run.")],
+    watch: Annotated[Path | None, typer.Option(help="Folder to watch for new images.")] = None,
+    glob: Annotated[str | None, typer.Option(help="Glob of images to inspect once.")] = None,
+    view: Annotated[bool, typer.Option(help="A live rich view on stderr.")] = False,
+    poll: Annotated[bool, typer.Option(help="Poll the remote and hot-swap new models.")] = True,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Inspect frames (watched folder, glob, or paths on stdin) as JSON lines; hot-swap published models."""
+    import json
+    import threading
+
+    from crux.edge.runtime import EdgeRuntime, LiveView, glob_source, stdin_source, watch_folder
+
+    ctx = load_context(params)
+    cfg = edge_config(ctx)
+    outbox = None
+    if cfg.ingest_url:
+        from crux.edge.outbox import Outbox
+
+        token = station_token()
+        outbox = Outbox(ctx.path(Path(cfg.outbox_dir)), cfg.ingest_url, token, quota_bytes=cfg.outbox_quota_mb << 20)
+        outbox.start()
+    runtime = EdgeRuntime(
+        f"{model_remote(ctx, None)}/{line}",
+        line,
+        cfg,
+        public_keys(ctx),
+        ctx.path(Path(cfg.state_dir)),
+        outbox=outbox,
+        on_event=lambda name, detail: console.print(f"[yellow]{name}[/] {detail}"),
+    )
+    stop = threading.Event()
+    if watch:
+        frames = watch_folder(watch, stop, cfg.watch_interval_s)
+    elif glob:
+        frames = glob_source(glob)
+    else:
+        frames = stdin_source(sys.stdin)
+    live_view = LiveView(overlay_path=ctx.path(Path(cfg.state_dir)) / "last-ng-overlay.png" if view else None)
+
+    def emit(record: dict[str, Any]) -> None:
+        print(json.dumps(record), flush=True)
+        live_view.update(record)
+
+    try:
+        if view:
+            from rich.live import Live
+
+            with Live(live_view.render(), console=console, refresh_per_second=4) as live:
+                runtime.run(frames, lambda record: (emit(record), live.update(live_view.render())), poll=poll)
+        else:
+            runtime.run(frames, emit, poll=poll)
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        if outbox:
+            outbox.stop()

@@ -1,0 +1,308 @@
+"""The only reader of params.yaml and the environment: typed config values for the CLI and the flows."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crux.config import ConfigError, DatasetConfig, LabelStudioConfig, from_mapping
+
+
+def warn(message: str) -> None:
+    """A configuration warning on stderr (settings never stop on one)."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class Context:
+    root: Path
+    params: dict[str, Any]
+
+    def section(self, name: str) -> Any:
+        return self.params.get(name)
+
+    def path(self, value: Path) -> Path:
+        return value if value.is_absolute() else (self.root / value)
+
+
+# The top-level sections of params.yaml; anything else is a typo (`trian:`) that would silently be ignored.
+PARAMS_SECTIONS = (
+    "labelstudio",
+    "ingest",
+    "dataset",
+    "pipeline",
+    "data",
+    "augment",
+    "train",
+    "evaluate",
+    "export",
+    "gate",
+    "edge",
+    "deploy",
+    "trigger",
+    "webhooks",
+)
+
+
+def load_context(params_path: Path) -> Context:
+    import difflib
+
+    import yaml
+
+    if not params_path.exists():
+        raise ConfigError(f"{params_path}: params file not found (run crux from the project folder or pass --params)")
+    try:
+        params = yaml.safe_load(params_path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{params_path}{at}: YAML syntax error: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{params_path}: cannot read the params file ({exc})") from None
+    if params is None:
+        raise ConfigError(f"{params_path}: the params file is empty (expected sections: {', '.join(PARAMS_SECTIONS)})")
+    if not isinstance(params, dict):
+        raise ConfigError(f"{params_path}: expected a mapping of sections")
+    for name in params:
+        if name not in PARAMS_SECTIONS:
+            close = difflib.get_close_matches(str(name), PARAMS_SECTIONS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(PARAMS_SECTIONS)})"
+            raise ConfigError(f"{params_path}: unknown top-level section {name!r}{hint}")
+    return Context(root=params_path.resolve().parent, params=params)
+
+
+def labelstudio_config(ctx: Context) -> LabelStudioConfig:
+    return from_mapping(LabelStudioConfig, ctx.section("labelstudio"), "labelstudio")
+
+
+def server_settings(ctx: Context, host: str | None = None, port: int | None = None) -> Any:
+    from crux.label.server import ServerSettings
+
+    cfg = labelstudio_config(ctx)
+    venv = Path(os.environ.get("CRUX_LS_VENV") or ctx.root / ".venv-ls")
+    return ServerSettings(
+        venv=venv,
+        state_dir=ctx.path(cfg.state_dir),
+        host=host or cfg.host,
+        port=port or int(os.environ.get("CRUX_LS_PORT") or cfg.port),
+        files_root=ctx.path(cfg.files_root),
+        extra_env=None if cfg.block_private_urls else {"SSRF_PROTECTION_ENABLED": "false"},
+    )
+
+
+def labelstudio_credentials(settings: Any) -> tuple[Any, bool]:
+    from crux.label.server import load_or_create_credentials
+
+    given = {
+        "username": os.environ.get("CRUX_LS_USERNAME"),
+        "password": os.environ.get("CRUX_LS_PASSWORD"),
+        "token": os.environ.get("CRUX_LS_TOKEN"),
+    }
+    return load_or_create_credentials(settings.credentials_path, given)
+
+
+def labelstudio_access(ctx: Context) -> Any:
+    """The configured server: CRUX_LS_URL + CRUX_LS_TOKEN for an external one, else ours."""
+    from crux.loop.steps import LabelStudioAccess
+
+    if os.environ.get("CRUX_LS_URL"):
+        token = os.environ.get("CRUX_LS_TOKEN")
+        if not token:
+            raise ConfigError("CRUX_LS_URL is set but CRUX_LS_TOKEN is not")
+        return LabelStudioAccess(os.environ["CRUX_LS_URL"].rstrip("/"), token, None)
+    settings = server_settings(ctx)
+    credentials, _ = labelstudio_credentials(settings)
+    return LabelStudioAccess(settings.url, credentials.token, settings.files_root)
+
+
+def labelstudio_client(ctx: Context) -> Any:
+    from crux.label.client import connect
+
+    access = labelstudio_access(ctx)
+    return connect(access.url, access.token)
+
+
+def webhooks_config(ctx: Context) -> Any:
+    from crux.loop.trigger import WebhooksConfig
+
+    return from_mapping(WebhooksConfig, ctx.section("webhooks"), "webhooks")
+
+
+def webhook_secret(ctx: Context) -> str:
+    from crux.loop.trigger import load_or_create_secret
+
+    return os.environ.get("CRUX_WEBHOOK_SECRET") or load_or_create_secret(ctx.path(webhooks_config(ctx).secret_file))
+
+
+def _s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def s3_storage_options() -> dict[str, Any]:
+    """Credentials Label Studio needs to serve an S3 source, from the usual AWS variables."""
+    options = {
+        "aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
+        "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        "region_name": os.environ.get("AWS_DEFAULT_REGION"),
+        "s3endpoint": _s3_endpoint(),
+    }
+    return {key: value for key, value in options.items() if value}
+
+
+def dataset_config(ctx: Context) -> DatasetConfig:
+    return from_mapping(DatasetConfig, ctx.section("dataset"), "dataset")
+
+
+def s3_fetch_options() -> dict[str, Any]:
+    endpoint = _s3_endpoint()
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
+def params_for_line(params: dict[str, Any], line: str | None) -> dict[str, Any]:
+    from crux.train.recipe import line_params
+
+    return params if line is None else line_params(params, line)
+
+
+DEFAULT_PRIVATE_KEY = Path(".crux/keys/publish.key")
+
+
+DEFAULT_PUBLIC_KEY = Path(".crux/keys/publish.pub")
+
+
+def edge_config(ctx: Context) -> Any:
+    from crux.edge.runtime import EdgeConfig
+
+    return from_mapping(EdgeConfig, ctx.section("edge"), "edge")
+
+
+def model_remote(ctx: Context, remote: str | None) -> str:
+    """The model remote: an fsspec URL, or a folder relative to the project."""
+    url = remote or edge_config(ctx).remote
+    return url if "://" in url else str(ctx.path(Path(url)))
+
+
+def signing_key(ctx: Context, path: Path | None) -> Any:
+    """The signing key: CRUX_SIGNING_KEY (PEM text, e.g. a CI secret), else a file outside git."""
+    from crux.ship.signing import load_private_key
+
+    if os.environ.get("CRUX_SIGNING_KEY"):
+        return load_private_key(os.environ["CRUX_SIGNING_KEY"])
+    key_file = path or Path(os.environ.get("CRUX_SIGNING_KEY_FILE") or ctx.path(DEFAULT_PRIVATE_KEY))
+    if not key_file.is_file():
+        raise ConfigError(f"no signing key at {key_file}: run `crux keys init` or set CRUX_SIGNING_KEY")
+    return load_private_key(key_file.read_bytes())
+
+
+def public_keys(ctx: Context) -> list[Any]:
+    from crux.ship.signing import load_public_keys
+
+    paths = [ctx.path(Path(p)) for p in edge_config(ctx).public_keys]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ConfigError(f"edge.public_keys: {', '.join(missing)} not found (run `crux keys init`)")
+    return load_public_keys(paths)
+
+
+def trusted_keys(ctx: Context) -> list[Any]:
+    """edge.public_keys for verifying production before publish/rollback; files not there are skipped (warned)."""
+    from crux.ship.signing import load_public_keys
+
+    paths = [ctx.path(Path(p)) for p in edge_config(ctx).public_keys]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        warn(f"edge.public_keys: {', '.join(missing)} not found; not trusted")
+    return load_public_keys([p for p in paths if p.is_file()])
+
+
+def gate_config(ctx: Context) -> Any:
+    from crux.ship.publish import GateConfig
+
+    return from_mapping(GateConfig, ctx.section("gate"), "gate")
+
+
+def check_model_fits_line(ctx: Context, line: str, export_dir: Path) -> None:
+    """Refuse a model made for another line: its card's kind, classes (in order), OK class and input channels must
+    be the line's project (`labelstudio.projects.LINE`, channels from `data` with the line's overrides)."""
+    import json
+
+    from crux.train.recipe import line_params
+
+    projects = labelstudio_config(ctx).projects
+    if not projects:
+        warn(f"labelstudio.projects is empty: {line}'s model is not checked against a project")
+        return
+    spec = labelstudio_config(ctx).project(line)  # ConfigError naming the known projects
+    card_path = Path(export_dir) / "card.json"
+    try:
+        card = json.loads(card_path.read_text())
+        kind, classes = card["kind"], list(card["classes"])
+        channels = int(card["input"]["channels"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{card_path}: not a model card of `crux export` ({type(exc).__name__}: {exc})") from None
+    data = line_params(ctx.params, line).get("data") or {}
+    want_channels = int(data.get("channels", 1))
+    problems = []
+    if kind != spec.kind:
+        problems.append(f"kind {kind!r}, the line is {spec.kind!r}")
+    if classes != list(spec.classes):
+        problems.append(f"classes {classes}, the line has {list(spec.classes)}")
+    if card.get("ok_class") != spec.ok_class:
+        problems.append(f"OK class {card.get('ok_class')!r}, the line's is {spec.ok_class!r}")
+    if channels != want_channels:
+        problems.append(f"{channels} input channel(s), the line's data has {want_channels}")
+    if problems:
+        raise ConfigError(
+            f"{card_path} is not a model for line {line!r} (labelstudio.projects.{line}): " + "; ".join(problems)
+        )
+
+
+def ingest_settings(ctx: Context) -> Any:
+    """`ingest:` from params, with relative SQLite and storage paths anchored at the project folder."""
+    import dataclasses
+
+    from crux.collect import IngestSettings
+
+    settings = from_mapping(IngestSettings, ctx.section("ingest"), "ingest")
+    changes: dict[str, str] = {}
+    prefix = "sqlite:///"
+    if settings.database_url.startswith(prefix) and not settings.database_url.startswith(prefix + "/"):
+        database = ctx.path(Path(settings.database_url[len(prefix) :]))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        changes["database_url"] = prefix + str(database)
+    if "://" not in settings.storage_url:
+        changes["storage_url"] = str(ctx.path(Path(settings.storage_url)))
+    return dataclasses.replace(settings, **changes)
+
+
+def ingest_engine(ctx: Context) -> Any:
+    from crux.collect import create_db_engine, migrate
+
+    engine = create_db_engine(ingest_settings(ctx).database_url)
+    migrate(engine)
+    return engine
+
+
+def prefect_defaults(ctx: Context) -> None:
+    """A local Prefect (ephemeral API on SQLite under .crux/prefect) unless the user configured one."""
+    os.environ.setdefault("PREFECT_HOME", str(ctx.root / ".crux" / "prefect"))
+    # The 20 s default start-up budget of the ephemeral server is tight on 2 cores.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def prefect_api_configured() -> bool:
+    """Whether the user points at a Prefect server (else flows run on the local ephemeral API)."""
+    return bool(os.environ.get("PREFECT_API_URL"))
+
+
+def station_token() -> str:
+    """This edge station's upload token (CRUX_STATION_TOKEN), needed when `edge.ingest_url` is set."""
+    token = os.environ.get("CRUX_STATION_TOKEN")
+    if not token:
+        raise ConfigError("edge.ingest_url is set: put this station's token in CRUX_STATION_TOKEN")
+    return token
