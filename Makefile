@@ -9,6 +9,7 @@ demo: setup
 
 test: setup
 	.venv/bin/ruff check crux flows tests bench
+	.venv/bin/mypy
 	.venv/bin/pytest
 
 test-all: setup

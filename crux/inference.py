@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from crux.errors import CruxError
 from crux.postprocess import (
     DetectSpec,
     InputSpec,
@@ -46,6 +47,11 @@ from crux.postprocess import (
     preprocess,
     rle_encode,
 )
+
+
+class ModelError(CruxError, ValueError):
+    """A model folder whose card and network do not agree (the message names the folder or the mismatch)."""
+
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
@@ -142,11 +148,11 @@ class OnnxModel:
         detect = (card.get("postprocess") or {}).get("detect")
         self.detect: DetectSpec | None = DetectSpec.from_dict(detect) if detect else None
         if self.kind == "detect" and self.detect is None:
-            raise ValueError(f"{model_path}: detector card has no postprocess.detect parameters")
+            raise ModelError(f"{model_path}: detector card has no postprocess.detect parameters")
         segment = (card.get("postprocess") or {}).get("segment")
         self.segment: SegmentSpec | None = SegmentSpec.from_dict(segment) if segment else None
         if self.kind == "segment" and self.segment is None:
-            raise ValueError(f"{model_path}: segmentation card has no postprocess.segment parameters")
+            raise ModelError(f"{model_path}: segmentation card has no postprocess.segment parameters")
         self.box_threshold = box_threshold_of(card) if box_threshold is None else float(box_threshold)
         self.ng_threshold = ng_threshold_of(card)
 
@@ -167,11 +173,11 @@ class OnnxModel:
 
     def _check_raw(self, raw: np.ndarray) -> None:
         if self.kind == "classify" and raw.shape[1:] != (len(self.classes),):
-            raise ValueError(f"model output {raw.shape} does not match {len(self.classes)} classes of its card")
+            raise ModelError(f"model output {raw.shape} does not match {len(self.classes)} classes of its card")
         if self.kind == "detect" and raw.shape[2] != 5 + len(self.classes):
-            raise ValueError(f"model output {raw.shape} does not match {len(self.classes)} classes of its card")
+            raise ModelError(f"model output {raw.shape} does not match {len(self.classes)} classes of its card")
         if self.segment is not None and raw.shape[1] != 1 + len(self.segment.defect_classes):
-            raise ValueError(f"model output {raw.shape} does not match the card's background + defect classes")
+            raise ModelError(f"model output {raw.shape} does not match the card's background + defect classes")
 
     def run_raw(self, x: np.ndarray) -> np.ndarray:
         """Raw model output for a preprocessed float32 batch (B, C, S, S)."""

@@ -20,7 +20,7 @@ from crux.errors import CruxError
 from crux.geometry import PixelBox, ls_percent_to_pixel, pixel_to_ls_percent
 
 if TYPE_CHECKING:
-    import numpy as np
+    from numpy.typing import NDArray
 
     from crux.config import ProjectSpec
 
@@ -35,7 +35,7 @@ class Label:
 
     cls: str
     box: PixelBox | None = None
-    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+    mask: NDArray[Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class DatasetLabels:
     """What a dataset version keeps of an image's labels (`TaskKind.dataset_labels`)."""
 
     labels: tuple[Label, ...]  # the manifest's labels: classes, boxes, or segmentation regions
-    class_mask: np.ndarray | None = None  # segment: uint8 H x W, 0 = background, 1 + class index
+    class_mask: NDArray[Any] | None = None  # segment: uint8 H x W, 0 = background, 1 + class index
     verdict: str | None = None  # segment: the image's class
 
 
@@ -134,9 +134,9 @@ class ClassifyKind(_PlainLabels, _KindDefaults):
     # A constant or random classifier scores macro-F1 <= 1/classes (0.17 on 6 classes), even when one class
     # fills 80% of a line; one that passes everything as OK has NG recall 0, one that rejects everything 100%
     # false rejects.
-    gate_floors = types.MappingProxyType({"macro_f1": 0.5})
-    gate_ok_floors = types.MappingProxyType({"inspection.ng_recall": 0.8})
-    gate_ok_ceilings = types.MappingProxyType({"inspection.false_reject_rate": 0.2})
+    gate_floors: Mapping[str, float] = types.MappingProxyType({"macro_f1": 0.5})
+    gate_ok_floors: Mapping[str, float] = types.MappingProxyType({"inspection.ng_recall": 0.8})
+    gate_ok_ceilings: Mapping[str, float] = types.MappingProxyType({"inspection.false_reject_rate": 0.2})
 
     def label_config(self, spec: ProjectSpec) -> str:
         choices = "\n".join(
@@ -169,7 +169,7 @@ class ClassifyKind(_PlainLabels, _KindDefaults):
         return [result]
 
     def from_results(self, results: Iterable[Mapping[str, Any]], width: int, height: int) -> list[Label]:
-        labels = []
+        labels: list[Label] = []
         for result in results:
             if result.get("type") != self.result_type:
                 continue
@@ -186,7 +186,7 @@ class DetectKind(_PlainLabels, _KindDefaults):
     geometry = "box"
     monitor = "map50"
     # The blind detector of issue 13 had mAP@0.5 = 0.00001; a from-scratch NEU model reaches 0.5 in minutes.
-    gate_floors = types.MappingProxyType({"map50": 0.25})
+    gate_floors: Mapping[str, float] = types.MappingProxyType({"map50": 0.25})
 
     def label_config(self, spec: ProjectSpec) -> str:
         labels = "\n".join(
@@ -209,7 +209,7 @@ class DetectKind(_PlainLabels, _KindDefaults):
         for i, label in enumerate(labels):
             if label.box is None:
                 raise LabelError(f"detection label {label.cls!r} has no box")
-            value = pixel_to_ls_percent(label.box, width, height)
+            value: dict[str, Any] = dict(pixel_to_ls_percent(label.box, width, height))
             value.update(rotation=0, rectanglelabels=[label.cls])
             result: dict[str, Any] = {
                 # Stable region ids keep re-imports and diffs deterministic.
@@ -228,7 +228,7 @@ class DetectKind(_PlainLabels, _KindDefaults):
         return results
 
     def from_results(self, results: Iterable[Mapping[str, Any]], width: int, height: int) -> list[Label]:
-        labels = []
+        labels: list[Label] = []
         for result in results:
             if result.get("type") != self.result_type:
                 continue
@@ -260,9 +260,9 @@ class SegmentKind(_KindDefaults):
     geometry = "mask"
     monitor = "miou"
     # A blind segmenter paints nothing (mIoU 0) or flags every part: both are refused before any line's own bars.
-    gate_floors = types.MappingProxyType({"miou": 0.2})
-    gate_ok_floors = types.MappingProxyType({"inspection.ng_recall": 0.8})
-    gate_ok_ceilings = types.MappingProxyType({"inspection.false_reject_rate": 0.2})
+    gate_floors: Mapping[str, float] = types.MappingProxyType({"miou": 0.2})
+    gate_ok_floors: Mapping[str, float] = types.MappingProxyType({"inspection.ng_recall": 0.8})
+    gate_ok_ceilings: Mapping[str, float] = types.MappingProxyType({"inspection.false_reject_rate": 0.2})
     # A brush pixel counts when its alpha is at least this (Label Studio paints 255; the SDK thresholds at 128).
     alpha_threshold = 128
 
@@ -274,6 +274,10 @@ class SegmentKind(_KindDefaults):
         from crux.postprocess import SegmentSpec
 
         return SegmentSpec(tuple(self.head_classes(classes, ok_class))).to_dict()
+
+    @staticmethod
+    def defect_classes(classes: Iterable[str], ok_class: str | None) -> list[str]:
+        return [c for c in classes if c != ok_class]
 
     def label_config(self, spec: ProjectSpec) -> str:
         defects = [(c, colour) for c, colour in spec.classes.items() if c != spec.ok_class]
@@ -328,7 +332,7 @@ class SegmentKind(_KindDefaults):
                         f"mask of {label.cls!r} is {label.mask.shape[1]}x{label.mask.shape[0]} px, "
                         f"the image {width}x{height}"
                     )
-                rle = mask2rle(np.where(label.mask, 255, 0).astype(np.uint8))
+                rle = mask2rle(np.where(label.mask, 255, 0).astype(np.uint8))  # type: ignore[no-untyped-call]
                 result = {
                     # Stable region ids keep re-imports and diffs deterministic.
                     "id": f"r{sum('id' in r for r in results)}",
@@ -377,7 +381,7 @@ class SegmentKind(_KindDefaults):
         regions.sort(key=lambda r: (r[0], r[1]))
         return [label for _, _, label in regions] + verdicts
 
-    def _decode_brush(self, value: Mapping[str, Any], width: int, height: int) -> np.ndarray:
+    def _decode_brush(self, value: Mapping[str, Any], width: int, height: int) -> NDArray[Any]:
         from label_studio_sdk.converter.brush import decode_rle
 
         if value.get("format", "rle") != "rle" or not isinstance(value.get("rle"), list):
@@ -385,7 +389,8 @@ class SegmentKind(_KindDefaults):
         flat = decode_rle(value["rle"])
         if flat.size != width * height * 4:
             raise LabelError(f"brush RLE holds {flat.size} values, not {width}x{height}x4")
-        return flat.reshape(height, width, 4)[:, :, 3] >= self.alpha_threshold
+        alpha: NDArray[Any] = flat.reshape(height, width, 4)[:, :, 3]
+        return alpha >= self.alpha_threshold
 
     def dataset_labels(
         self, labels: Sequence[Label], width: int, height: int, classes: Sequence[str], ok_class: str | None
@@ -413,7 +418,7 @@ class SegmentKind(_KindDefaults):
 
     @staticmethod
     def verdict(
-        labels: Sequence[Label], class_mask: np.ndarray, classes: Sequence[str], ok_class: str | None
+        labels: Sequence[Label], class_mask: NDArray[Any], classes: Sequence[str], ok_class: str | None
     ) -> str | None:
         """The Choices value; else the defect class with the most pixels (ties: the earlier class); else ok_class."""
         from crux import masks
@@ -425,7 +430,7 @@ class SegmentKind(_KindDefaults):
         best = max(range(len(classes)), key=lambda i: (pixels[i], -i), default=None)
         return classes[best] if best is not None and pixels[best] > 0 else ok_class
 
-    def regions_from_mask(self, class_mask: np.ndarray, classes: Sequence[str]) -> list[Label]:
+    def regions_from_mask(self, class_mask: NDArray[Any], classes: Sequence[str]) -> list[Label]:
         """A class mask → one region label per 8-connected part of each class (class order, then row-major)."""
         from crux import masks
 

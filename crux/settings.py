@@ -6,9 +6,21 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crux.config import ConfigError, DatasetConfig, LabelStudioConfig, from_mapping
+
+if TYPE_CHECKING:  # the stages' config types; their modules load lazily, so `crux --help` stays fast
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+    from label_studio_sdk import LabelStudio
+    from sqlalchemy.engine import Engine
+
+    from crux.collect.ingest_settings import IngestSettings
+    from crux.edge.runtime import EdgeConfig
+    from crux.label.server import Credentials, ServerSettings
+    from crux.loop.steps import LabelStudioAccess
+    from crux.loop.trigger import WebhooksConfig
+    from crux.ship.publish import GateConfig
 
 
 def warn(message: str) -> None:
@@ -79,7 +91,7 @@ def labelstudio_config(ctx: Context) -> LabelStudioConfig:
     return from_mapping(LabelStudioConfig, ctx.section("labelstudio"), "labelstudio")
 
 
-def server_settings(ctx: Context, host: str | None = None, port: int | None = None) -> Any:
+def server_settings(ctx: Context, host: str | None = None, port: int | None = None) -> ServerSettings:
     from crux.label.server import ServerSettings
 
     cfg = labelstudio_config(ctx)
@@ -94,7 +106,7 @@ def server_settings(ctx: Context, host: str | None = None, port: int | None = No
     )
 
 
-def labelstudio_credentials(settings: Any) -> tuple[Any, bool]:
+def labelstudio_credentials(settings: ServerSettings) -> tuple[Credentials, bool]:
     from crux.label.server import load_or_create_credentials
 
     given = {
@@ -105,7 +117,7 @@ def labelstudio_credentials(settings: Any) -> tuple[Any, bool]:
     return load_or_create_credentials(settings.credentials_path, given)
 
 
-def labelstudio_access(ctx: Context) -> Any:
+def labelstudio_access(ctx: Context) -> LabelStudioAccess:
     """The configured server: CRUX_LS_URL + CRUX_LS_TOKEN for an external one, else ours."""
     from crux.loop.steps import LabelStudioAccess
 
@@ -119,14 +131,14 @@ def labelstudio_access(ctx: Context) -> Any:
     return LabelStudioAccess(settings.url, credentials.token, settings.files_root)
 
 
-def labelstudio_client(ctx: Context) -> Any:
+def labelstudio_client(ctx: Context) -> LabelStudio:
     from crux.label.client import connect
 
     access = labelstudio_access(ctx)
     return connect(access.url, access.token)
 
 
-def webhooks_config(ctx: Context) -> Any:
+def webhooks_config(ctx: Context) -> WebhooksConfig:
     from crux.loop.trigger import WebhooksConfig
 
     return from_mapping(WebhooksConfig, ctx.section("webhooks"), "webhooks")
@@ -174,7 +186,7 @@ DEFAULT_PRIVATE_KEY = Path(".crux/keys/publish.key")
 DEFAULT_PUBLIC_KEY = Path(".crux/keys/publish.pub")
 
 
-def edge_config(ctx: Context) -> Any:
+def edge_config(ctx: Context) -> EdgeConfig:
     from crux.edge.runtime import EdgeConfig
 
     return from_mapping(EdgeConfig, ctx.section("edge"), "edge")
@@ -186,7 +198,7 @@ def model_remote(ctx: Context, remote: str | None) -> str:
     return url if "://" in url else str(ctx.path(Path(url)))
 
 
-def signing_key(ctx: Context, path: Path | None) -> Any:
+def signing_key(ctx: Context, path: Path | None) -> Ed25519PrivateKey:
     """The signing key: CRUX_SIGNING_KEY (PEM text, e.g. a CI secret), else a file outside git."""
     from crux.ship.signing import load_private_key
 
@@ -198,7 +210,7 @@ def signing_key(ctx: Context, path: Path | None) -> Any:
     return load_private_key(key_file.read_bytes())
 
 
-def public_keys(ctx: Context) -> list[Any]:
+def public_keys(ctx: Context) -> list[Ed25519PublicKey]:
     from crux.ship.signing import load_public_keys
 
     paths = [ctx.path(Path(p)) for p in edge_config(ctx).public_keys]
@@ -208,7 +220,7 @@ def public_keys(ctx: Context) -> list[Any]:
     return load_public_keys(paths)
 
 
-def trusted_keys(ctx: Context) -> list[Any]:
+def trusted_keys(ctx: Context) -> list[Ed25519PublicKey]:
     """edge.public_keys for verifying production before publish/rollback; files not there are skipped (warned)."""
     from crux.ship.signing import load_public_keys
 
@@ -219,7 +231,7 @@ def trusted_keys(ctx: Context) -> list[Any]:
     return load_public_keys([p for p in paths if p.is_file()])
 
 
-def gate_config(ctx: Context) -> Any:
+def gate_config(ctx: Context) -> GateConfig:
     from crux.ship.publish import GateConfig
 
     return from_mapping(GateConfig, ctx.section("gate"), "gate")
@@ -261,14 +273,14 @@ def check_model_fits_line(ctx: Context, line: str, export_dir: Path) -> None:
         )
 
 
-def ingest_settings(ctx: Context) -> Any:
+def ingest_settings(ctx: Context) -> IngestSettings:
     """`ingest:` from params, with relative SQLite and storage paths anchored at the project folder."""
     import dataclasses
 
     from crux.collect import IngestSettings
 
     settings = from_mapping(IngestSettings, ctx.section("ingest"), "ingest")
-    changes: dict[str, str] = {}
+    changes: dict[str, Any] = {}
     prefix = "sqlite:///"
     if settings.database_url.startswith(prefix) and not settings.database_url.startswith(prefix + "/"):
         database = ctx.path(Path(settings.database_url[len(prefix) :]))
@@ -279,10 +291,10 @@ def ingest_settings(ctx: Context) -> Any:
     return dataclasses.replace(settings, **changes)
 
 
-def ingest_engine(ctx: Context) -> Any:
+def ingest_engine(ctx: Context) -> Engine:
     from crux.collect import create_db_engine, migrate
 
-    engine = create_db_engine(ingest_settings(ctx).database_url)
+    engine: Engine = create_db_engine(ingest_settings(ctx).database_url)
     migrate(engine)
     return engine
 

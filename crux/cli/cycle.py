@@ -39,6 +39,7 @@ def cycle_command(
     if profile is not None and profile not in PROFILES:
         raise ConfigError(f"--profile {profile}: choose one of {', '.join(PROFILES)}")
     ctx = load_context(params)
+    labelstudio_config(ctx).project(project)  # an unknown line fails here, before Prefect starts
     prefect_defaults(ctx)
     from flows.cycle import cycle
 
@@ -56,6 +57,8 @@ def deploy_command(
     import dataclasses
 
     ctx = load_context(params)
+    for name in projects or ():
+        labelstudio_config(ctx).project(name)  # an unknown line fails here, before Prefect starts
     prefect_defaults(ctx)
     from flows import deploy
 

@@ -92,6 +92,8 @@ def export_dataset_command(
 
 def _projects_with_data(ctx: Context, project: str | None) -> list[str]:
     cfg = labelstudio_config(ctx)
+    if project:
+        cfg.project(project)  # a ConfigError naming the declared projects
     return [project] if project else list(cfg.projects)
 
 
@@ -113,6 +115,9 @@ def data_diff(
 
     ctx = load_context(params)
     cfg = dataset_config(ctx)
+    for rev in (rev_a, rev_b):
+        if rev is not None:
+            versioning.check_revision(ctx.root, rev)
     reports: dict[str, Any] = {}
     sections = []
     for name in _projects_with_data(ctx, project):

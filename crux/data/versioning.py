@@ -115,6 +115,12 @@ def tracked_root(data_rel: str) -> str:
     return Path(data_rel).parts[0]
 
 
+def check_revision(repo: Path, rev: str) -> None:
+    """A revision the user named must exist: a typo would otherwise read as "no dataset at that revision"."""
+    if git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False).returncode != 0:
+        raise VersioningError(f"{rev!r} is not a git revision of {repo}")
+
+
 def _has_version(repo: Path, rev: str, data_rel: str) -> bool:
     return git(repo, "cat-file", "-e", f"{rev}:{tracked_root(data_rel)}.dvc", check=False).returncode == 0
 

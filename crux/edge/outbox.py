@@ -32,6 +32,14 @@ from typing import Any
 
 import httpx
 
+from crux.config import ConfigError
+from crux.errors import CruxError
+
+
+class OutboxBusyError(CruxError, RuntimeError):
+    """Another process owns the outbox folder (two edge runtimes on one station)."""
+
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".cap"
@@ -130,7 +138,7 @@ class Outbox:
         on_event: Callable[[str, OutboxItem], None] | None = None,
     ) -> None:
         if quota_bytes <= 0:
-            raise ValueError("quota_bytes must be positive")
+            raise ConfigError(f"edge.outbox_quota_mb: the quota must be positive, got {quota_bytes} bytes")
         self.root = Path(root)
         self.queue_dir = self.root / "queue"
         self.rejected_dir = self.root / "rejected"
@@ -398,5 +406,7 @@ class Outbox:
             pass
         except OSError as exc:
             fh.close()
-            raise RuntimeError(f"outbox folder {self.root} is in use by another process") from exc
+            raise OutboxBusyError(
+                f"outbox folder {self.root} is in use by another process (another `crux edge run`?)"
+            ) from exc
         return fh

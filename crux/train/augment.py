@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crux.config import ConfigError
-from crux.train.recipe import AugmentConfig
+
+if TYPE_CHECKING:  # the recipe validates transforms through build_augment: a run-time import would be a circle
+    from crux.train.recipe import AugmentConfig
 
 
 def build_augment(cfg: AugmentConfig, kind: str, image_size: int | None = None, channels: int = 1) -> Any:

@@ -42,7 +42,9 @@ class Task(Protocol):
 
     def collect(self, state: Any, raw: torch.Tensor, batch: Mapping[str, Any]) -> None: ...
 
-    def metrics(self, state: Any, **options: Any) -> tuple[dict[str, Any], dict[str, Any]]: ...
+    def metrics(
+        self, state: Any, ng_threshold: float | None = None, max_false_reject: float = 0.02
+    ) -> tuple[dict[str, Any], dict[str, Any]]: ...
 
 
 class ClassifyTask:
@@ -65,8 +67,9 @@ class ClassifyTask:
         state["targets"].append(batch["label"].cpu().numpy())
 
     def metrics(
-        self, state: dict[str, list[Any]], ng_threshold: float = 0.5, max_false_reject: float = 0.02
+        self, state: dict[str, list[Any]], ng_threshold: float | None = None, max_false_reject: float = 0.02
     ) -> tuple[dict[str, Any], dict[str, Any]]:
+        ng_threshold = 0.5 if ng_threshold is None else ng_threshold  # the arg-max verdict's default
         probs = np.concatenate(state["probs"]) if state["probs"] else np.zeros((0, len(self.classes)), np.float32)
         targets = np.concatenate(state["targets"]) if state["targets"] else np.zeros(0, np.int64)
         return classification_metrics(probs, targets, self.classes, self.ok_class, ng_threshold, max_false_reject)
@@ -87,7 +90,8 @@ class DetectTask:
             self._loss = DetectionLoss(self.spec.image_size, self.detect.strides, len(self.classes))
         self._loss.to(raw.device)
         targets = [{k: v.to(raw.device) for k, v in t.items()} for t in split_targets(batch)]
-        return self._loss(raw, targets)
+        losses: dict[str, torch.Tensor] = self._loss(raw, targets)
+        return losses
 
     def new_state(self) -> dict[str, list[Any]]:
         return {"dets": [], "boxes": [], "labels": [], "sizes": []}
@@ -100,7 +104,10 @@ class DetectTask:
         state["labels"].extend(batch["orig_labels"])
         state["sizes"].extend(batch["size"])
 
-    def metrics(self, state: dict[str, list[Any]], **_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    def metrics(
+        self, state: dict[str, list[Any]], ng_threshold: float | None = None, max_false_reject: float = 0.02
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        # A detector's verdict is "any box over the card threshold": no image-level threshold to choose here.
         return detection_metrics(state["dets"], state["boxes"], state["labels"], state["sizes"], self.classes)
 
 

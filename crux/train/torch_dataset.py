@@ -10,6 +10,7 @@ inputs are exactly the edge's.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,7 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def split_targets(batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+def split_targets(batch: Mapping[str, Any]) -> list[dict[str, torch.Tensor]]:
     """The per-image {"boxes", "labels"} of a detection batch made by `collate` (views, no copies)."""
     counts = batch["box_counts"]
     return [

@@ -6,11 +6,19 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from crux.errors import CruxError
+
+
+class BundleError(CruxError, ValueError):
+    """A file given as a model bundle that is not one (the message names it)."""
+
 
 BUNDLE_FORMAT = "crux-model/1"
 
@@ -27,9 +35,12 @@ def load_bundle(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode on CPU, metadata without the weights)."""
     from crux.train.models import build_model
 
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if blob.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"{path} is not a crux model bundle ({BUNDLE_FORMAT})")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise BundleError(f"{path}: not a crux model bundle ({type(exc).__name__}: {exc})") from None
+    if not isinstance(blob, dict) or blob.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path} is not a crux model bundle ({BUNDLE_FORMAT})")
     state = blob.pop("state_dict")
     model = build_model(blob["kind"], blob["model_config"])
     model.load_state_dict(state)

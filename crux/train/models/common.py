@@ -7,6 +7,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from crux.errors import CruxError
+
+
+class WeightsError(CruxError, FileNotFoundError):
+    """`train.init_weights` names a file that is not there."""
+
 
 class ConvBNAct(nn.Sequential):
     """conv k x k (same padding) + BatchNorm + SiLU: BatchNorm folds into the conv at export."""
@@ -78,7 +84,7 @@ def load_initial_weights(model: nn.Module, path: Path) -> dict[str, list[str]]:
     seed another. Returns the skipped, missing and unexpected keys for the training log.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"initial weights {path} not found")
+        raise WeightsError(f"train.init_weights: initial weights {path} not found")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     state = blob
     if isinstance(blob, dict) and "state_dict" in blob:
