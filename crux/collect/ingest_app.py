@@ -7,7 +7,8 @@ blob) and the row inserted.
 """
 
 # No `from __future__ import annotations`: FastAPI must evaluate the endpoint annotations, some of which
-# close over `settings` inside create_app.
+# close over `settings` inside create_app. Storage, decoding and authentication are module functions taking their
+# dependencies, so they are testable without HTTP; create_app only wires routes to them.
 
 import contextlib
 import hashlib
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, ValidationError
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -97,7 +99,9 @@ class BodyLimitMiddleware:
 
 
 @dataclass(frozen=True)
-class _Upload:
+class Upload:
+    """A checked upload, not yet stored."""
+
     station: Station
     meta: CaptureMetadata
     data: bytes
@@ -150,11 +154,233 @@ _OPENAPI_UPLOAD: dict[str, Any] = {
 }
 
 
+def authenticate(engine: Engine, authorization: str | None) -> Station:
+    """The station a request's `Authorization: Bearer <token>` belongs to, or a 401."""
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if not authorization:
+        raise _reject(401, "missing bearer token (Authorization: Bearer <station token>)", challenge)
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _reject(401, "Authorization header must be 'Bearer <station token>'", challenge)
+    station = station_for_token(engine, token.strip())
+    if station is None:
+        raise _reject(401, "unknown or revoked station token", challenge)
+    return station
+
+
+async def read_upload(request: Request, station: Station, settings: IngestSettings) -> Upload:
+    """The multipart body checked against the station and the limits; nothing is stored yet."""
+    allowed = allowed_types(settings)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not IDEMPOTENCY_KEY.match(key):
+        raise _reject(400, "Idempotency-Key must be 1-128 of A-Z a-z 0-9 _ . : - starting with a letter or digit")
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        raise _reject(415, "body must be multipart/form-data with parts 'image' and 'metadata'")
+    try:
+        form = await request.form(max_files=1, max_fields=2, max_part_size=settings.max_metadata_bytes)
+    except BodyTooLargeError:
+        raise
+    except HTTPException as exc:  # starlette reports multipart limits as 400
+        raise _reject(400, f"malformed multipart body: {exc.detail}") from exc
+    except Exception as exc:
+        raise _reject(400, f"malformed multipart body: {exc}") from exc
+    try:
+        unknown = sorted(set(form.keys()) - {"image", "metadata"})
+        if unknown:
+            raise _reject(422, f"unexpected form part(s) {', '.join(unknown)}; expected 'image' and 'metadata'")
+        raw_meta = form.get("metadata")
+        image = form.get("image")
+        if not isinstance(raw_meta, str):
+            raise _reject(422, "form part 'metadata' (a JSON string) is missing")
+        if not isinstance(image, UploadFile):
+            raise _reject(422, "form part 'image' (a file) is missing")
+        if len(raw_meta.encode("utf-8")) > settings.max_metadata_bytes:
+            raise _reject(413, f"metadata exceeds {settings.max_metadata_bytes} bytes")
+        try:
+            meta = CaptureMetadata.model_validate_json(raw_meta)
+        except ValidationError as exc:
+            raise _reject(422, _validation_detail(exc)) from exc
+        if meta.station != station.name:
+            raise _reject(403, f"this token belongs to station {station.name!r}, not {meta.station!r}")
+        if meta.line != station.line:
+            raise _reject(403, f"station {station.name!r} is registered on line {station.line!r}, not {meta.line!r}")
+        content_type = (image.content_type or "").split(";")[0].strip().lower()
+        if content_type not in allowed:
+            raise _reject(
+                415, f"image content type {content_type or 'missing'!r} not accepted; use {', '.join(allowed)}"
+            )
+        if image.filename and not _safe_filename(image.filename):
+            raise _reject(422, f"image file name {image.filename!r} contains path or control characters")
+        if image.size is not None and image.size > settings.max_image_bytes:
+            raise _reject(413, f"image exceeds {settings.max_image_bytes} bytes")
+        data = await image.read(settings.max_image_bytes + 1)
+        if len(data) > settings.max_image_bytes:
+            raise _reject(413, f"image exceeds {settings.max_image_bytes} bytes")
+        if not data:
+            raise _reject(422, "image part is empty")
+    finally:
+        await form.close()
+    return Upload(station, meta, data, content_type, key)
+
+
+def allowed_types(settings: IngestSettings) -> dict[str, tuple[str, str]]:
+    """Accepted content type → (Pillow format, file extension)."""
+    return {ct: CONTENT_TYPE_FORMATS[ct] for ct in settings.content_types}
+
+
+def decode_image(data: bytes, content_type: str, settings: IngestSettings) -> tuple[int, int]:
+    """(width, height) of an upload, decoded in full with its declared format only; a 413/415/422 otherwise."""
+    from crux.postprocess import ImageError, open_image
+
+    fmt = allowed_types(settings)[content_type][0]
+    try:
+        # Only the declared format's decoder is tried: a PNG sent as image/jpeg is refused, and the
+        # attack surface is one decoder, not all of Pillow's. The pixel limit is checked before decoding.
+        with open_image(io.BytesIO(data), max_pixels=settings.max_pixels, formats=[fmt], name="image") as im:
+            width, height = im.size
+            im.load()
+    except ImageError as exc:
+        if exc.reason == "too_large":
+            raise _reject(413, f"{exc} (max_pixels {settings.max_pixels})") from exc
+        if exc.reason == "unidentified":
+            raise _reject(415, f"image is not a valid {fmt} file") from exc
+        raise _reject(422, f"image could not be decoded as {fmt}: {exc}") from exc
+    except ValueError as exc:
+        raise _reject(422, f"image could not be decoded as {fmt}: {exc}") from exc
+    if width < 1 or height < 1:
+        raise _reject(422, "image has no pixels")
+    return width, height
+
+
+def meta_values(meta: CaptureMetadata) -> dict[str, Any]:
+    """The stored columns that come from the request's metadata (also what a replay must match)."""
+    return {
+        "captured_at": to_naive_utc(meta.captured_at),
+        "original_name": meta.original_name,
+        "model_version": meta.model_version,
+        "prediction": meta.prediction,
+        "verdict": meta.verdict,
+        "scores": dict(meta.scores),
+        "boxes": [
+            b.model_dump(by_alias=True, mode="json", exclude=_NO_MASK if b.mask is None else None) for b in meta.boxes
+        ],
+    }
+
+
+def store_upload(
+    engine: Engine, store: ImageStore, settings: IngestSettings, up: Upload
+) -> tuple[CaptureCreated, bool]:
+    """Store a checked upload: (the created capture, True) or, for a replayed Idempotency-Key, (it, False)."""
+    digest = hashlib.sha256(up.data).hexdigest()
+    try:
+        return _store_new(engine, store, settings, up, digest)
+    except IntegrityError:
+        # Two requests with one Idempotency-Key raced past the check; the loser replays the winner.
+        if up.idempotency_key is None:
+            raise
+        with engine.connect() as conn:
+            existing = records.find_by_idempotency_key(conn, up.station.id, up.idempotency_key)
+        if existing is None:
+            raise
+        return _replayed(existing, digest, up.meta), False
+
+
+def _store_new(
+    engine: Engine, store: ImageStore, settings: IngestSettings, up: Upload, digest: str
+) -> tuple[CaptureCreated, bool]:
+    # One connection for the replay check and the insert: the upload path is dominated by
+    # per-statement overhead, not by the database. In SQLite the read does not take the write
+    # lock, so decoding and writing the blob inside the transaction blocks no other writer.
+    with engine.begin() as conn:
+        if up.idempotency_key is not None:
+            existing = records.find_by_idempotency_key(conn, up.station.id, up.idempotency_key)
+            if existing is not None:
+                return _replayed(existing, digest, up.meta), False
+        width, height = decode_image(up.data, up.content_type, settings)
+        try:
+            up.meta.check_boxes_inside(width, height)
+        except ValueError as exc:
+            raise _reject(422, str(exc)) from exc
+        key = image_key(digest, allowed_types(settings)[up.content_type][1])
+        store.put(key, up.data)
+        values = {
+            "station_id": up.station.id,
+            "station": up.station.name,
+            "line": up.station.line,
+            "sha256": digest,
+            "image_key": key,
+            "content_type": up.content_type,
+            "size_bytes": len(up.data),
+            "width": width,
+            "height": height,
+            **meta_values(up.meta),
+            "idempotency_key": up.idempotency_key,
+            "ls_project": None,
+            "ls_task_id": None,
+            "sent_at": None,
+            "labeled_at": None,
+        }
+        capture_id = records.insert_capture(conn, values)
+    return CaptureCreated(id=capture_id, sha256=digest, image_key=key, replayed=False), True
+
+
+def _replayed(existing: records.CaptureRecord, digest: str, meta: CaptureMetadata) -> CaptureCreated:
+    if existing.sha256 != digest:
+        raise _reject(409, "Idempotency-Key was already used for a different image by this station")
+    # A replay must be the same request: different metadata under one key would otherwise be dropped silently.
+    stored = {**existing.as_dict(), "captured_at": to_naive_utc(existing.captured_at)}
+    differ = sorted(k for k, v in meta_values(meta).items() if stored.get(k) != v)
+    if differ:
+        raise _reject(
+            409,
+            f"Idempotency-Key was already used by this station with different metadata ({', '.join(differ)}); "
+            f"capture {existing.id} keeps the first upload's",
+        )
+    return CaptureCreated(id=existing.id, sha256=existing.sha256, image_key=existing.image_key, replayed=True)
+
+
+def health_report(engine: Engine, store: ImageStore) -> Health:
+    """Database and storage reachability, and the schema revision."""
+    db_state, storage_state, revision = "ok", "ok", None
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        revision = current_revision(engine)
+    except Exception as exc:
+        db_state = f"error: {type(exc).__name__}"
+    try:
+        store.check()
+    except Exception as exc:
+        storage_state = f"error: {type(exc).__name__}"
+    return Health(
+        status="ok" if db_state == storage_state == "ok" else "degraded",
+        database=db_state,
+        storage=storage_state,
+        schema_revision=revision,
+        version=__version__,
+    )
+
+
+def openapi_schema(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus CaptureMetadata, which the upload parses by hand (to reject before storing)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        meta = CaptureMetadata.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(meta.pop("$defs", {}))
+        components["CaptureMetadata"] = meta
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 def create_app(settings: IngestSettings) -> FastAPI:
-    """Build the ingest app. Migrations run when the app starts (uvicorn lifespan), not here."""
+    """Build the ingest app: routes over the functions above. Migrations run when the app starts (uvicorn
+    lifespan), not here."""
     engine = create_db_engine(settings.database_url)
     store = ImageStore(settings.storage_url, settings.storage_options)
-    allowed = {ct: CONTENT_TYPE_FORMATS[ct] for ct in settings.content_types}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -173,175 +399,6 @@ def create_app(settings: IngestSettings) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
 
-    def authenticate(request: Request) -> Station:
-        header = request.headers.get("authorization")
-        challenge = {"WWW-Authenticate": "Bearer"}
-        if not header:
-            raise _reject(401, "missing bearer token (Authorization: Bearer <station token>)", challenge)
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise _reject(401, "Authorization header must be 'Bearer <station token>'", challenge)
-        station = station_for_token(engine, token.strip())
-        if station is None:
-            raise _reject(401, "unknown or revoked station token", challenge)
-        return station
-
-    async def read_upload(request: Request, station: Station) -> _Upload:
-        key = request.headers.get("idempotency-key")
-        if key is not None and not IDEMPOTENCY_KEY.match(key):
-            raise _reject(400, "Idempotency-Key must be 1-128 of A-Z a-z 0-9 _ . : - starting with a letter or digit")
-        ctype = request.headers.get("content-type", "")
-        if not ctype.lower().startswith("multipart/form-data"):
-            raise _reject(415, "body must be multipart/form-data with parts 'image' and 'metadata'")
-        try:
-            form = await request.form(max_files=1, max_fields=2, max_part_size=settings.max_metadata_bytes)
-        except BodyTooLargeError:
-            raise
-        except HTTPException as exc:  # starlette reports multipart limits as 400
-            raise _reject(400, f"malformed multipart body: {exc.detail}") from exc
-        except Exception as exc:
-            raise _reject(400, f"malformed multipart body: {exc}") from exc
-        try:
-            unknown = sorted(set(form.keys()) - {"image", "metadata"})
-            if unknown:
-                raise _reject(422, f"unexpected form part(s) {', '.join(unknown)}; expected 'image' and 'metadata'")
-            raw_meta = form.get("metadata")
-            image = form.get("image")
-            if not isinstance(raw_meta, str):
-                raise _reject(422, "form part 'metadata' (a JSON string) is missing")
-            if not isinstance(image, UploadFile):
-                raise _reject(422, "form part 'image' (a file) is missing")
-            if len(raw_meta.encode("utf-8")) > settings.max_metadata_bytes:
-                raise _reject(413, f"metadata exceeds {settings.max_metadata_bytes} bytes")
-            try:
-                meta = CaptureMetadata.model_validate_json(raw_meta)
-            except ValidationError as exc:
-                raise _reject(422, _validation_detail(exc)) from exc
-            if meta.station != station.name:
-                raise _reject(403, f"this token belongs to station {station.name!r}, not {meta.station!r}")
-            if meta.line != station.line:
-                raise _reject(
-                    403, f"station {station.name!r} is registered on line {station.line!r}, not {meta.line!r}"
-                )
-            content_type = (image.content_type or "").split(";")[0].strip().lower()
-            if content_type not in allowed:
-                raise _reject(
-                    415, f"image content type {content_type or 'missing'!r} not accepted; use {', '.join(allowed)}"
-                )
-            if image.filename and not _safe_filename(image.filename):
-                raise _reject(422, f"image file name {image.filename!r} contains path or control characters")
-            if image.size is not None and image.size > settings.max_image_bytes:
-                raise _reject(413, f"image exceeds {settings.max_image_bytes} bytes")
-            data = await image.read(settings.max_image_bytes + 1)
-            if len(data) > settings.max_image_bytes:
-                raise _reject(413, f"image exceeds {settings.max_image_bytes} bytes")
-            if not data:
-                raise _reject(422, "image part is empty")
-        finally:
-            await form.close()
-        return _Upload(station, meta, data, content_type, key)
-
-    def store_upload(up: _Upload) -> tuple[CaptureCreated, bool]:
-        digest = hashlib.sha256(up.data).hexdigest()
-        try:
-            return _store(up, digest)
-        except IntegrityError:
-            # Two requests with one Idempotency-Key raced past the check; the loser replays the winner.
-            if up.idempotency_key is None:
-                raise
-            with engine.connect() as conn:
-                existing = records.find_by_idempotency_key(conn, up.station.id, up.idempotency_key)
-            if existing is None:
-                raise
-            return _replayed(existing, digest, up.meta), False
-
-    def _meta_values(meta: Any) -> dict[str, Any]:
-        """The stored columns that come from the request's metadata (also what a replay must match)."""
-        return {
-            "captured_at": to_naive_utc(meta.captured_at),
-            "original_name": meta.original_name,
-            "model_version": meta.model_version,
-            "prediction": meta.prediction,
-            "verdict": meta.verdict,
-            "scores": dict(meta.scores),
-            "boxes": [
-                b.model_dump(by_alias=True, mode="json", exclude=_NO_MASK if b.mask is None else None)
-                for b in meta.boxes
-            ],
-        }
-
-    def _store(up: _Upload, digest: str) -> tuple[CaptureCreated, bool]:
-        # One connection for the replay check and the insert: the upload path is dominated by
-        # per-statement overhead, not by the database. In SQLite the read does not take the write
-        # lock, so decoding and writing the blob inside the transaction blocks no other writer.
-        with engine.begin() as conn:
-            if up.idempotency_key is not None:
-                existing = records.find_by_idempotency_key(conn, up.station.id, up.idempotency_key)
-                if existing is not None:
-                    return _replayed(existing, digest, up.meta), False
-            width, height = _decode(up.data, up.content_type)
-            try:
-                up.meta.check_boxes_inside(width, height)
-            except ValueError as exc:
-                raise _reject(422, str(exc)) from exc
-            key = image_key(digest, allowed[up.content_type][1])
-            store.put(key, up.data)
-            values = {
-                "station_id": up.station.id,
-                "station": up.station.name,
-                "line": up.station.line,
-                "sha256": digest,
-                "image_key": key,
-                "content_type": up.content_type,
-                "size_bytes": len(up.data),
-                "width": width,
-                "height": height,
-                **_meta_values(up.meta),
-                "idempotency_key": up.idempotency_key,
-                "ls_project": None,
-                "ls_task_id": None,
-                "sent_at": None,
-                "labeled_at": None,
-            }
-            capture_id = records.insert_capture(conn, values)
-        return CaptureCreated(id=capture_id, sha256=digest, image_key=key, replayed=False), True
-
-    def _replayed(existing: records.CaptureRecord, digest: str, meta: Any) -> CaptureCreated:
-        if existing.sha256 != digest:
-            raise _reject(409, "Idempotency-Key was already used for a different image by this station")
-        # A replay must be the same request: different metadata under one key would otherwise be dropped silently.
-        stored = {**existing.as_dict(), "captured_at": to_naive_utc(existing.captured_at)}
-        differ = sorted(k for k, v in _meta_values(meta).items() if stored.get(k) != v)
-        if differ:
-            raise _reject(
-                409,
-                f"Idempotency-Key was already used by this station with different metadata ({', '.join(differ)}); "
-                f"capture {existing.id} keeps the first upload's",
-            )
-        return CaptureCreated(id=existing.id, sha256=existing.sha256, image_key=existing.image_key, replayed=True)
-
-    def _decode(data: bytes, content_type: str) -> tuple[int, int]:
-        from crux.postprocess import ImageError, open_image
-
-        fmt = allowed[content_type][0]
-        try:
-            # Only the declared format's decoder is tried: a PNG sent as image/jpeg is refused, and the
-            # attack surface is one decoder, not all of Pillow's. The pixel limit is checked before decoding.
-            with open_image(io.BytesIO(data), max_pixels=settings.max_pixels, formats=[fmt], name="image") as im:
-                width, height = im.size
-                im.load()
-        except ImageError as exc:
-            if exc.reason == "too_large":
-                raise _reject(413, f"{exc} (max_pixels {settings.max_pixels})") from exc
-            if exc.reason == "unidentified":
-                raise _reject(415, f"image is not a valid {fmt} file") from exc
-            raise _reject(422, f"image could not be decoded as {fmt}: {exc}") from exc
-        except ValueError as exc:
-            raise _reject(422, f"image could not be decoded as {fmt}: {exc}") from exc
-        if width < 1 or height < 1:
-            raise _reject(422, "image has no pixels")
-        return width, height
-
     @app.post(
         "/v1/captures",
         status_code=201,
@@ -359,9 +416,9 @@ def create_app(settings: IngestSettings) -> FastAPI:
         summary="Upload one capture (image + prediction metadata)",
     )
     async def post_capture(request: Request) -> JSONResponse:
-        station = authenticate(request)
-        upload = await read_upload(request, station)
-        created, new = await run_in_threadpool(store_upload, upload)
+        station = authenticate(engine, request.headers.get("authorization"))
+        upload = await read_upload(request, station, settings)
+        created, new = await run_in_threadpool(store_upload, engine, store, settings, upload)
         headers = {"Location": f"/v1/captures/{created.id}"}
         return JSONResponse(created.model_dump(), status_code=201 if new else 200, headers=headers)
 
@@ -375,7 +432,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
         after: Annotated[int | None, Query(ge=0, description="id cursor from next_after")] = None,
         limit: Annotated[int, Query(ge=1, le=settings.max_page_size)] = 100,
     ) -> CapturePage:
-        caller = authenticate(request)
+        caller = authenticate(engine, request.headers.get("authorization"))
         # A station token reads only its own captures: a stolen edge box must not leak other lines.
         if station is not None and station != caller.name:
             raise _reject(403, f"this token may list only station {caller.name!r}")
@@ -386,8 +443,8 @@ def create_app(settings: IngestSettings) -> FastAPI:
         return CapturePage(items=items, next_after=items[-1].id if len(items) == limit else None)
 
     @app.get("/v1/captures/{capture_id}", response_model=CaptureOut, summary="One capture of this station")
-    def get_capture(request: Request, capture_id: int) -> CaptureOut:
-        caller = authenticate(request)
+    def get_capture(request: Request, capture_id: int) -> Any:
+        caller = authenticate(engine, request.headers.get("authorization"))
         row = records.get_capture(engine, capture_id)
         if row is None or row.station != caller.name:
             raise _reject(404, f"capture {capture_id} not found")
@@ -395,42 +452,10 @@ def create_app(settings: IngestSettings) -> FastAPI:
 
     @app.get("/v1/health", response_model=Health, summary="Liveness and dependency check")
     def health() -> JSONResponse:
-        db_state, storage_state, revision = "ok", "ok", None
-        try:
-            with engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-            revision = current_revision(engine)
-        except Exception as exc:
-            db_state = f"error: {type(exc).__name__}"
-        try:
-            store.check()
-        except Exception as exc:
-            storage_state = f"error: {type(exc).__name__}"
-        ok = db_state == storage_state == "ok"
-        body = Health(
-            status="ok" if ok else "degraded",
-            database=db_state,
-            storage=storage_state,
-            schema_revision=revision,
-            version=__version__,
-        )
-        return JSONResponse(json.loads(body.model_dump_json()), status_code=200 if ok else 503)
+        body = health_report(engine, store)
+        return JSONResponse(json.loads(body.model_dump_json()), status_code=200 if body.status == "ok" else 503)
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            # The metadata part is parsed by hand (to reject before storing), so FastAPI does not see its
-            # model; publish it so that clients can generate it.
-            meta = CaptureMetadata.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(meta.pop("$defs", {}))
-            components["CaptureMetadata"] = meta
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     return app
 
 

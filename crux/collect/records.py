@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,32 +46,23 @@ class CaptureRecord:
         return dict(self.__dict__)
 
 
+# The record is the one declaration of a capture's fields: the API schema (`schemas.CaptureOut`) and the row
+# reader below derive from it; the table (`db.captures`) is checked against it by a test, and the Alembic
+# migration stays a frozen copy of the schema at its revision.
+CAPTURE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(CaptureRecord))
+_DATETIMES = frozenset(
+    name for name, hint in typing.get_type_hints(CaptureRecord).items() if dt.datetime in (hint, *typing.get_args(hint))
+)
+
+
 def _record(row: Any) -> CaptureRecord:
     m = row._mapping
-    return CaptureRecord(
-        id=m["id"],
-        station=m["station"],
-        line=m["line"],
-        captured_at=to_aware_utc(m["captured_at"]),  # type: ignore[arg-type]
-        received_at=to_aware_utc(m["received_at"]),  # type: ignore[arg-type]
-        sha256=m["sha256"],
-        image_key=m["image_key"],
-        content_type=m["content_type"],
-        size_bytes=m["size_bytes"],
-        width=m["width"],
-        height=m["height"],
-        original_name=m["original_name"],
-        model_version=m["model_version"],
-        prediction=m["prediction"],
-        verdict=m["verdict"],
-        scores=dict(m["scores"] or {}),
-        boxes=list(m["boxes"] or []),
-        idempotency_key=m["idempotency_key"],
-        ls_project=m["ls_project"],
-        ls_task_id=m["ls_task_id"],
-        sent_at=to_aware_utc(m["sent_at"]),
-        labeled_at=to_aware_utc(m["labeled_at"]),
-    )
+    values = {name: m[name] for name in CAPTURE_FIELDS}
+    for name in _DATETIMES:  # SQLite hands back naive datetimes: the API speaks aware UTC
+        values[name] = to_aware_utc(values[name])
+    values["scores"] = dict(values["scores"] or {})
+    values["boxes"] = list(values["boxes"] or [])
+    return CaptureRecord(**values)
 
 
 # Built once: on the upload path, building statements per request cost as much as running them.

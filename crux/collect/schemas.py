@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+import typing
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -12,11 +13,13 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from crux.collect.names import IDEMPOTENCY_KEY, check_name
+from crux.collect.records import CaptureRecord
 
 
 def _name(value: str) -> str:
@@ -105,31 +108,12 @@ class CaptureMetadata(BaseModel):
                     raise ValueError(f"boxes[{i}].mask: {exc}") from None
 
 
-class CaptureOut(BaseModel):
-    """One stored capture as returned by the API."""
-
-    id: int
-    station: str
-    line: str
-    captured_at: dt.datetime
-    received_at: dt.datetime
-    sha256: str
-    image_key: str
-    content_type: str
-    size_bytes: int
-    width: int
-    height: int
-    original_name: str | None
-    model_version: str | None
-    prediction: str | None
-    verdict: str | None
-    scores: dict[str, float]
-    boxes: list[dict[str, Any]]
-    idempotency_key: str | None
-    ls_project: str | None
-    ls_task_id: int | None
-    sent_at: dt.datetime | None
-    labeled_at: dt.datetime | None
+# One stored capture as returned by the API: the fields of `records.CaptureRecord`, declared there once.
+CaptureOut = create_model(
+    "CaptureOut",
+    __doc__="One stored capture as returned by the API.",
+    **{name: (hint, ...) for name, hint in typing.get_type_hints(CaptureRecord).items()},  # type: ignore[call-overload]
+)
 
 
 class CaptureCreated(BaseModel):

@@ -171,3 +171,35 @@ def test_region_masks_travel_with_boxes_and_must_fit_the_image() -> None:
         CaptureMetadata.model_validate(
             capture_metadata("edge-1", "tile", boxes=[{"class": "crack", "box": [1, 1, 2, 2], "mask": "a b"}])
         )
+
+
+def test_a_captures_fields_are_declared_once_and_the_table_matches() -> None:
+    import dataclasses
+
+    from crux.collect.db import captures
+    from crux.collect.records import CAPTURE_FIELDS, CaptureRecord
+    from crux.collect.schemas import CaptureOut
+
+    assert tuple(f.name for f in dataclasses.fields(CaptureRecord)) == CAPTURE_FIELDS
+    assert tuple(CaptureOut.model_fields) == CAPTURE_FIELDS  # the API schema derives from the record
+    # The table holds the record's fields plus the station's id (a foreign key the API does not show).
+    assert {c.name for c in captures.columns} == {*CAPTURE_FIELDS, "station_id"}
+
+
+def test_decode_and_store_are_plain_functions(tmp_path: Path) -> None:
+    import io
+
+    import pytest
+    from fastapi import HTTPException
+    from PIL import Image
+
+    from crux.collect.ingest_app import decode_image
+    from crux.collect.ingest_settings import IngestSettings
+
+    settings = IngestSettings(database_url=f"sqlite:///{tmp_path}/db.sqlite", storage_url=str(tmp_path / "store"))
+    buf = io.BytesIO()
+    Image.new("L", (7, 5)).save(buf, format="PNG")
+    assert decode_image(buf.getvalue(), "image/png", settings) == (7, 5)
+    with pytest.raises(HTTPException) as refused:  # a PNG declared as JPEG: only the declared decoder is tried
+        decode_image(buf.getvalue(), "image/jpeg", settings)
+    assert refused.value.status_code == 415
