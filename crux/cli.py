@@ -46,6 +46,9 @@ ingest_app = typer.Typer(help="The HTTP ingest service edge stations upload capt
 stations_app = typer.Typer(help="Edge stations and their upload tokens.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(stations_app, name="stations")
+from crux.console.cli import register as _register_console  # noqa: E402 - the console's own sub-app
+
+_register_console(app)
 
 console = Console(stderr=True)
 out = Console(soft_wrap=True)  # output is pasted into PRs and parsed: never hard-wrapped
@@ -980,6 +983,7 @@ def edge_run(
     import json
     import threading
 
+    from crux.edge.heartbeat import start_heartbeat
     from crux.edge.runtime import EdgeRuntime, LiveView, glob_source, stdin_source, watch_folder
 
     ctx = load_context(params)
@@ -1002,6 +1006,7 @@ def edge_run(
         outbox=outbox,
         on_event=lambda name, detail: console.print(f"[yellow]{name}[/] {detail}"),
     )
+    heartbeat = start_heartbeat(cfg, os.environ.get("CRUX_STATION_TOKEN"), runtime, outbox)
     stop = threading.Event()
     if watch:
         frames = watch_folder(watch, stop, cfg.watch_interval_s)
@@ -1026,6 +1031,8 @@ def edge_run(
     except KeyboardInterrupt:
         stop.set()
     finally:
+        if heartbeat:
+            heartbeat.stop()
         if outbox:
             outbox.stop()
 
