@@ -123,7 +123,7 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
         started = time.perf_counter()
         path = request.url.path
         if cfg.admin_token is not None and not path.startswith(OPEN_PATHS) and not _signed_in(request, cfg):
-            if path.startswith(("/captures/", "/openapi.json")) or path.endswith((".png", ".svg")):
+            if path.startswith(("/captures/", "/openapi.json", "/_swagger/")) or path.endswith((".png", ".svg")):
                 response: Response = Response("login required", status_code=401)
             else:
                 response = RedirectResponse("/login", status_code=303)
@@ -176,14 +176,21 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
     def login_form(request: Request) -> Response:
         if cfg.admin_token is None:
             return RedirectResponse("/", status_code=303)
-        return page(request, "login.html", error=None)
+        return page(request, "login.html", error=None, signing_in=True, title="Sign in")
 
     @app.post("/login", include_in_schema=False)
     def login(request: Request, token: Annotated[str, Form(max_length=512)]) -> Response:
         if cfg.admin_token is None:
             return RedirectResponse("/", status_code=303)
         if not hmac.compare_digest(token.strip().encode(), cfg.admin_token.encode()):
-            return page(request, "login.html", 401, error="That is not the console's admin token.")
+            return page(
+                request,
+                "login.html",
+                401,
+                error="That is not the console's admin token.",
+                signing_in=True,
+                title="Sign in",
+            )
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(SESSION_COOKIE, session_value(cfg.admin_token), httponly=True, samesite="strict")
         return response
