@@ -53,26 +53,46 @@ def fetch(source: str, read: Callable[[], T], timeout_s: float) -> T | Unavailab
 
 
 class TTLCache(Generic[T]):
-    """A small time-bounded memo (per key); concurrent misses of one key may both compute, which is harmless."""
+    """A small time-bounded memo per key that serves a stale value while one background read refreshes it, so a
+    page never waits for a refresh once a value exists (the first read of a key waits; its errors propagate)."""
 
     def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = ttl_s
         self.clock = clock
         self._items: dict[Hashable, tuple[float, T]] = {}
+        self._refreshing: set[Hashable] = set()
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, compute: Callable[[], T]) -> T:
         now = self.clock()
         with self._lock:
             hit = self._items.get(key)
-        if hit is not None and now - hit[0] < self.ttl_s:
-            return hit[1]
-        value = compute()
+            stale = hit is not None and now - hit[0] >= self.ttl_s
+            refresh = stale and key not in self._refreshing
+            if refresh:
+                self._refreshing.add(key)
+        if hit is None:
+            return self._store(key, compute())
+        if refresh:
+            _POOL.submit(self._refresh, key, compute)
+        return hit[1]
+
+    def _store(self, key: Hashable, value: T) -> T:
         with self._lock:
             if len(self._items) > 1024:
                 self._items.clear()
-            self._items[key] = (now, value)
+            self._items[key] = (self.clock(), value)
         return value
+
+    def _refresh(self, key: Hashable, compute: Callable[[], T]) -> None:
+        try:
+            self._store(key, compute())
+        except Exception:
+            with self._lock:  # a failed refresh drops the value: the next page reads afresh and shows the error
+                self._items.pop(key, None)
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
 
 
 # ----------------------------------------------------------------------------------------------------------------
