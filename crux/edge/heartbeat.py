@@ -100,10 +100,13 @@ class HeartbeatSender:
         self._thread = threading.Thread(target=loop, name="crux-edge-heartbeat", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, final: bool = True) -> None:
+        """Stop beating; `final` sends the last figures first (the frames of a short run would otherwise be lost)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if final:
+            self.beat()
         self._client.close()
 
 

@@ -61,7 +61,7 @@ def test_edge_heartbeat_to_an_unreachable_service_returns_quickly_and_never_rais
     assert sender.beat() is False
     assert time.monotonic() - started < 3.0
     assert sender.failed == 1
-    sender.stop()
+    sender.stop(final=False)
 
 
 def test_a_store_that_is_down_shows_as_unavailable_and_the_rest_renders(tmp_path: Path) -> None:
