@@ -109,6 +109,19 @@ def dataset_versions(repo: Path, files: Path) -> list[str]:
     return commits
 
 
+def workspace_evaluation(repo: Path) -> None:
+    """What `crux evaluate` leaves in metrics/LINE/: metrics.json (production's figures) and a PR curve."""
+    plots = repo / "metrics" / LINE / "plots"
+    plots.mkdir(parents=True)
+    (repo / "metrics" / LINE / "metrics.json").write_text(
+        json.dumps({"kind": "classify", "accuracy": 0.97, "macro_f1": 0.97,
+                    "inspection": {"ng_recall": 0.95, "false_reject_rate": 0.02}})
+    )  # fmt: skip
+    rows = [{"recall": r / 10, "precision": 1 - r / 20, "precision_scratch": 1 - r / 15, "precision_spot": 1 - r / 30}
+            for r in range(11)]  # fmt: skip
+    (plots / "pr_curve.json").write_text(json.dumps(rows))
+
+
 def fill_ingest(base_url: str, tokens: dict[str, str]) -> list[int]:
     """Captures through the real POST /v1/captures: NG ones with boxes, a few OK ones."""
     ids = []
@@ -164,6 +177,7 @@ def build_plant(tmp: Path) -> Plant:
     remote = tmp / "model-remote"
     _, pub = publish_versions(tmp, remote)
     commits = dataset_versions(tmp / "repo", tmp / "files")
+    workspace_evaluation(tmp / "repo")
     settings = IngestSettings(
         database_url=f"sqlite:///{tmp}/ingest/ingest.db", storage_url=str(tmp / "ingest" / "images")
     )

@@ -269,6 +269,8 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
             ng=ng,
             other=other,
             workspace_plots=[p for p in WORKSPACE_PLOTS if plots_dir and (plots_dir / p).is_file()],
+            has_pr_curve=bool(_workspace_pr_curve(cfg, line)),
+            workspace_is_production=_workspace_is_production(cfg, line, prod),
             has_confusion=bool(prod and (prod.get("metrics") or {}).get("confusion_matrix") and prod.get("classes")),
             title=info.name,
         )
@@ -310,6 +312,14 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
         if name not in WORKSPACE_PLOTS or plots_dir is None or not (plots_dir / name).is_file():
             raise PageError(404, f"no plot {name!r} for line {line!r}")
         return Response((plots_dir / name).read_bytes(), media_type="image/png")
+
+    @app.get("/lines/{line}/pr.svg", summary="PR curve of the workspace's latest `crux evaluate` (detection, SVG)")
+    def pr_curve(line: str) -> Response:
+        known_line(line)
+        rows = _workspace_pr_curve(cfg, line)
+        if not rows:
+            raise PageError(404, f"no PR curve for line {line!r} in this workspace")
+        return Response(plots.pr_curve_svg(rows, f"{line}: latest evaluation, IoU 0.5"), media_type="image/svg+xml")
 
     @app.get("/lines/{line}/datasets/{commit}", response_class=HTMLResponse, summary="One dataset version's diff")
     def dataset_diff(request: Request, line: str, commit: str) -> Response:
@@ -377,6 +387,36 @@ def _signed_in(request: Request, cfg: ConsoleConfig) -> bool:
 def _workspace_plots(cfg: ConsoleConfig, line: str) -> Path | None:
     # `line` is a configured line name (checked by the caller), never a request's free text.
     return None if cfg.workspace is None else cfg.workspace / "metrics" / line / "plots"
+
+
+def _workspace_pr_curve(cfg: ConsoleConfig, line: str) -> list[dict[str, Any]]:
+    import json
+
+    plots_dir = _workspace_plots(cfg, line)
+    path = plots_dir / "pr_curve.json" if plots_dir else None
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8")) if path and path.is_file() else []
+    except (OSError, ValueError):
+        return []
+    return rows if isinstance(rows, list) and all(isinstance(r, dict) and "recall" in r for r in rows) else []
+
+
+def _workspace_is_production(cfg: ConsoleConfig, line: str, prod: dict[str, Any] | None) -> bool:
+    """Whether the workspace's latest evaluation measured the production model (same test metrics)."""
+    import json
+
+    plots_dir = _workspace_plots(cfg, line)
+    if prod is None or plots_dir is None or not (plots_dir.parent / "metrics.json").is_file():
+        return False
+    try:
+        metrics = json.loads((plots_dir.parent / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    ours = prod.get("metrics") or {}
+    keys = KEY_METRICS.get(str(metrics.get("kind")), ("accuracy",))
+    from crux.publish import metric_value
+
+    return all(metric_value(metrics, k) == metric_value(ours, k) for k in keys)
 
 
 def _key_metrics(prod: dict[str, Any] | None, kind: str) -> list[tuple[str, float | None]]:

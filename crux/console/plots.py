@@ -114,3 +114,28 @@ def overlay_png(image: bytes, boxes: Sequence[Mapping[str, Any]], max_side: int 
     buf = io.BytesIO()
     base.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def pr_curve_svg(rows: Sequence[Mapping[str, Any]], title: str = "") -> bytes:
+    """Precision over recall at IoU 0.5 from `crux evaluate`'s plots/pr_curve.json: the class mean and each class."""
+    with _MPL_LOCK:
+        fig = _figure(5.0, 3.6)
+        ax = fig.add_subplot()
+        recall = [float(r["recall"]) for r in rows]
+        names = ["precision", *sorted({k for r in rows for k in r if k.startswith("precision_")})]
+        for name in names:
+            label = "mean" if name == "precision" else name[len("precision_") :]
+            ax.plot(
+                recall, [float(r.get(name) or 0.0) for r in rows], linewidth=2.5 if label == "mean" else 1, label=label
+            )
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize="small")
+        if title:
+            ax.set_title(title)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    return buf.getvalue()

@@ -105,7 +105,7 @@ def test_pages_show_lines_trend_gallery_and_flag_stations(plant: Plant, offline:
         # Line detail: the trend plot and the confusion matrix are drawn, the NG gallery shows boxes.
         page.click(f"#lines a[href='/lines/{LINE}']")
         page.wait_for_load_state("networkidle")
-        for image in ("#trend", "#confusion"):
+        for image in ("#trend", "#confusion", "#pr-curve"):
             assert page.eval_on_selector(image, "img => img.complete && img.naturalWidth > 100"), image
         ng = page.locator("#ng-gallery figure img")
         assert ng.count() == 6
@@ -119,6 +119,7 @@ def test_pages_show_lines_trend_gallery_and_flag_stations(plant: Plant, offline:
         page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=ok.first.element_handle())
         assert ok.first.evaluate(RED_PIXELS_JS) == 0  # no prediction box: no red, so the red above is the boxes
         assert page.locator("#versions tr.production").inner_text().startswith("v2")
+        assert "the production model's metrics" in page.locator("#pr-curve + figcaption").inner_text()
         page.screenshot(path=str(tmp_path / "line.png"), full_page=True)
 
         # A dataset version: the `crux data diff` Markdown as a table.
