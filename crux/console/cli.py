@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,7 +56,7 @@ def console_config(params: Path, admin_token: str | None, timeout_s: float) -> A
         admin_token=admin_token,
         timeout_s=timeout_s,
         workspace=ctx.root,
-        prefect_url=os.environ.get("PREFECT_UI_URL"),
+        prefect_url=_prefect_ui(os.environ),
     )
 
 
@@ -82,3 +83,11 @@ def console_serve(
             f"Console bound to {host}: sign in with the admin token (CRUX_CONSOLE_TOKEN or {token_path}).", err=True
         )
     serve(console_config(params, token, timeout), host=host, port=port)
+
+
+def _prefect_ui(env: Mapping[str, str]) -> str | None:
+    """The Prefect UI to link to: PREFECT_UI_URL, else the server of PREFECT_API_URL (http://host:4200/api)."""
+    if env.get("PREFECT_UI_URL"):
+        return env["PREFECT_UI_URL"]
+    api = env.get("PREFECT_API_URL", "")
+    return api.removesuffix("/").removesuffix("/api") or None
