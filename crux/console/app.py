@@ -44,8 +44,6 @@ from crux.console.sources import (
 
 PACKAGE = Path(__file__).parent
 SESSION_COOKIE = "crux_console"
-# Pages, figures and assets that need no login (the login page itself and its stylesheet).
-OPEN_PATHS = ("/login", "/static/")
 # The figures `crux evaluate` leaves in metrics/LINE/plots/ that the line page shows (no other name is served).
 WORKSPACE_PLOTS = ("confusion_matrix.png", "worst_misses.png")
 # Metrics shown per task kind, the first one is the kind's gate metric (crux.kinds monitor).
@@ -123,7 +121,8 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
     async def timing_and_login(request: Request, call_next: Callable[[Request], Any]) -> Response:
         started = time.perf_counter()
         path = request.url.path
-        if cfg.admin_token is not None and not path.startswith(OPEN_PATHS) and not _signed_in(request, cfg):
+        is_open = path == "/login" or path.startswith("/static/")  # the login page and its stylesheet
+        if cfg.admin_token is not None and not is_open and not _signed_in(request, cfg):
             if path.startswith(("/captures/", "/openapi.json", "/_swagger/")) or path.endswith((".png", ".svg")):
                 response: Response = Response("login required", status_code=401)
             else:
@@ -347,7 +346,7 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
         stations = read("ingest database", cfg.ingest, lambda r: r.stations())
         if isinstance(stations, Unavailable):
             raise PageError(503, f"ingest database unavailable: {stations.reason}")
-        rows = [r for r in _station_rows(cfg, [s for s in stations if s.name == name], read)]
+        rows = _station_rows(cfg, [s for s in stations if s.name == name], read)
         if not rows:
             raise PageError(404, f"no station named {name!r}")
         captures = read("ingest database", cfg.ingest, lambda r: r.recent_captures(station=name, limit=24))
