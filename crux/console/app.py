@@ -29,7 +29,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crux import __version__
 from crux.console import plots
-from crux.console.docs import mount_offline_docs
 from crux.console.sources import (
     COMMIT,
     DatasetReader,
@@ -41,6 +40,7 @@ from crux.console.sources import (
     fetch,
     production,
 )
+from crux.ingest.offline_docs import mount_offline_docs
 
 PACKAGE = Path(__file__).parent
 SESSION_COOKIE = "crux_console"

@@ -27,11 +27,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from crux import __version__
-from crux.console.docs import mount_offline_docs
 from crux.ingest import records
 from crux.ingest.db import create_db_engine, current_revision, migrate, to_naive_utc
 from crux.ingest.heartbeats import HeartbeatIn, record_heartbeat
 from crux.ingest.names import IDEMPOTENCY_KEY
+from crux.ingest.offline_docs import mount_offline_docs
 from crux.ingest.schemas import CaptureCreated, CaptureMetadata, CaptureOut, CapturePage, Health
 from crux.ingest.settings import CONTENT_TYPE_FORMATS, IngestSettings
 from crux.ingest.stations import Station, station_for_token

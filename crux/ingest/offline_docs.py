@@ -1,4 +1,5 @@
-"""OpenAPI docs that work without internet: Swagger UI's files come from the `swagger-ui-bundle` package.
+"""OpenAPI docs that work without internet (the ingest service and the console): Swagger UI's files come from the
+`swagger-ui-bundle` package.
 
 FastAPI's stock /docs and /redoc pages load their scripts from a CDN and stay blank on a plant network.
 
