@@ -27,8 +27,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from crux.ingest import create_db_engine, migrate  # noqa: E402
-from crux.ingest.testing import free_port, make_jpeg  # noqa: E402
+from crux.collect import create_db_engine, migrate  # noqa: E402
+from crux.collect.ingest_server import free_port, make_jpeg  # noqa: E402
 
 SERVER = """
 import sys
@@ -36,8 +36,8 @@ from pathlib import Path
 import uvicorn
 from crux.console.app import ConsoleConfig, LineInfo, create_console_app
 from crux.console.sources import DatasetReader, IngestReader, ModelReader
-from crux.ingest import create_db_engine
-from crux.signing import load_public_keys
+from crux.collect import create_db_engine
+from crux.ship.signing import load_public_keys
 tmp, port, lines = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
 cfg = ConsoleConfig(
     lines=tuple(LineInfo(n, n, "classify") for n in lines),
@@ -58,8 +58,8 @@ def fill(tmp: Path, n_captures: int, n_stations: int, lines: list[str]) -> dict[
     """Stations, heartbeats and captures straight into the database (bulk inserts: the fill is not what is timed)."""
     import sqlalchemy as sa
 
-    from crux.ingest.db import captures, station_heartbeats, stations
-    from crux.ingest.storage import ImageStore, image_key
+    from crux.collect.db import captures, station_heartbeats, stations
+    from crux.collect.storage import ImageStore, image_key
 
     started = time.perf_counter()
     engine = create_db_engine(f"sqlite:///{tmp}/ingest.db")
@@ -147,8 +147,8 @@ def fill(tmp: Path, n_captures: int, n_stations: int, lines: list[str]) -> dict[
 
 def publish_lines(tmp: Path, lines: list[str], versions: int) -> None:
     """`versions` signed releases per line (a model file of bytes: the console reads manifests, never models)."""
-    from crux.publish import GateConfig, publish
-    from crux.signing import generate_private_key, public_key_pem
+    from crux.ship.publish import GateConfig, publish
+    from crux.ship.signing import generate_private_key, public_key_pem
 
     key = generate_private_key()
     (tmp / "publish.pub").write_bytes(public_key_pem(key.public_key()))

@@ -44,10 +44,10 @@ def main() -> None:
     from torch.utils.data import DataLoader
 
     from crux.postprocess import InputSpec
-    from crux.training.augment import build_augment
-    from crux.training.config import load_pipeline_config
-    from crux.training.dataset import InspectionDataset, collate, worker_init
-    from crux.training.prepare import prepare
+    from crux.train.augment import build_augment
+    from crux.train.recipe import load_pipeline_config
+    from crux.train.torch_dataset import InspectionDataset, collate, worker_init
+    from crux.train.prepare import prepare
 
     torch.set_num_threads(1)
     # The shipped augment pipeline: the figure is what `dvc repro` trains with.

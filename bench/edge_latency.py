@@ -7,7 +7,7 @@ the segmenter, on Magnetic Tile tiles at the line's input size (issue 12).
         [--out bench/results/edge_latency.json]
 
 For the classifier and the detector (the default training architecture, or the given bundles): export with
-`crux.export`, then time on the same preprocessed images, one thread, batch 1:
+`crux.ship.export`, then time on the same preprocessed images, one thread, batch 1:
   - ort_ms:     ONNX Runtime session.run only (what the issue's targets are about)
   - torch_ms:   torch eager forward of the same model (inference_mode), same inputs, same run
   - edge_ms:    the edge's whole per-frame path: JPEG decode + preprocess + ORT + crux.postprocess
@@ -44,9 +44,9 @@ def default_bundle(path: Path, kind: str, size: int) -> Path:
     import torch
 
     from crux.kinds import get_kind
-    from crux.models.bundle import save_bundle
+    from crux.train.models.bundle import save_bundle
     from crux.postprocess import DetectSpec, InputSpec
-    from crux.training.config import ModelParams
+    from crux.train.recipe import ModelParams
 
     torch.manual_seed(0)
     classes = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
@@ -84,7 +84,7 @@ def _int8_model(out: Path, card: dict[str, Any], calib: list[Any]) -> Any:
     """Static INT8 of the exported model with `crux export`'s own quantisation, calibrated on the first benchmark
     inputs."""
     from crux.edge.predict import OnnxModel
-    from crux.export import quantize_onnx
+    from crux.ship.export import quantize_onnx
 
     path = out / "model.int8.onnx"
     quantize_onnx(out / "model.onnx", path, calib)
@@ -96,8 +96,8 @@ def bench_kind(kind: str, bundle: Path, images: list[Path], work: Path, exporter
     import torch
 
     from crux.edge.predict import OnnxModel
-    from crux.export import ExportConfig, export
-    from crux.models.bundle import load_bundle
+    from crux.ship.export import ExportConfig, export
+    from crux.train.models.bundle import load_bundle
     from crux.postprocess import load_image, preprocess
 
     out = work / f"export-{kind}"

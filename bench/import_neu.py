@@ -18,13 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from crux import importer
+from crux.label import importer
 from crux.config import ProjectSpec, from_mapping
-from crux.ingest.testing import free_port
+from crux.collect.ingest_server import free_port
 from crux.kinds import get_kind
-from crux.labelstudio import server
-from crux.labelstudio.client import connect
-from crux.labelstudio.projects import sync_project
+from crux.label import server
+from crux.label.client import connect
+from crux.label.projects import sync_project
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -25,13 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from crux.edge.outbox import Outbox  # noqa: E402
-from crux.ingest import add_station, create_db_engine, list_captures, migrate  # noqa: E402
-from crux.ingest.testing import capture_metadata, free_port, make_jpeg  # noqa: E402
+from crux.collect import add_station, create_db_engine, list_captures, migrate  # noqa: E402
+from crux.collect.ingest_server import capture_metadata, free_port, make_jpeg  # noqa: E402
 
 SERVER = """
 import sys
-from crux.ingest import IngestSettings
-from crux.ingest.app import serve
+from crux.collect import IngestSettings
+from crux.collect.ingest_app import serve
 serve(IngestSettings(database_url=sys.argv[1], storage_url=sys.argv[2]), host="127.0.0.1", port=int(sys.argv[3]))
 """
 

@@ -27,7 +27,7 @@ CLASSES = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale
 
 
 def generate(files: Path, export: Path, n_tasks: int, size: int, start: int = 1) -> None:
-    from crux.dataset.synthetic import Ann, box, image_bytes, local_url, ls_task, write_export, write_image
+    from crux.data.synthetic_exports import Ann, box, image_bytes, local_url, ls_task, write_export, write_image
 
     def tasks():
         for n in range(start, start + n_tasks):
@@ -47,8 +47,8 @@ def generate(files: Path, export: Path, n_tasks: int, size: int, start: int = 1)
 
 def child(args: argparse.Namespace) -> None:
     """Run one build and print a JSON line (time measured inside, RSS by the parent)."""
-    from crux.dataset.snapshot import build_dataset
-    from crux.dataset.store import make_fetcher
+    from crux.data.snapshot import build_dataset
+    from crux.data.store import make_fetcher
 
     t0 = time.perf_counter()
     summary = build_dataset(

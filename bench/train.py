@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from datasets import make_magnetic_tile_dataset, make_neu_dataset  # noqa: E402
 
-from crux.training.config import load_pipeline_config, merge_params  # noqa: E402
+from crux.train.recipe import load_pipeline_config, merge_params  # noqa: E402
 
 
 def export_and_time(root: Path, src: Path, params: dict) -> dict:
@@ -40,7 +40,7 @@ def export_and_time(root: Path, src: Path, params: dict) -> dict:
 
     from crux.config import from_mapping
     from crux.edge.predict import OnnxModel, timed_predict
-    from crux.export import ExportConfig, export
+    from crux.ship.export import ExportConfig, export
 
     cfg = from_mapping(ExportConfig, {**params["export"], "quantize": True}, "export")
     postprocess = json.loads((root / "eval" / "postprocess.json").read_text())
@@ -107,7 +107,7 @@ def main() -> int:
 
     import torch
 
-    from crux.training.pipeline import evaluate, prepare, train
+    from crux.train.pipeline import evaluate, prepare, train
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     overrides = {

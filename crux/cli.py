@@ -126,7 +126,7 @@ def labelstudio_config(ctx: Context) -> LabelStudioConfig:
 
 
 def _server_settings(ctx: Context, host: str | None = None, port: int | None = None) -> Any:
-    from crux.labelstudio.server import ServerSettings
+    from crux.label.server import ServerSettings
 
     cfg = labelstudio_config(ctx)
     venv = Path(os.environ.get("CRUX_LS_VENV") or ctx.root / ".venv-ls")
@@ -141,7 +141,7 @@ def _server_settings(ctx: Context, host: str | None = None, port: int | None = N
 
 
 def _credentials(settings: Any) -> tuple[Any, bool]:
-    from crux.labelstudio.server import load_or_create_credentials
+    from crux.label.server import load_or_create_credentials
 
     given = {
         "username": os.environ.get("CRUX_LS_USERNAME"),
@@ -153,7 +153,7 @@ def _credentials(settings: Any) -> tuple[Any, bool]:
 
 def labelstudio_access(ctx: Context) -> Any:
     """The configured server: CRUX_LS_URL + CRUX_LS_TOKEN for an external one, else ours."""
-    from crux.loop import LabelStudioAccess
+    from crux.loop.steps import LabelStudioAccess
 
     if os.environ.get("CRUX_LS_URL"):
         token = os.environ.get("CRUX_LS_TOKEN")
@@ -166,14 +166,14 @@ def labelstudio_access(ctx: Context) -> Any:
 
 
 def _client(ctx: Context) -> Any:
-    from crux.labelstudio.client import connect
+    from crux.label.client import connect
 
     access = labelstudio_access(ctx)
     return connect(access.url, access.token)
 
 
 def start_labelstudio(ctx: Context, host: str | None = None, port: int | None = None) -> Any:
-    from crux.labelstudio import server
+    from crux.label import server
 
     settings = _server_settings(ctx, host, port)
     credentials, written = _credentials(settings)
@@ -204,7 +204,7 @@ def labelstudio_up(
 @labelstudio_app.command("down")
 def labelstudio_down(params: ParamsOption = Path("params.yaml")) -> None:
     """Stop the Label Studio server this project started (never another one)."""
-    from crux.labelstudio import server
+    from crux.label import server
 
     stopped = server.stop(_server_settings(load_context(params)))
     out.print("Label Studio stopped." if stopped else "Label Studio was not running.")
@@ -213,7 +213,7 @@ def labelstudio_down(params: ParamsOption = Path("params.yaml")) -> None:
 @labelstudio_app.command("status")
 def labelstudio_status(params: ParamsOption = Path("params.yaml")) -> None:
     """Exit 0 when this project's server runs and is healthy, 1 otherwise."""
-    from crux.labelstudio import server
+    from crux.label import server
 
     state = server.status(_server_settings(load_context(params)))
     word = "healthy" if state.healthy else ("starting or unhealthy" if state.running else "not running")
@@ -239,7 +239,7 @@ def project_sync(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Create or update the Label Studio projects declared in params.yaml (idempotent)."""
-    from crux.labelstudio.projects import sync_project
+    from crux.label.projects import sync_project
 
     ctx = load_context(params)
     cfg = labelstudio_config(ctx)
@@ -253,20 +253,20 @@ def project_sync(
 
 
 def _webhooks_config(ctx: Context) -> Any:
-    from crux.webhooks import WebhooksConfig
+    from crux.loop.trigger import WebhooksConfig
 
     return from_mapping(WebhooksConfig, ctx.section("webhooks"), "webhooks")
 
 
 def _webhook_secret(ctx: Context) -> str:
-    from crux.webhooks import load_or_create_secret
+    from crux.loop.trigger import load_or_create_secret
 
     return os.environ.get("CRUX_WEBHOOK_SECRET") or load_or_create_secret(ctx.path(_webhooks_config(ctx).secret_file))
 
 
 def _register_webhook(ctx: Context, client: Any, name: str, project_id: int) -> None:
     """Label Studio tells our receiver about new labels; a failure here is a warning, not a failed sync."""
-    from crux.labelstudio.webhooks import WebhookRegistrationError, ensure_webhook
+    from crux.label.webhook_registration import WebhookRegistrationError, ensure_webhook
 
     url = _webhooks_config(ctx).url
     try:
@@ -281,7 +281,7 @@ def annotators_add(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Create annotator accounts; their passwords go to a 0600 file in the state folder."""
-    from crux.labelstudio.annotators import add_annotators, invite_link
+    from crux.label.annotators import add_annotators, invite_link
 
     ctx = load_context(params)
     settings = _server_settings(ctx)
@@ -332,7 +332,7 @@ def import_command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Import images with their labels (and model pre-annotations) in bulk; re-running adds nothing twice."""
-    from crux.labelstudio.projects import require_project
+    from crux.label.projects import require_project
 
     ctx = load_context(params)
     cfg = labelstudio_config(ctx)
@@ -364,7 +364,7 @@ def _scan_and_import(
     predictions: Path | None = None,
 ) -> Any:
     """Validate the whole source, then bulk-import it, with progress bars (`crux import` and the demo)."""
-    from crux import importer
+    from crux.label import importer
 
     with progress_bar(f"Reading {source}", None) as advance:
         scan = importer.scan_source(source, spec, label_format, progress=advance)
@@ -411,7 +411,7 @@ def snapshot_command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Snapshot a Label Studio project into data/PROJECT (only new images are fetched)."""
-    from crux.loop import snapshot_project
+    from crux.loop.steps import snapshot_project
 
     ctx = load_context(params)
     spec = labelstudio_config(ctx).project(project)
@@ -455,9 +455,9 @@ def export_dataset_command(
     """Write a dataset version in a training format, images included."""
     import tempfile
 
-    from crux.dataset import versioning
-    from crux.dataset.formats import export_dataset
-    from crux.dataset.manifest import read_classes, read_manifest
+    from crux.data import versioning
+    from crux.data.formats import export_dataset
+    from crux.data.manifest import read_classes, read_manifest
 
     ctx = load_context(params)
     data_rel = str(dataset_config(ctx).project_dir(project))
@@ -489,8 +489,8 @@ def data_diff(
     """What changed between two dataset versions, per class and split, item by item (Markdown for a PR)."""
     import json
 
-    from crux.dataset import versioning
-    from crux.dataset.diff import diff_manifests, diff_to_json, diff_to_markdown
+    from crux.data import versioning
+    from crux.data.diff import diff_manifests, diff_to_json, diff_to_markdown
 
     ctx = load_context(params)
     cfg = dataset_config(ctx)
@@ -535,9 +535,9 @@ def data_check(
     """Health of a dataset version; exit 1 on errors, 0 when there are only warnings."""
     import tempfile
 
-    from crux.dataset import versioning
-    from crux.dataset.health import check_dataset, findings_to_text, has_errors
-    from crux.dataset.manifest import read_classes, read_manifest
+    from crux.data import versioning
+    from crux.data.health import check_dataset, findings_to_text, has_errors
+    from crux.data.manifest import read_classes, read_manifest
 
     ctx = load_context(params)
     cfg = dataset_config(ctx)
@@ -563,7 +563,7 @@ LineOption = Annotated[
 
 
 def _line_values(params: dict[str, Any], line: str | None) -> dict[str, Any]:
-    from crux.training.config import line_params
+    from crux.train.recipe import line_params
 
     return params if line is None else line_params(params, line)
 
@@ -576,8 +576,8 @@ def prepare_command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Dataset version → training-ready split lists (checks every image against its hash)."""
-    from crux.training.config import load_pipeline_config
-    from crux.training.prepare import prepare
+    from crux.train.recipe import load_pipeline_config
+    from crux.train.prepare import prepare
 
     cfg = load_pipeline_config(_line_values(load_context(params).params, line), ("data",))
     summary = prepare(data_dir, out_dir, cfg.data)
@@ -594,14 +594,14 @@ def train_command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Train a model with Lightning (GPU when present); every setting is validated before training starts."""
-    from crux.training.config import load_pipeline_config, merge_params, quick_profile
+    from crux.train.recipe import load_pipeline_config, merge_params, quick_profile
 
     ctx = load_context(params)
     values = quick_profile(ctx.params) if quick else _line_values(ctx.params, line)
     if resume:
         values = merge_params(values, {"train": {"resume": True}})
     cfg = load_pipeline_config(values, ("data", "augment", "train"))
-    from crux.training.pipeline import train
+    from crux.train.pipeline import train
 
     summary = train(prepared_dir, out_dir, cfg)
     out.print(
@@ -623,8 +623,8 @@ def evaluate_command(
     """Measure a model on the frozen test split through the edge's own post-processing."""
     import json
 
-    from crux.training.config import load_pipeline_config
-    from crux.training.pipeline import evaluate
+    from crux.train.recipe import load_pipeline_config
+    from crux.train.pipeline import evaluate
 
     cfg = load_pipeline_config(_line_values(load_context(params).params, line), ("evaluate",))
     metrics = evaluate(model_dir, prepared_dir, out_dir, cfg.evaluate, previous, split)
@@ -644,7 +644,7 @@ def export_command(
     """ONNX export with onnx.checker and parity against torch, plus the model card."""
     import json
 
-    from crux.export import ExportConfig, dataset_version, export, git_revision
+    from crux.ship.export import ExportConfig, dataset_version, export, git_revision
 
     ctx = load_context(params)
     line_values = _line_values(ctx.params, line)
@@ -673,7 +673,7 @@ def export_command(
 
 def _check_tta(cfg: Any, augment: Mapping[str, Any]) -> None:
     """export.tta may only average over transforms training already treats as label-preserving."""
-    from crux.export import TTA_GENERATORS
+    from crux.ship.export import TTA_GENERATORS
 
     trained = {t.get("name") for t in augment.get("transforms") or [] if isinstance(t, Mapping)}
     missing = [g for g in cfg.tta if TTA_GENERATORS[g] not in trained]
@@ -703,7 +703,7 @@ def model_remote(ctx: Context, remote: str | None) -> str:
 
 def signing_key(ctx: Context, path: Path | None) -> Any:
     """The signing key: CRUX_SIGNING_KEY (PEM text, e.g. a CI secret), else a file outside git."""
-    from crux.signing import load_private_key
+    from crux.ship.signing import load_private_key
 
     if os.environ.get("CRUX_SIGNING_KEY"):
         return load_private_key(os.environ["CRUX_SIGNING_KEY"])
@@ -714,7 +714,7 @@ def signing_key(ctx: Context, path: Path | None) -> Any:
 
 
 def public_keys(ctx: Context) -> list[Any]:
-    from crux.signing import load_public_keys
+    from crux.ship.signing import load_public_keys
 
     paths = [ctx.path(Path(p)) for p in edge_config(ctx).public_keys]
     missing = [str(p) for p in paths if not p.is_file()]
@@ -731,7 +731,7 @@ def keys_init(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Create the key pair that signs published models."""
-    from crux.signing import init_keys
+    from crux.ship.signing import init_keys
 
     ctx = load_context(params)
     private_path = private or ctx.path(DEFAULT_PRIVATE_KEY)
@@ -747,7 +747,7 @@ def keys_rotate(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """A new signing key pair; the old public key stays trusted (edge.public_keys) during the overlap."""
-    from crux.signing import rotate_keys
+    from crux.ship.signing import rotate_keys
 
     ctx = load_context(params)
     private_path = private or ctx.path(DEFAULT_PRIVATE_KEY)
@@ -767,7 +767,7 @@ def keys_rotate(
 
 def trusted_keys(ctx: Context) -> list[Any]:
     """edge.public_keys for verifying production before publish/rollback; files not there are skipped (warned)."""
-    from crux.signing import load_public_keys
+    from crux.ship.signing import load_public_keys
 
     paths = [ctx.path(Path(p)) for p in edge_config(ctx).public_keys]
     missing = [str(p) for p in paths if not p.is_file()]
@@ -777,7 +777,7 @@ def trusted_keys(ctx: Context) -> list[Any]:
 
 
 def gate_config(ctx: Context) -> Any:
-    from crux.publish import GateConfig
+    from crux.ship.publish import GateConfig
 
     return from_mapping(GateConfig, ctx.section("gate"), "gate")
 
@@ -787,7 +787,7 @@ def check_model_fits_line(ctx: Context, line: str, export_dir: Path) -> None:
     be the line's project (`labelstudio.projects.LINE`, channels from `data` with the line's overrides)."""
     import json
 
-    from crux.training.config import line_params
+    from crux.train.recipe import line_params
 
     projects = labelstudio_config(ctx).projects
     if not projects:
@@ -836,7 +836,7 @@ def publish_command(
     pointer last. Exit 1 when the gate refuses; the decision lists every criterion either way."""
     import json
 
-    from crux.publish import GateRefused, publish
+    from crux.ship.publish import GateRefused, publish
 
     ctx = load_context(params)
     gate = gate_config(ctx)
@@ -877,7 +877,7 @@ def publish_command(
 
 
 def _print_criteria(gate: Mapping[str, Any]) -> None:
-    from crux.publish import criteria_lines
+    from crux.ship.publish import criteria_lines
 
     for text in criteria_lines(gate):
         out.print(f"  {text}", markup=False, highlight=False)
@@ -893,7 +893,7 @@ def rollback_command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Point production back at an earlier version with a signed rollback record edges accept."""
-    from crux.publish import rollback
+    from crux.ship.publish import rollback
 
     ctx = load_context(params)
     pointer = rollback(
@@ -919,14 +919,14 @@ def models_list(
 
     from rich.table import Table
 
-    from crux.publish import list_models
+    from crux.ship.publish import list_models
 
     ctx = load_context(params)
     history = list_models(model_remote(ctx, remote), line, public_keys(ctx))
     if as_json:
         out.print_json(json.dumps(history, default=str))
         return
-    from crux.publish import criteria_lines
+    from crux.ship.publish import criteria_lines
 
     current = (history.get("current") or {}).get("version")
     table = Table(title=f"{line} models", show_lines=True)
@@ -1045,7 +1045,7 @@ def ingest_settings(ctx: Context) -> Any:
     """`ingest:` from params, with relative SQLite and storage paths anchored at the project folder."""
     import dataclasses
 
-    from crux.ingest import IngestSettings
+    from crux.collect import IngestSettings
 
     settings = from_mapping(IngestSettings, ctx.section("ingest"), "ingest")
     changes: dict[str, str] = {}
@@ -1060,7 +1060,7 @@ def ingest_settings(ctx: Context) -> Any:
 
 
 def _ingest_engine(ctx: Context) -> Any:
-    from crux.ingest import create_db_engine, migrate
+    from crux.collect import create_db_engine, migrate
 
     engine = create_db_engine(ingest_settings(ctx).database_url)
     migrate(engine)
@@ -1075,8 +1075,8 @@ def collect_command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Edge captures not yet in Label Studio → tasks of their line's project, NG and most uncertain first."""
-    from crux.collect import collect
-    from crux.ingest.storage import ImageStore
+    from crux.collect.labeling import collect
+    from crux.collect.storage import ImageStore
 
     ctx = load_context(params)
     spec = labelstudio_config(ctx).project(project)
@@ -1103,7 +1103,7 @@ def ingest_serve(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Serve POST /v1/captures for edge stations (FastAPI + uvicorn)."""
-    from crux.ingest import serve
+    from crux.collect import serve
 
     serve(ingest_settings(load_context(params)), host=host, port=port)
 
@@ -1115,8 +1115,8 @@ def stations_add(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Register a station and print its upload token once (only its hash is stored)."""
-    from crux.ingest import add_station
-    from crux.ingest.names import check_name
+    from crux.collect import add_station
+    from crux.collect.names import check_name
 
     ctx = load_context(params)
     check_name(name, "station")
@@ -1132,7 +1132,7 @@ def stations_revoke(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Revoke a station's token: its uploads are refused from now on."""
-    from crux.ingest import revoke_station
+    from crux.collect import revoke_station
 
     revoke_station(_ingest_engine(load_context(params)), name)
     out.print(f"Station {name} revoked.")
@@ -1160,7 +1160,7 @@ def cycle_command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Run the improvement cycle once, as a Prefect flow: snapshot → train → evaluate → gate → publish."""
-    from crux.training.config import PROFILES
+    from crux.train.recipe import PROFILES
 
     if profile is not None and profile not in PROFILES:
         raise ConfigError(f"--profile {profile}: choose one of {', '.join(PROFILES)}")
@@ -1219,8 +1219,8 @@ def trigger_command(
 @webhooks_app.command("serve")
 def webhooks_serve(params: ParamsOption = Path("params.yaml")) -> None:
     """Receive Label Studio webhooks; start cycle-PROJECT after trigger.min_new_labels label changes."""
-    from crux.labelstudio.webhooks import project_names
-    from crux.webhooks import ReceiverSettings, TriggerConfig, serve
+    from crux.label.webhook_registration import project_names
+    from crux.loop.trigger import ReceiverSettings, TriggerConfig, serve
 
     ctx = load_context(params)
     _prefect_defaults(ctx)
@@ -1324,9 +1324,9 @@ def demo(
     import shutil
     import threading
 
-    from crux.labelstudio.client import connect
-    from crux.labelstudio.projects import sync_project
-    from crux.training.config import DEMO_PROFILE, max_time_seconds
+    from crux.label.client import connect
+    from crux.label.projects import sync_project
+    from crux.train.recipe import DEMO_PROFILE, max_time_seconds
 
     started = time.perf_counter()
     ctx = load_context(params)
@@ -1356,7 +1356,7 @@ def demo(
     console.rule(f"2/5 The cycle (Prefect flow, demo profile: {budget / 60:.0f}-minute training budget)")
     private = ctx.path(DEFAULT_PRIVATE_KEY)
     if not private.exists() and not os.environ.get("CRUX_SIGNING_KEY"):
-        from crux.signing import init_keys
+        from crux.ship.signing import init_keys
 
         init_keys(private, ctx.path(DEFAULT_PUBLIC_KEY))
         console.print(f"Signing key created: {private} (0600)")
@@ -1390,7 +1390,7 @@ def demo(
             f"{summary['best_val']:.4f}"
         )
     if result.get("gate") is not None:
-        from crux.publish import criteria_lines
+        from crux.ship.publish import criteria_lines
 
         verdict = "published v" + str(published["version"]) if published else "NOT published"
         console.print(f"Gate: {verdict}")
@@ -1398,9 +1398,9 @@ def demo(
             out.print(f"  {text}", markup=False, highlight=False)
 
     console.rule("3/5 The edge runtime on unseen images")
-    from crux.dataset.manifest import read_manifest
+    from crux.data.manifest import read_manifest
     from crux.edge.runtime import EdgeRuntime
-    from crux.publish import list_models, read_pointer
+    from crux.ship.publish import list_models, read_pointer
 
     remote = f"{model_remote(ctx, None)}/{line}"
     keys = public_keys(ctx)
@@ -1429,7 +1429,7 @@ def demo(
     )
 
     console.rule(f"4/5 Verdict: model v{version} on {len(records)} frames it never trained on")
-    from crux.publish import criteria_lines
+    from crux.ship.publish import criteria_lines
     from crux.verdict import edge_verdict, verdict_lines
 
     history = list_models(model_remote(ctx, None), line, keys)

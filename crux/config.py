@@ -173,7 +173,7 @@ class LabelStudioConfig:
 
 
 def _default_health() -> Any:
-    from crux.dataset.health import HealthOptions
+    from crux.data.health import HealthOptions
 
     return HealthOptions()
 
@@ -190,8 +190,8 @@ class DatasetConfig:
     health: Any = field(default_factory=_default_health)
 
     def __post_init__(self) -> None:
-        from crux.dataset.health import HealthOptions
-        from crux.dataset.split import SplitError, validate_ratios
+        from crux.data.health import HealthOptions
+        from crux.data.split import SplitError, validate_ratios
 
         try:
             validate_ratios(self.split)

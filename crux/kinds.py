@@ -77,7 +77,7 @@ class TaskKind(Protocol):
 
     def decode_spec(self, classes: Sequence[str], ok_class: str | None) -> dict[str, Any] | None: ...
 
-    # Default absolute limits of the publish gate (crux.publish), dotted keys of the kind's test metrics, checked
+    # Default absolute limits of the publish gate (crux.ship.publish), dotted keys of the kind's test metrics, checked
     # for every candidate (the first one included) before params.yaml `gate.min` / `gate.max` / `gate.lines`:
     # floors (metric >= value) and ceilings (metric <= value). They only rule out a blind model; lines set their
     # real bars in params.yaml. The `ok_*` ones apply to lines with an OK class (the OK/NG inspection view).
@@ -103,10 +103,10 @@ _NONE: Mapping[str, float] = types.MappingProxyType({})
 
 
 class _ModelHooks:
-    """Lazy model/training hooks shared by the kinds; `_task` names the class in crux.training.tasks."""
+    """Lazy model/training hooks shared by the kinds; `_task` names the class in crux.train.tasks."""
 
     _task: str
-    # A kind without floors publishes nothing until params.yaml `gate.min.<kind>` names one (crux.publish).
+    # A kind without floors publishes nothing until params.yaml `gate.min.<kind>` names one (crux.ship.publish).
     gate_floors: Mapping[str, float] = _NONE
     gate_ceilings: Mapping[str, float] = _NONE
     gate_ok_floors: Mapping[str, float] = _NONE
@@ -129,7 +129,7 @@ class _ModelHooks:
         return self._task_class().build_model(model_config)
 
     def _task_class(self) -> Any:
-        from crux.training import tasks
+        from crux.train import tasks
 
         return getattr(tasks, self._task)
 

@@ -2,7 +2,7 @@
 
 Two tasks, one side effect each, both safe to repeat: make the project ready (image storage, sampling), then
 import the unsent captures (idempotent: reconciled by capture id). Config comes through `crux.cli`; the work
-is `crux.collect`.
+is `crux.collect.labeling`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _context(params_path: str) -> Any:
 def _resolve(params_path: str) -> dict[str, Any]:
     """Everything a collect step needs, resolved from params.yaml and the environment by crux.cli."""
     from crux.cli import ingest_settings, labelstudio_access, labelstudio_config, s3_storage_options
-    from crux.ingest.storage import ImageStore
+    from crux.collect.storage import ImageStore
 
     ctx = _context(params_path)
     settings = ingest_settings(ctx)
@@ -44,8 +44,8 @@ def _resolve(params_path: str) -> dict[str, Any]:
 @task(retries=2, retry_delay_seconds=15)
 def prepare_task(project: str, params_path: str) -> int:
     """Label Studio side: a storage over the ingest images and the sampling mode (idempotent)."""
-    from crux.collect import prepare_project
-    from crux.labelstudio.client import connect
+    from crux.collect.labeling import prepare_project
+    from crux.label.client import connect
 
     r = _resolve(params_path)
     r["cfg"].project(project)  # an undeclared project fails here, before anything is written
@@ -56,9 +56,9 @@ def prepare_task(project: str, params_path: str) -> int:
 @task(retries=2, retry_delay_seconds=15)
 def import_task(project: str, params_path: str, batch_size: int) -> dict[str, Any]:
     """Unsent captures → tasks, batch by batch, each batch marked sent; a retry reconciles by capture id."""
-    from crux.collect import collect as collect_captures
-    from crux.ingest import create_db_engine, migrate
-    from crux.labelstudio.client import connect
+    from crux.collect.labeling import collect as collect_captures
+    from crux.collect import create_db_engine, migrate
+    from crux.label.client import connect
 
     r = _resolve(params_path)
     engine = create_db_engine(r["settings"].database_url)

@@ -1,5 +1,5 @@
 """Prefect tasks: one side effect each, with retries where repeating is safe. They resolve config through
-`crux.cli` (the only reader of params.yaml and the environment) and call `crux.loop`; no ML logic here."""
+`crux.cli` (the only reader of params.yaml and the environment) and call `crux.loop.steps`; no ML logic here."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ def _context(params_path: str) -> Any:
 def snapshot_task(project: str, params_path: str) -> dict[str, Any] | None:
     """Label Studio → a new dataset version (git commit of data.dvc), or None when nothing changed."""
     from crux.cli import dataset_config, labelstudio_access, labelstudio_config, s3_fetch_options
-    from crux.dataset.diff import diff_to_markdown
-    from crux.loop import snapshot_project
+    from crux.data.diff import diff_to_markdown
+    from crux.loop.steps import snapshot_project
 
     ctx = _context(params_path)
     outcome = snapshot_project(
@@ -51,8 +51,8 @@ def snapshot_task(project: str, params_path: str) -> dict[str, Any] | None:
 @task  # no retries: training is deterministic, a retry repeats the same failure at full cost
 def reproduce_task(line: str, params_path: str, quick: bool, profile: str | None = None) -> str:
     """`dvc repro`, or `dvc exp run` with a training profile's overrides (quick: CI; demo: `crux demo`)."""
-    from crux.loop import metrics_report, reproduce
-    from crux.training.config import profile_overrides
+    from crux.loop.steps import metrics_report, reproduce
+    from crux.train.recipe import profile_overrides
 
     ctx = _context(params_path)
     profile = profile or ("quick" if quick else None)
@@ -66,7 +66,7 @@ def reproduce_task(line: str, params_path: str, quick: bool, profile: str | None
 @task(retries=2, retry_delay_seconds=15)
 def push_task(params_path: str) -> None:
     """Dataset and pipeline outputs to the DVC remote, so a clean clone can `dvc pull` this state."""
-    from crux.loop import push
+    from crux.loop.steps import push
 
     push(_context(params_path).root)
 
@@ -76,8 +76,8 @@ def publish_task(line: str, params_path: str, remote: str | None) -> dict[str, A
     """Gate the candidate (absolute floors, then vs production); publish when it passes. A refusal is a decision,
     not a failure: {"published": False, "gate": …} with the criteria in the `LINE-gate` Markdown artifact."""
     from crux.cli import check_model_fits_line, gate_config, model_remote, signing_key, trusted_keys
-    from crux.loop import export_dir, publish_candidate
-    from crux.publish import GateRefused
+    from crux.loop.steps import export_dir, publish_candidate
+    from crux.ship.publish import GateRefused
 
     ctx = _context(params_path)
     check_model_fits_line(ctx, line, export_dir(ctx.root, line))

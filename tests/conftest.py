@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from crux.ingest.testing import free_port
+from crux.collect.ingest_server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -52,7 +52,7 @@ def ls_files_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def ls_server(tmp_path_factory: pytest.TempPathFactory, ls_files_root: Path) -> Iterator[tuple]:
     """A real Label Studio from .venv-ls on a free loopback port with a throwaway data dir."""
-    from crux.labelstudio import server
+    from crux.label import server
 
     venv = Path(os.environ.get("CRUX_LS_VENV") or REPO / ".venv-ls")
     if not (venv / "bin" / "label-studio").exists():
@@ -74,7 +74,7 @@ def ls_server(tmp_path_factory: pytest.TempPathFactory, ls_files_root: Path) -> 
 
 @pytest.fixture(scope="session")
 def ls_client(ls_server: tuple):
-    from crux.labelstudio.client import connect
+    from crux.label.client import connect
 
     settings, credentials = ls_server
     return connect(settings.url, credentials.token)

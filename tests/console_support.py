@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from crux.ingest.testing import free_port, make_jpeg
+from crux.collect.ingest_server import free_port, make_jpeg
 
 LINE = "line-a"
 OTHER_LINE = "line-b"
@@ -53,8 +53,8 @@ def publish_versions(tmp: Path, remote: Path) -> tuple[Any, Path]:
     """Two signed releases of LINE (accuracy 0.95 then 0.97, each with a confusion matrix); returns the key."""
     from edge_support import exported
 
-    from crux.publish import GateConfig, publish
-    from crux.signing import generate_private_key, public_key_pem
+    from crux.ship.publish import GateConfig, publish
+    from crux.ship.signing import generate_private_key, public_key_pem
 
     key = generate_private_key()
     for seed, acc, cm in ((0, 0.95, [[8, 1, 0], [0, 6, 1], [0, 0, 7]]), (1, 0.97, [[9, 0, 0], [0, 7, 0], [0, 1, 6]])):
@@ -74,10 +74,10 @@ def git(repo: Path, *args: str) -> str:
 
 def dataset_versions(repo: Path, files: Path) -> list[str]:
     """Two dataset versions of LINE in `repo` (real git + DVC): 4 items, then one added and one relabelled."""
-    from crux.dataset import versioning as V
-    from crux.dataset.snapshot import build_dataset
-    from crux.dataset.store import make_fetcher
-    from crux.dataset.synthetic import Ann, box, image_bytes, local_url, ls_task, write_export, write_image
+    from crux.data import versioning as V
+    from crux.data.snapshot import build_dataset
+    from crux.data.store import make_fetcher
+    from crux.data.synthetic_exports import Ann, box, image_bytes, local_url, ls_task, write_export, write_image
 
     repo.mkdir(parents=True, exist_ok=True)
     git(repo, "init", "-q")
@@ -154,7 +154,7 @@ def edge_heartbeat(tmp: Path, remote: Path, public_key: Path, ingest_url: str, t
     """A real edge runtime of LINE (production from the remote) inspects 5 frames, then sends one heartbeat."""
     from crux.edge.heartbeat import HeartbeatSender
     from crux.edge.runtime import EdgeConfig, EdgeRuntime
-    from crux.signing import load_public_keys
+    from crux.ship.signing import load_public_keys
 
     frames = tmp / "frames"
     frames.mkdir()
@@ -171,8 +171,8 @@ def edge_heartbeat(tmp: Path, remote: Path, public_key: Path, ingest_url: str, t
 
 
 def build_plant(tmp: Path) -> Plant:
-    from crux.ingest import IngestSettings, add_station, create_db_engine, migrate
-    from crux.ingest.testing import running_server
+    from crux.collect import IngestSettings, add_station, create_db_engine, migrate
+    from crux.collect.ingest_server import running_server
 
     remote = tmp / "model-remote"
     _, pub = publish_versions(tmp, remote)
@@ -208,8 +208,8 @@ def console_config(
 ) -> Any:
     from crux.console.app import ConsoleConfig, LineInfo
     from crux.console.sources import DatasetReader, IngestReader, LabelStudioReader, ModelReader
-    from crux.ingest import create_db_engine
-    from crux.signing import load_public_keys
+    from crux.collect import create_db_engine
+    from crux.ship.signing import load_public_keys
 
     return ConsoleConfig(
         lines=(LineInfo(LINE, "Line A", "classify"), LineInfo(OTHER_LINE, "Line B", "detect")),

@@ -9,15 +9,15 @@ IMAGE_SIZE = 32
 
 
 def tiny_bundle(path: Path, kind: str, seed: int = 0, image_size: int = IMAGE_SIZE) -> Path:
-    """A randomly initialised, tiny crux model bundle (crux.models) of the synthetic dataset's classes."""
+    """A randomly initialised, tiny crux model bundle (crux.train.models) of the synthetic dataset's classes."""
     import torch
 
-    from crux.models.bundle import save_bundle
+    from crux.train.models.bundle import save_bundle
     from crux.postprocess import DetectSpec, InputSpec
 
     torch.manual_seed(seed)
     if kind == "classify":
-        from crux.models.classifier import Classifier, ClassifierConfig
+        from crux.train.models.classifier import Classifier, ClassifierConfig
 
         classes, ok_class = ["ok", "scratch", "spot"], "ok"
         cfg: Any = ClassifierConfig(num_classes=3, in_channels=1, width=4, depth=(1, 1))
@@ -26,7 +26,7 @@ def tiny_bundle(path: Path, kind: str, seed: int = 0, image_size: int = IMAGE_SI
             model.fc.weight.normal_(0, 2.0)  # spread the logits: distinct top-1 classes across images
         detect = None
     elif kind == "segment":
-        from crux.models.segmenter import Segmenter, SegmenterConfig
+        from crux.train.models.segmenter import Segmenter, SegmenterConfig
 
         classes, ok_class = ["ok", "scratch", "spot"], "ok"
         cfg = SegmenterConfig(num_outputs=3, in_channels=1, width=4, depth=(1, 1), decoder_width=8)
@@ -36,7 +36,7 @@ def tiny_bundle(path: Path, kind: str, seed: int = 0, image_size: int = IMAGE_SI
             model.head[-1].weight.normal_(0, 1.0)
         detect = None
     else:
-        from crux.models.detector import Detector, DetectorConfig
+        from crux.train.models.detector import Detector, DetectorConfig
 
         classes, ok_class = ["scratch", "spot"], None
         cfg = DetectorConfig(num_classes=2, in_channels=1, width=4, depth=(1, 1, 1), neck_width=8, strides=(4, 8, 16))
@@ -61,9 +61,9 @@ def tiny_bundle(path: Path, kind: str, seed: int = 0, image_size: int = IMAGE_SI
 
 def prepared_dataset(root: Path, kind: str, image_size: int = IMAGE_SIZE) -> Path:
     """A synthetic dataset version, prepared (train/val/test split lists) at `root/prepared`."""
-    from crux.training.config import DataConfig
-    from crux.training.prepare import prepare
-    from crux.training.synthetic import write_synthetic_dataset
+    from crux.train.recipe import DataConfig
+    from crux.train.prepare import prepare
+    from crux.data.synthetic_versions import write_synthetic_dataset
 
     data = write_synthetic_dataset(root, kind, n_per_split=(12, 6, 6), size=48, seed=1)
     prepare(data, root / "prepared", DataConfig(kind=kind, image_size=image_size, channels=1))
@@ -90,7 +90,7 @@ def exported(
 ) -> Path:
     """Bundle → `crux export` folder (torchscript exporter by default: ~0.3 s instead of ~5 s). The card's metrics
     are `metrics` over HEALTHY_METRICS, or `metrics` alone with healthy=False."""
-    from crux.export import ExportConfig, export
+    from crux.ship.export import ExportConfig, export
 
     if healthy:
         base = {k: dict(v) if isinstance(v, dict) else v for k, v in HEALTHY_METRICS[kind].items()}

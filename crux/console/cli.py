@@ -33,8 +33,8 @@ def console_config(params: Path, admin_token: str | None, timeout_s: float) -> A
     )
     from crux.console.app import ConsoleConfig, LineInfo
     from crux.console.sources import DatasetReader, IngestReader, LabelStudioReader, ModelReader
-    from crux.ingest import create_db_engine, migrate
-    from crux.signing import load_public_keys
+    from crux.collect import create_db_engine, migrate
+    from crux.ship.signing import load_public_keys
 
     ctx = load_context(params)
     projects = labelstudio_config(ctx).projects

@@ -1,7 +1,7 @@
 """What the console reads, one reader per store, each behind a short timeout.
 
 - `IngestReader`: the ingest database (captures, stations, heartbeats) and its image store.
-- `ModelReader`: the model remote (fsspec folder or S3) through `crux.publish.list_models`.
+- `ModelReader`: the model remote (fsspec folder or S3) through `crux.ship.publish.list_models`.
 - `DatasetReader`: dataset versions, i.e. the git history of `data.dvc` and `crux data diff`.
 - `LabelStudioReader`: each line's project progress through the SDK.
 
@@ -113,12 +113,12 @@ class StationRow:
     name: str
     line: str
     revoked: bool
-    heartbeat: Any | None  # crux.ingest.heartbeats.Heartbeat
+    heartbeat: Any | None  # crux.collect.heartbeats.Heartbeat
 
 
 class IngestReader:
     def __init__(self, engine: Any, storage_url: str, storage_options: Mapping[str, Any] | None = None) -> None:
-        from crux.ingest.storage import ImageStore
+        from crux.collect.storage import ImageStore
 
         self.engine = engine
         self.store = ImageStore(storage_url, storage_options)
@@ -127,7 +127,7 @@ class IngestReader:
         """Captures and NG captures since `since`, and captures not labeled yet, per line (index-only reads)."""
         import sqlalchemy as sa
 
-        from crux.ingest.db import captures, to_naive_utc
+        from crux.collect.db import captures, to_naive_utc
 
         c = captures.c
         recent = sa.select(sa.func.count(), sa.func.count().filter(c.verdict == "ng")).where(
@@ -147,8 +147,8 @@ class IngestReader:
         """The newest captures (by id, an index scan) of a line or a station; ng=True only NG, False only not NG."""
         import sqlalchemy as sa
 
-        from crux.ingest.db import captures
-        from crux.ingest.records import _record
+        from crux.collect.db import captures
+        from crux.collect.records import _record
 
         query = sa.select(captures).order_by(captures.c.id.desc()).limit(limit)
         if line is not None:
@@ -163,7 +163,7 @@ class IngestReader:
             return [_record(r) for r in conn.execute(query)]
 
     def capture(self, capture_id: int) -> Any | None:
-        from crux.ingest.records import get_capture
+        from crux.collect.records import get_capture
 
         return get_capture(self.engine, capture_id)
 
@@ -174,8 +174,8 @@ class IngestReader:
     def stations(self) -> list[StationRow]:
         import sqlalchemy as sa
 
-        from crux.ingest.db import stations
-        from crux.ingest.heartbeats import latest_heartbeats
+        from crux.collect.db import stations
+        from crux.collect.heartbeats import latest_heartbeats
 
         beats = {b.station: b for b in latest_heartbeats(self.engine)}
         with self.engine.connect() as conn:
@@ -204,7 +204,7 @@ class ModelReader:
 
     def history(self, line: str) -> dict[str, Any]:
         """`crux models list LINE --json`: every version with metrics, gate, lineage, verified, signer."""
-        from crux.publish import list_models
+        from crux.ship.publish import list_models
 
         return self._cache.get(
             line, lambda: list_models(self.remote_url, line, self.public_keys, storage_options=self.storage_options)
@@ -242,7 +242,7 @@ class DatasetVersion:
         return self.commit[:10]
 
 
-# The first line of a dataset commit (crux.dataset.diff.commit_message).
+# The first line of a dataset commit (crux.data.diff.commit_message).
 _SUBJECT = re.compile(r"^data\((?P<line>[^)]+)\): (?P<items>\d+) items, \+(?P<a>\d+) −(?P<r>\d+) ~(?P<m>\d+)$")
 COMMIT = re.compile(r"^[0-9a-f]{7,40}\Z")
 
@@ -302,8 +302,8 @@ class DatasetReader:
         """`crux data diff COMMIT~1 COMMIT -p LINE` as Markdown (computed once per commit)."""
         key = (line, commit)
         if key not in self._diffs:
-            from crux.dataset import versioning
-            from crux.dataset.diff import diff_manifests, diff_to_markdown
+            from crux.data import versioning
+            from crux.data.diff import diff_manifests, diff_to_markdown
 
             data_rel = f"{self.data_root}/{line}"
             parent = f"{commit}~1"
@@ -359,8 +359,8 @@ class LabelStudioReader:
     def _projects(self) -> dict[str, Progress]:
         from label_studio_sdk import LabelStudio
 
-        from crux.labelstudio.projects import MARKER
-        from crux.labelstudio.server import health
+        from crux.label.projects import MARKER
+        from crux.label.server import health
 
         if not health(self.url, timeout=self.timeout_s):
             raise ConnectionError(f"Label Studio at {self.url} does not answer /health")

@@ -27,7 +27,7 @@ FPS_WINDOW_S = 60.0
 
 
 def heartbeat_payload(runtime: EdgeRuntime, outbox: Outbox | None, interval_s: float) -> dict[str, Any]:
-    """The status of `runtime` now, in the shape of crux.ingest.heartbeats.HeartbeatIn."""
+    """The status of `runtime` now, in the shape of crux.collect.heartbeats.HeartbeatIn."""
     recent = list(runtime.recent)  # a copy: the frame loop keeps appending
     now = time.monotonic()
     window = [r for r in recent if now - r[0] <= FPS_WINDOW_S]

@@ -300,7 +300,7 @@ def open_model(
 def _open_release(
     ref: str, dest: Path, public_keys: Sequence[Any], storage_options: Mapping[str, Any] | None, threads: int
 ) -> OnnxModel:
-    from crux.publish import fetch_release
+    from crux.ship.publish import fetch_release
 
     release = fetch_release(
         ref, dest, public_keys, installed=None, storage_options=storage_options, require_signature=bool(public_keys)

@@ -1,6 +1,6 @@
 """`crux edge run`: inspect frames with the line's production model and follow new releases without a restart.
 
-- Model updates: a poller thread fetches the remote's current release (crux.publish.fetch_release: temp folder,
+- Model updates: a poller thread fetches the remote's current release (crux.ship.publish.fetch_release: temp folder,
   sha256, Ed25519 signature, sequence/version monotonicity), opens a new ONNX Runtime session, runs it once,
   and only then replaces the model reference. The frame loop reads that reference once per frame, so every
   frame is processed entirely by one complete model and none is dropped or repeated. Any failure keeps the
@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from crux.config import ConfigError
-from crux.dataset.store import sha256_file
+from crux.data.store import sha256_file
 from crux.edge.predict import NO_DEFECT_LABEL, OnnxModel, Result, contract_record
 from crux.postprocess import ImageError, open_image
-from crux.publish import ReleaseError, fetch_release
+from crux.ship.publish import ReleaseError, fetch_release
 
 if TYPE_CHECKING:
     from crux.edge.outbox import Outbox

@@ -17,13 +17,13 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-import crux.collect
-from crux.collect import SAMPLING, CollectError, collect
+import crux.collect.labeling
+from crux.collect.labeling import SAMPLING, CollectError, collect
 from crux.config import ProjectSpec
-from crux.ingest import IngestSettings, add_station, create_app, create_db_engine, list_captures, migrate
-from crux.ingest.storage import ImageStore
-from crux.ingest.testing import capture_metadata, make_jpeg
-from crux.labelstudio.projects import sync_project
+from crux.collect import IngestSettings, add_station, create_app, create_db_engine, list_captures, migrate
+from crux.collect.storage import ImageStore
+from crux.collect.ingest_server import capture_metadata, make_jpeg
+from crux.label.projects import sync_project
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +139,7 @@ def test_crash_between_import_and_mark_sent_is_reconciled(
         raise RuntimeError("killed between import and mark_sent")
 
     with monkeypatch.context() as patch:
-        patch.setattr(crux.collect, "mark_sent", crash)
+        patch.setattr(crux.collect.labeling, "mark_sent", crash)
         with pytest.raises(RuntimeError, match="killed"):
             collect(line.engine, line.client, line.name, DETECT, line.store, ls_files_root, batch_size=2)
     # The first batch reached Label Studio, nothing was recorded as sent.

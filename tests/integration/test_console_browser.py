@@ -27,8 +27,8 @@ from console_support import (
     running_console,
 )
 
-from crux.ingest import IngestSettings
-from crux.ingest.testing import free_port, running_server
+from crux.collect import IngestSettings
+from crux.collect.ingest_server import free_port, running_server
 
 pytestmark = pytest.mark.integration
 
@@ -255,8 +255,8 @@ edge:
 def test_labelstudio_progress_and_task_links(plant: Plant, ls_server: tuple, ls_client: Any, offline: OffHost,
                                              tmp_path: Path) -> None:  # fmt: skip
     from crux.config import ProjectSpec
-    from crux.ingest import create_db_engine, mark_sent
-    from crux.labelstudio.projects import sync_project
+    from crux.collect import create_db_engine, mark_sent
+    from crux.label.projects import sync_project
 
     settings, credentials = ls_server
     spec = ProjectSpec(title="Console line A", kind="classify", classes={"ok": "#00aa00", "scratch": "#ff0000"},

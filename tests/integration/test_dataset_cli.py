@@ -13,10 +13,10 @@ import yaml
 from conftest import REPO, copy_neu_subset, neu_stems
 from typer.testing import CliRunner
 
-from crux import importer
+from crux.label import importer
 from crux.cli import app
 from crux.config import LabelStudioConfig, from_mapping
-from crux.labelstudio.projects import sync_project
+from crux.label.projects import sync_project
 
 pytestmark = pytest.mark.integration
 

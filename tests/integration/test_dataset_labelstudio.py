@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from crux.dataset import versioning as V
-from crux.dataset.manifest import read_manifest
-from crux.dataset.snapshot import SnapshotError, build_dataset, export_snapshot_to_file
-from crux.dataset.store import make_fetcher
+from crux.data import versioning as V
+from crux.data.manifest import read_manifest
+from crux.data.snapshot import SnapshotError, build_dataset, export_snapshot_to_file
+from crux.data.store import make_fetcher
 from crux.geometry import yolo_to_pixel
 from crux.kinds import Label, get_kind
 

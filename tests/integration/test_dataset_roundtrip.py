@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from conftest import copy_neu_subset, neu_stems
 
-from crux import importer
+from crux.label import importer
 from crux.config import ProjectSpec, from_mapping
-from crux.dataset.formats import export_dataset
-from crux.dataset.manifest import ManifestItem, read_classes, read_manifest
-from crux.dataset.snapshot import build_dataset, export_snapshot_to_file
-from crux.dataset.store import make_fetcher
-from crux.labelstudio.projects import sync_project
+from crux.data.formats import export_dataset
+from crux.data.manifest import ManifestItem, read_classes, read_manifest
+from crux.data.snapshot import build_dataset, export_snapshot_to_file
+from crux.data.store import make_fetcher
+from crux.label.projects import sync_project
 
 pytestmark = pytest.mark.integration
 

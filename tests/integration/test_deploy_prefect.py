@@ -150,7 +150,7 @@ def test_a_burst_of_webhooks_starts_exactly_one_flow_run(prefect_api: None) -> N
     from prefect import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    from crux.webhooks import WEBHOOK_PATH, ReceiverSettings, TriggerConfig, create_receiver
+    from crux.loop.trigger import WEBHOOK_PATH, ReceiverSettings, TriggerConfig, create_receiver
 
     deploy.register(
         deploy.deployments(["burst"], "0 2 * * *", "UTC", enabled=False, flow=stand_in_cycle, work_pool="crux-test"),

@@ -11,9 +11,9 @@ from console_support import LINE, publish_versions
 from typer.testing import CliRunner
 
 from crux.cli import app
-from crux.ingest import IngestSettings, add_station, create_db_engine, migrate
-from crux.ingest.heartbeats import latest_heartbeats
-from crux.ingest.testing import free_port, make_jpeg, running_server
+from crux.collect import IngestSettings, add_station, create_db_engine, migrate
+from crux.collect.heartbeats import latest_heartbeats
+from crux.collect.ingest_server import free_port, make_jpeg, running_server
 
 pytestmark = pytest.mark.integration
 

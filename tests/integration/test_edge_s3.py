@@ -13,8 +13,8 @@ from PIL import Image
 
 from crux.edge.predict import open_model, predict_paths
 from crux.edge.runtime import EdgeConfig, EdgeRuntime
-from crux.publish import GateConfig, GateRefused, ReleaseError, fetch_release, list_models, publish, rollback
-from crux.signing import generate_private_key
+from crux.ship.publish import GateConfig, GateRefused, ReleaseError, fetch_release, list_models, publish, rollback
+from crux.ship.signing import generate_private_key
 
 pytestmark = pytest.mark.integration
 

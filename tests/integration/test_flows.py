@@ -16,9 +16,9 @@ import pytest
 import yaml
 from conftest import REPO, copy_neu_subset, neu_stems
 
-from crux import importer
+from crux.label import importer
 from crux.config import ProjectSpec, from_mapping
-from crux.labelstudio.projects import sync_project
+from crux.label.projects import sync_project
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ls_server: tuple) -> P
     subprocess.run([dvc, "remote", "add", "-d", "local", str(tmp_path / "dvc-remote")], cwd=repo, check=True)
     git(repo, "add", ".")
     git(repo, "commit", "-qm", "init")
-    from crux.signing import init_keys
+    from crux.ship.signing import init_keys
 
     init_keys(repo / ".crux" / "keys" / "publish.key", repo / ".crux" / "keys" / "publish.pub")
     monkeypatch.setenv("CRUX_LS_URL", settings.url)
@@ -113,7 +113,7 @@ def test_cycle_end_to_end(prefect_api: None, repo: Path, ls_client, ls_files_roo
     (repo / "params.yaml").write_text(yaml.safe_dump(broken, sort_keys=False))
     result[0]["value"]["rectanglelabels"] = [old_class]
     ls_client.annotations.update(id=annotation["id"], result=result)
-    from crux.loop import PipelineError
+    from crux.loop.steps import PipelineError
 
     with pytest.raises(PipelineError, match="NoSuchTransform"):
         cycle(LINE, params_path=params, quick=True)

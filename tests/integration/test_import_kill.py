@@ -18,9 +18,9 @@ import yaml
 from conftest import REPO, copy_neu_subset, neu_stems
 from kill_support import run_and_kill
 
-from crux import importer
+from crux.label import importer
 from crux.config import LabelStudioConfig, from_mapping
-from crux.labelstudio.projects import sync_project
+from crux.label.projects import sync_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")]
 
@@ -42,9 +42,9 @@ def test_import_killed_at_seeded_points_gives_all_or_none(
             import sys
             from pathlib import Path
             import yaml
-            from crux import importer
+            from crux.label import importer
             from crux.config import LabelStudioConfig, from_mapping
-            from crux.labelstudio.client import connect
+            from crux.label.client import connect
             params = yaml.safe_load(Path({str(REPO / "params.yaml")!r}).read_text())
             spec = from_mapping(LabelStudioConfig, params["labelstudio"], "ls").project("neu-det")
             client = connect({settings.url!r}, {credentials.token!r})

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from crux.config import ConfigError
-from crux.training.config import PipelineConfig, load_pipeline_config, merge_params, quick_profile
-from crux.training.synthetic import write_synthetic_dataset
+from crux.train.recipe import PipelineConfig, load_pipeline_config, merge_params, quick_profile
+from crux.data.synthetic_versions import write_synthetic_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ def _cfg(kind: str, **train: Any) -> PipelineConfig:
 
 
 def _run(root: Path, kind: str, cfg: PipelineConfig, data: Path | None = None) -> dict[str, Any]:
-    from crux.training.pipeline import evaluate, prepare, train
+    from crux.train.pipeline import evaluate, prepare, train
 
     data = data or write_synthetic_dataset(root, kind)
     prepare(data, root / "prepared", cfg.data)
@@ -85,7 +85,7 @@ def test_same_seed_same_metrics_on_cpu(tmp_path: Path, kind: str) -> None:
 
 
 def test_resume_continues_from_last_checkpoint(tmp_path: Path) -> None:
-    from crux.training.pipeline import prepare, train
+    from crux.train.pipeline import prepare, train
 
     data = write_synthetic_dataset(tmp_path, "classify")
     cfg = _cfg("classify", max_steps=-1, epochs=1)
@@ -118,7 +118,7 @@ def test_early_stopping_ends_a_plateau(tmp_path: Path) -> None:
 
 
 def test_train_refuses_kind_mismatch(tmp_path: Path) -> None:
-    from crux.training.pipeline import prepare, train
+    from crux.train.pipeline import prepare, train
 
     data = write_synthetic_dataset(tmp_path, "classify", n_per_split=(4, 2, 2))
     prepare(data, tmp_path / "prepared", _cfg("classify").data)
@@ -138,8 +138,8 @@ def test_kind_left_to_the_dataset_trains_a_detector(tmp_path: Path) -> None:
 def test_ema_average_is_validated_checkpointed_and_shipped(tmp_path: Path) -> None:
     import torch
 
-    from crux.models.bundle import load_bundle
-    from crux.training.pipeline import prepare, train
+    from crux.train.models.bundle import load_bundle
+    from crux.train.pipeline import prepare, train
 
     data = write_synthetic_dataset(tmp_path, "classify")
     cfg = _cfg("classify", max_steps=-1, epochs=2, ema_decay=0.9)

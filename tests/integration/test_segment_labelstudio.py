@@ -15,13 +15,13 @@ import pytest
 from conftest import MAGNETIC_TILE
 from PIL import Image
 
-from crux import importer
+from crux.label import importer
 from crux.config import ProjectSpec, from_mapping
-from crux.dataset.manifest import read_manifest
-from crux.dataset.snapshot import build_dataset, export_snapshot_to_file
-from crux.dataset.store import make_fetcher
+from crux.data.manifest import read_manifest
+from crux.data.snapshot import build_dataset, export_snapshot_to_file
+from crux.data.store import make_fetcher
 from crux.kinds import get_kind
-from crux.labelstudio.projects import sync_project
+from crux.label.projects import sync_project
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crux.training.config import load_pipeline_config, quick_profile
-from crux.training.synthetic import write_synthetic_dataset
+from crux.train.recipe import load_pipeline_config, quick_profile
+from crux.data.synthetic_versions import write_synthetic_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     import torch
 
-    from crux.training.pipeline import evaluate, prepare, train
+    from crux.train.pipeline import evaluate, prepare, train
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("segment")
@@ -73,7 +73,7 @@ def test_export_parity_card_and_predict_contract(trained: Path) -> None:
 
     from crux.edge.predict import SEGMENT_KEYS, OnnxModel, contract_record
     from crux.edge.runtime import EdgeConfig, decide
-    from crux.export import ExportConfig, export
+    from crux.ship.export import ExportConfig, export
 
     post = json.loads((trained / "eval" / "postprocess.json").read_text())
     card = export(

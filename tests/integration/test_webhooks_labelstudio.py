@@ -12,9 +12,9 @@ import pytest
 from conftest import free_port
 
 from crux.config import ProjectSpec
-from crux.labelstudio.projects import sync_project
-from crux.labelstudio.webhooks import ensure_webhook, project_names, remove_webhooks
-from crux.webhooks import WEBHOOK_PATH, ReceiverSettings, TriggerConfig, create_receiver
+from crux.label.projects import sync_project
+from crux.label.webhook_registration import ensure_webhook, project_names, remove_webhooks
+from crux.loop.trigger import WEBHOOK_PATH, ReceiverSettings, TriggerConfig, create_receiver
 
 pytestmark = pytest.mark.integration
 

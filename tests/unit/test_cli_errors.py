@@ -52,7 +52,7 @@ def test_import_with_a_missing_predictions_file_is_refused_before_connecting(par
 
 
 def test_keys_rotate_keeps_the_old_public_key_and_says_what_to_trust(params: Path) -> None:
-    from crux.signing import key_id, load_public_key
+    from crux.ship.signing import key_id, load_public_key
 
     runner = CliRunner()
     assert runner.invoke(app, ["keys", "init", "--params", str(params)]).exit_code == 0

@@ -1,4 +1,4 @@
-"""crux.collect without servers: labeling priority (NG first, most uncertain first) and task building for both
+"""crux.collect.labeling without servers: labeling priority (NG first, most uncertain first) and task building for both
 kinds (data keys, pre-annotations in Label Studio percent), and the image-URL check against the files root."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from crux.collect import (
+from crux.collect.labeling import (
     CollectError,
     captures_to_tasks,
     image_url_resolver,
@@ -22,8 +22,8 @@ from crux.collect import (
     priority_label,
 )
 from crux.config import ProjectSpec
-from crux.ingest.records import CaptureRecord
-from crux.ingest.storage import ImageStore
+from crux.collect.records import CaptureRecord
+from crux.collect.storage import ImageStore
 
 DETECT = ProjectSpec(title="det", kind="detect", classes={"scratches": "#911eb4", "crazing": "#e6194b"})
 CLASSIFY = ProjectSpec(
@@ -190,8 +190,8 @@ def test_local_store_urls_and_files_root(tmp_path: Path) -> None:
 def test_metadata_accepts_the_edge_reason() -> None:
     from pydantic import ValidationError
 
-    from crux.ingest import CaptureMetadata
-    from crux.ingest.testing import capture_metadata
+    from crux.collect import CaptureMetadata
+    from crux.collect.ingest_server import capture_metadata
 
     assert CaptureMetadata.model_validate(capture_metadata("cam-1", "line-a", reason="uncertain")).reason == "uncertain"
     assert CaptureMetadata.model_validate(capture_metadata("cam-1", "line-a")).reason is None

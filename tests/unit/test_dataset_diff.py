@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from crux.dataset.diff import box_changes, commit_message, diff_manifests, diff_to_json, diff_to_markdown
-from crux.dataset.manifest import ItemLabel, ManifestItem
+from crux.data.diff import box_changes, commit_message, diff_manifests, diff_to_json, diff_to_markdown
+from crux.data.manifest import ItemLabel, ManifestItem
 
 
 def item(

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from crux.dataset.formats import FormatError, export_dataset, export_names
-from crux.dataset.manifest import ClassesInfo, ItemLabel, ManifestItem
-from crux.dataset.store import relative_image_path, sha256_hex
-from crux.dataset.synthetic import image_bytes
+from crux.data.formats import FormatError, export_dataset, export_names
+from crux.data.manifest import ClassesInfo, ItemLabel, ManifestItem
+from crux.data.store import relative_image_path, sha256_hex
+from crux.data.synthetic_exports import image_bytes
 from crux.geometry import yolo_to_pixel
 
 DETECT = ClassesInfo(kind="detect", classes=("crazing", "patches"))

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crux.dataset.health import HealthOptions, check_dataset, dhash, findings_to_text, has_errors, near_duplicate_pairs
-from crux.dataset.manifest import ClassesInfo, ItemLabel, ManifestItem
-from crux.dataset.store import relative_image_path, sha256_hex
-from crux.dataset.synthetic import image_bytes
+from crux.data.health import HealthOptions, check_dataset, dhash, findings_to_text, has_errors, near_duplicate_pairs
+from crux.data.manifest import ClassesInfo, ItemLabel, ManifestItem
+from crux.data.store import relative_image_path, sha256_hex
+from crux.data.synthetic_exports import image_bytes
 
 DETECT = ClassesInfo(kind="detect", classes=("a", "b", "rare"))
 

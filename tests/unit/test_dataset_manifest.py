@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from crux.dataset.manifest import (
+from crux.data.manifest import (
     ClassesInfo,
     DatasetInfo,
     ExcludedItem,

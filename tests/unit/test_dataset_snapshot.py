@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
-from crux.dataset.manifest import read_manifest
-from crux.dataset.snapshot import SnapshotError, build_dataset, export_snapshot_to_file
-from crux.dataset.store import make_fetcher
-from crux.dataset.synthetic import Ann, box, image_bytes, local_url, ls_task, write_export, write_image
+from crux.data.manifest import read_manifest
+from crux.data.snapshot import SnapshotError, build_dataset, export_snapshot_to_file
+from crux.data.store import make_fetcher
+from crux.data.synthetic_exports import Ann, box, image_bytes, local_url, ls_task, write_export, write_image
 from crux.kinds import Label
 
 CLASSES = ("crazing", "patches", "scratches")
@@ -321,7 +321,7 @@ def _dead_pid() -> int:
 def test_work_folders_of_a_killed_snapshot_are_removed_by_the_next(world: World) -> None:
     import os
 
-    from crux.dataset.snapshot import clean_stale
+    from crux.data.snapshot import clean_stale
 
     world.add(1, [Ann([box("scratches", 1, 1, 10, 10)])])
     world.build()
@@ -342,7 +342,7 @@ def test_work_folders_of_a_killed_snapshot_are_removed_by_the_next(world: World)
 
 
 def test_dvcignore_lists_the_work_folders(tmp_path: Path) -> None:
-    from crux.dataset.versioning import ensure_dvcignore
+    from crux.data.versioning import ensure_dvcignore
 
     repo_root = Path(__file__).resolve().parents[2]
     assert {".*.building-*", ".*.old-*"} <= set((repo_root / ".dvcignore").read_text().splitlines())

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crux.dataset.split import SplitError, assign_split, validate_ratios
+from crux.data.split import SplitError, assign_split, validate_ratios
 
 
 def sha(n: int) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from crux.dataset.store import (
+from crux.data.store import (
     CorruptImageError,
     FetchError,
     decode_image,
@@ -16,7 +16,7 @@ from crux.dataset.store import (
     make_fetcher,
     write_image,
 )
-from crux.dataset.synthetic import image_bytes
+from crux.data.synthetic_exports import image_bytes
 
 
 def test_decode_reads_size_and_rejects_corrupt_or_truncated_images() -> None:

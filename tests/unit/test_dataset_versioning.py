@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from crux.dataset import versioning as V
-from crux.dataset.manifest import read_manifest
-from crux.dataset.snapshot import build_dataset
-from crux.dataset.store import make_fetcher
-from crux.dataset.synthetic import Ann, box, image_bytes, local_url, ls_task, write_export, write_image
+from crux.data import versioning as V
+from crux.data.manifest import read_manifest
+from crux.data.snapshot import build_dataset
+from crux.data.store import make_fetcher
+from crux.data.synthetic_exports import Ann, box, image_bytes, local_url, ls_task, write_export, write_image
 
 CLASSES = ("crazing", "patches")
 

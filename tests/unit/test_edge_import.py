@@ -23,7 +23,7 @@ class Block(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Block())
 started = time.perf_counter()
-import crux.edge.runtime, crux.edge.predict, crux.publish, crux.signing, crux.edge.outbox
+import crux.edge.runtime, crux.edge.predict, crux.ship.publish, crux.ship.signing, crux.edge.outbox
 import_s = time.perf_counter() - started
 print(json.dumps({"import_s": import_s, "loaded": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)}))
 """
@@ -40,8 +40,8 @@ def test_edge_imports_without_heavy_packages_in_under_a_second() -> None:
 def test_edge_runtime_runs_a_model_with_heavy_packages_blocked(tmp_path: Path) -> None:
     from edge_support import exported
 
-    from crux.publish import GateConfig, publish
-    from crux.signing import generate_private_key, public_key_pem
+    from crux.ship.publish import GateConfig, publish
+    from crux.ship.signing import generate_private_key, public_key_pem
 
     key = generate_private_key()
     publish(str(tmp_path / "remote"), "line-a", exported(tmp_path, "classify"), key, GateConfig())
@@ -54,7 +54,7 @@ def test_edge_runtime_runs_a_model_with_heavy_packages_blocked(tmp_path: Path) -
         + f"""
 from pathlib import Path
 from crux.edge.runtime import EdgeConfig, EdgeRuntime
-from crux.signing import load_public_key
+from crux.ship.signing import load_public_key
 keys = [load_public_key(Path({str(tmp_path / "pub.pem")!r}).read_bytes())]
 remote = {str(tmp_path / "remote" / "line-a")!r}
 rt = EdgeRuntime(remote, "line-a", EdgeConfig(), keys, Path({str(tmp_path / "state")!r}))

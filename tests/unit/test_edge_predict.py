@@ -12,8 +12,8 @@ from PIL import Image
 
 from crux.edge.predict import CONTRACT_KEYS, contract_record, open_model, predict_paths
 from crux.edge.runtime import EdgeConfig, EdgeRuntime
-from crux.publish import GateConfig, ReleaseError, publish
-from crux.signing import generate_private_key
+from crux.ship.publish import GateConfig, ReleaseError, publish
+from crux.ship.signing import generate_private_key
 
 
 @pytest.fixture(scope="module")

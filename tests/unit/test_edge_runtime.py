@@ -18,8 +18,8 @@ from PIL import Image
 from crux.config import ConfigError, from_mapping
 from crux.edge.predict import OnnxModel
 from crux.edge.runtime import EdgeConfig, EdgeRuntime, LiveView, decide, glob_source, stdin_source, watch_folder
-from crux.publish import GateConfig, publish, rollback
-from crux.signing import generate_private_key, sign
+from crux.ship.publish import GateConfig, publish, rollback
+from crux.ship.signing import generate_private_key, sign
 
 LINE = "line-a"
 
@@ -247,7 +247,7 @@ def test_outbox_keeps_ng_uncertain_and_sampled_ok(tmp_path: Path, exports: dict[
     assert Image.open(io.BytesIO(image)).size == (48, 40)
     assert meta["station"] == "st-1" and meta["line"] == LINE and meta["model_version"] == f"{LINE}.v1"
     assert meta["verdict"] in ("ok", "ng") and ng == (meta["verdict"] == "ng")
-    from crux.ingest.schemas import CaptureMetadata
+    from crux.collect.schemas import CaptureMetadata
 
     for _, meta, _ in outbox.items:
         CaptureMetadata.model_validate(meta)  # what the ingest service accepts
@@ -266,7 +266,7 @@ def test_detector_decision_and_error_frames(tmp_path: Path, exports: dict[str, P
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
     assert "error" in rt.process(bad)
-    from crux.ingest.schemas import CaptureMetadata
+    from crux.collect.schemas import CaptureMetadata
 
     for _, meta, _ in outbox.items:
         CaptureMetadata.model_validate(meta)
@@ -339,7 +339,7 @@ def test_live_view_renders(tmp_path: Path) -> None:
 def test_segmenter_frames_carry_regions_to_the_outbox_and_the_overlay(
     tmp_path: Path, exports: dict[str, Path], frames: list[Path]
 ) -> None:
-    from crux.ingest.schemas import CaptureMetadata
+    from crux.collect.schemas import CaptureMetadata
     from crux.postprocess import rle_decode
 
     key = generate_private_key()

@@ -13,7 +13,7 @@ from edge_support import prepared_dataset, tiny_bundle
 
 from crux.config import ConfigError, from_mapping
 from crux.edge.predict import OnnxModel
-from crux.export import ExportConfig, ExportError, dataset_version, evaluate_onnx, export, git_revision
+from crux.ship.export import ExportConfig, ExportError, dataset_version, evaluate_onnx, export, git_revision
 
 torch.set_num_threads(1)
 
@@ -62,7 +62,7 @@ def test_dynamo_export_parity_on_validation_images(tmp_path: Path, prepared: dic
 def test_onnx_matches_torch_at_batch_sizes(tmp_path: Path) -> None:
     bundle = tiny_bundle(tmp_path / "model.pt", "detect", seed=3)
     export(bundle, tmp_path / "out", ExportConfig(exporter="torchscript", parity_images=4))
-    from crux.models.bundle import load_bundle
+    from crux.train.models.bundle import load_bundle
 
     model, _ = load_bundle(bundle)
     onnx_model = OnnxModel.from_dir(tmp_path / "out")
@@ -125,7 +125,7 @@ def test_config_validation_and_lineage_helpers(tmp_path: Path) -> None:
 
 
 def test_tta_views_are_the_group_the_generators_span() -> None:
-    from crux.export import tta_views
+    from crux.ship.export import tta_views
 
     assert tta_views([]) == [(0, False)]
     assert sorted(tta_views(["hflip"])) == [(0, False), (0, True)]

@@ -14,10 +14,10 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from crux.ingest import IngestSettings, add_station, create_app, create_db_engine, migrate, revoke_station
-from crux.ingest.db import captures, stations
-from crux.ingest.stations import StationError, hash_token
-from crux.ingest.testing import capture_metadata, make_jpeg
+from crux.collect import IngestSettings, add_station, create_app, create_db_engine, migrate, revoke_station
+from crux.collect.db import captures, stations
+from crux.collect.stations import StationError, hash_token
+from crux.collect.ingest_server import capture_metadata, make_jpeg
 
 
 class Env:

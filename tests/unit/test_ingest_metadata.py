@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from crux.ingest import (
+from crux.collect import (
     CaptureMetadata,
     IngestSettings,
     add_station,
@@ -26,8 +26,8 @@ from crux.ingest import (
     mark_sent,
     migrate,
 )
-from crux.ingest.db import captures, current_revision, metadata
-from crux.ingest.testing import capture_metadata, make_jpeg
+from crux.collect.db import captures, current_revision, metadata
+from crux.collect.ingest_server import capture_metadata, make_jpeg
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -23,12 +23,12 @@ import pytest
 from edge_support import exported
 from kill_support import run_and_kill
 
-from crux.dataset.manifest import read_manifest
-from crux.dataset.snapshot import build_dataset
-from crux.dataset.store import make_fetcher
-from crux.dataset.synthetic import Ann, box, image_bytes, local_url, ls_task, write_export, write_image
-from crux.publish import GateConfig, fetch_release, publish
-from crux.signing import generate_private_key, load_private_key, private_key_pem
+from crux.data.manifest import read_manifest
+from crux.data.snapshot import build_dataset
+from crux.data.store import make_fetcher
+from crux.data.synthetic_exports import Ann, box, image_bytes, local_url, ls_task, write_export, write_image
+from crux.ship.publish import GateConfig, fetch_release, publish
+from crux.ship.signing import generate_private_key, load_private_key, private_key_pem
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 REPO = Path(__file__).resolve().parents[2]
@@ -69,8 +69,8 @@ def test_snapshot_killed_mid_build_keeps_the_previous_version_and_the_next_run_c
     proc = _spawn(f"""
         import time
         from pathlib import Path
-        from crux.dataset.snapshot import build_dataset
-        from crux.dataset.store import make_fetcher
+        from crux.data.snapshot import build_dataset
+        from crux.data.store import make_fetcher
         fetch = make_fetcher(files_root=Path({str(files)!r}))
         def slow(url):
             time.sleep(0.3)
@@ -96,8 +96,8 @@ def test_publish_killed_mid_upload_leaves_production_whole_and_the_next_publish_
     proc = _spawn(f"""
         import time
         from pathlib import Path
-        import crux.publish as p
-        from crux.signing import load_private_key
+        import crux.ship.publish as p
+        from crux.ship.signing import load_private_key
         real = p._put_file
         def slow(fs, local, path):
             real(fs, local, path)
@@ -204,8 +204,8 @@ def test_snapshot_killed_at_seeded_points(tmp_path: Path, points: int, kill_repo
             f"""
             import time
             from pathlib import Path
-            from crux.dataset.snapshot import build_dataset
-            from crux.dataset.store import make_fetcher
+            from crux.data.snapshot import build_dataset
+            from crux.data.store import make_fetcher
             fetch = make_fetcher(files_root=Path({str(files)!r}))
             def slow(url):
                 time.sleep(0.02)  # a fetch over the network: spreads the kill points over the whole build
@@ -269,8 +269,8 @@ def test_publish_killed_at_seeded_points(
         return _go_script(
             f"""
             from pathlib import Path
-            import crux.publish as p
-            from crux.signing import load_private_key
+            import crux.ship.publish as p
+            from crux.ship.signing import load_private_key
             key = load_private_key(Path({str(releases["root"] / "key.pem")!r}).read_bytes())
             """,
             f"p.publish({str(remote)!r}, 'line-a', Path({str(v2)!r}), key, p.GateConfig())",
@@ -334,7 +334,7 @@ def test_edge_killed_at_seeded_points_resumes_with_a_verified_model(
             f"""
             from pathlib import Path
             from crux.edge.runtime import EdgeConfig, EdgeRuntime
-            from crux.signing import load_private_key
+            from crux.ship.signing import load_private_key
             pub = load_private_key(Path({str(releases["root"] / "key.pem")!r}).read_bytes()).public_key()
             rt = EdgeRuntime({str(remote / "line-a")!r}, "line-a", EdgeConfig(), [pub], Path({str(state)!r}))
             assert rt.resume() and rt.running.version == 1
@@ -373,7 +373,7 @@ def test_edge_killed_at_seeded_points_resumes_with_a_verified_model(
             f"""
             from pathlib import Path
             from crux.edge.runtime import EdgeConfig, EdgeRuntime
-            from crux.signing import load_private_key
+            from crux.ship.signing import load_private_key
             pub = load_private_key(Path({str(releases["root"] / "key.pem")!r}).read_bytes()).public_key()
             state = Path({str(tmp_path / "cold")!r})
             rt = EdgeRuntime({str(remote / "line-a")!r}, "line-a", EdgeConfig(), [pub], state)
@@ -415,9 +415,9 @@ def test_ingest_server_killed_at_seeded_points_loses_and_duplicates_no_capture(
 ) -> None:
     import httpx
 
-    from crux.ingest import IngestSettings, add_station, create_db_engine, list_captures, migrate
-    from crux.ingest.storage import ImageStore
-    from crux.ingest.testing import capture_metadata, free_port, make_jpeg
+    from crux.collect import IngestSettings, add_station, create_db_engine, list_captures, migrate
+    from crux.collect.storage import ImageStore
+    from crux.collect.ingest_server import capture_metadata, free_port, make_jpeg
 
     settings = IngestSettings(database_url=f"sqlite:///{tmp_path}/ingest.db", storage_url=str(tmp_path / "images"))
     engine = create_db_engine(settings.database_url)
@@ -427,8 +427,8 @@ def test_ingest_server_killed_at_seeded_points_loses_and_duplicates_no_capture(
     base = f"http://127.0.0.1:{port}"
     server_script = textwrap.dedent(f"""
         import uvicorn
-        from crux.ingest import IngestSettings
-        from crux.ingest.app import create_app
+        from crux.collect import IngestSettings
+        from crux.collect.ingest_app import create_app
         settings = IngestSettings(database_url={settings.database_url!r}, storage_url={settings.storage_url!r})
         uvicorn.run(create_app(settings), host="127.0.0.1", port={port}, log_level="warning", access_log=False)
     """)

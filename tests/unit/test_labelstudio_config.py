@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from crux.config import ConfigError, LabelStudioConfig, ProjectSpec, from_mapping
 from crux.geometry import PixelBox, ls_percent_to_pixel, pixel_to_ls_percent, pixel_to_yolo, yolo_to_pixel
 from crux.kinds import Label, get_kind
-from crux.labelstudio.projects import classes_in_config
+from crux.label.projects import classes_in_config
 
 DETECT = {"title": "Steel", "kind": "detect", "classes": {"crazing": "#e6194b", "rolled-in_scale": "#3cb44b"}}
 CLASSIFY = {

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from crux.importer import ImportValidationError, local_files_url
-from crux.labelstudio import server
+from crux.label.importer import ImportValidationError, local_files_url
+from crux.label import server
 
 
 def settings(tmp_path: Path) -> server.ServerSettings:

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from crux.kinds import get_kind
-from crux.models.classifier import Classifier, ClassifierConfig
-from crux.models.common import load_initial_weights
-from crux.models.detector import DetectionLoss, Detector, DetectorConfig
+from crux.train.models.classifier import Classifier, ClassifierConfig
+from crux.train.models.common import load_initial_weights
+from crux.train.models.detector import DetectionLoss, Detector, DetectorConfig
 from crux.postprocess import anchor_points
-from crux.training.config import ModelParams
+from crux.train.recipe import ModelParams
 
 torch.set_num_threads(1)
 
@@ -86,7 +86,7 @@ def test_kind_registry_builds_models() -> None:
 
 def test_kinds_import_stays_light() -> None:
     heavy = "('torch', 'pytorch_lightning', 'albumentations')"
-    code = f"import sys, crux.kinds, crux.training.config; print(sorted(m for m in {heavy} if m in sys.modules))"
+    code = f"import sys, crux.kinds, crux.train.recipe; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -96,7 +96,7 @@ def test_torch_normalise_is_bit_identical_to_the_edge() -> None:
 
     from crux.postprocess import InputSpec
     from crux.postprocess import normalise as np_normalise
-    from crux.training.dataset import normalise
+    from crux.train.torch_dataset import normalise
 
     spec = InputSpec(image_size=16, channels=3, mean=0.485, std=0.229)
     image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
@@ -107,7 +107,7 @@ def test_torch_normalise_is_bit_identical_to_the_edge() -> None:
 def test_ramped_ema_follows_early_then_settles_at_decay() -> None:
     from torch.optim.swa_utils import AveragedModel
 
-    from crux.training.pipeline import ramped_ema
+    from crux.train.pipeline import ramped_ema
 
     model = torch.nn.Linear(1, 1, bias=False)
     average = AveragedModel(model, avg_fn=ramped_ema(0.9), use_buffers=True)
@@ -128,7 +128,7 @@ def test_ramped_ema_follows_early_then_settles_at_decay() -> None:
 def test_detection_collate_flattens_boxes_and_split_restores_them() -> None:
     import numpy as np
 
-    from crux.training.dataset import collate, split_targets
+    from crux.train.torch_dataset import collate, split_targets
 
     def item(i: int, n: int) -> dict:
         boxes = np.arange(n * 4, dtype=np.float32).reshape(n, 4) + i

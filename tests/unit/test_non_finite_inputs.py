@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from crux.config import ProjectSpec, from_mapping
-from crux.importer import ImportValidationError, read_predictions, scan_source
+from crux.label.importer import ImportValidationError, read_predictions, scan_source
 
 SPEC = from_mapping(
     ProjectSpec, {"title": "t", "kind": "detect", "classes": {"dent": "#000000", "rust": "#ffffff"}}, "p"

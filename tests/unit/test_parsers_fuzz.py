@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from crux.config import ConfigError, ProjectSpec, from_mapping
 from crux.errors import CruxError
-from crux.importer import _yolo_labels, read_predictions
+from crux.label.importer import _yolo_labels, read_predictions
 from crux.postprocess import ImageError, load_image
-from crux.publish import ReleaseError, verify_release
-from crux.signing import generate_private_key
+from crux.ship.publish import ReleaseError, verify_release
+from crux.ship.signing import generate_private_key
 
 SPEC = from_mapping(ProjectSpec, {"title": "t", "kind": "detect", "classes": {"a": "#000000", "b": "#ffffff"}}, "p")
 KEY = generate_private_key()
@@ -85,7 +85,7 @@ RECORD = st.fixed_dictionaries(
 @FUZZ
 @given(st.lists(st.one_of(RECORD.map(json.dumps), st.text(max_size=30)), max_size=4))
 def test_predictions_files_give_finite_predictions_or_problems_naming_file_and_line(lines: list[str]) -> None:
-    from crux.importer import ImportValidationError
+    from crux.label.importer import ImportValidationError
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "preds.jsonl"
@@ -116,7 +116,7 @@ def test_params_text_loads_or_is_a_config_error_naming_the_file(text: str) -> No
 def _signed_pair(pointer_extra: dict[str, Any], manifest_extra: dict[str, Any]) -> tuple[bytes, bytes]:
     import hashlib
 
-    from crux.signing import canonical_json, sign
+    from crux.ship.signing import canonical_json, sign
 
     manifest = canonical_json(sign({"line": "l", "version": 1, "files": {}, **manifest_extra}, KEY))
     pointer = {

@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from crux.config import ProjectSpec, from_mapping
-from crux.dataset.manifest import ManifestError, ManifestItem, parse_manifest
-from crux.dataset.synthetic import image_bytes
-from crux.importer import ImportValidationError, scan_source
-from crux.ingest.schemas import CaptureMetadata
-from crux.ingest.testing import capture_metadata
-from crux.publish import GateConfig, PublishError, ReleaseError, _parse_pointer, fetch_release, publish
-from crux.signing import generate_private_key, sign
+from crux.data.manifest import ManifestError, ManifestItem, parse_manifest
+from crux.data.synthetic_exports import image_bytes
+from crux.label.importer import ImportValidationError, scan_source
+from crux.collect.schemas import CaptureMetadata
+from crux.collect.ingest_server import capture_metadata
+from crux.ship.publish import GateConfig, PublishError, ReleaseError, _parse_pointer, fetch_release, publish
+from crux.ship.signing import generate_private_key, sign
 
 FUZZ = settings(max_examples=150, deadline=None)
 SPEC = from_mapping(ProjectSpec, {"title": "t", "kind": "detect", "classes": {"a": "#000000", "b": "#ffffff"}}, "p")
@@ -195,7 +195,7 @@ TASK = {
 @FUZZ
 @given(st.one_of(near(TASK), JSON))
 def test_label_studio_export_tasks_parse_or_give_a_snapshot_error_naming_the_task(task: Any) -> None:
-    from crux.dataset.snapshot import ParsedTask, SnapshotError, parse_task
+    from crux.data.snapshot import ParsedTask, SnapshotError, parse_task
 
     try:
         parsed = parse_task(task, 3, "detect", ["a", "b"])

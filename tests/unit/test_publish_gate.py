@@ -10,7 +10,7 @@ import pytest
 from edge_support import exported
 
 from crux.config import ConfigError, from_mapping
-from crux.publish import (
+from crux.ship.publish import (
     GateConfig,
     GateRefused,
     PublishError,
@@ -23,7 +23,7 @@ from crux.publish import (
     read_pointer,
     rollback,
 )
-from crux.signing import generate_private_key
+from crux.ship.signing import generate_private_key
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +209,7 @@ def test_cycle_flow_ends_not_published_with_the_decision_as_artifact(
 
     import flows.cycle
     import flows.tasks
-    from crux.signing import private_key_pem
+    from crux.ship.signing import private_key_pem
 
     exported(tmp_path, "detect", metrics=BLIND, healthy=False, name="models/line-a/export")
     params = {"gate": {"min": {"detect": {"map50": 0.5}}}, "edge": {"remote": "remote"}}
@@ -238,7 +238,7 @@ def test_publish_cli_json_lists_every_criterion(tmp_path: Path, monkeypatch: pyt
     from typer.testing import CliRunner
 
     from crux.cli import app
-    from crux.signing import private_key_pem
+    from crux.ship.signing import private_key_pem
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"gate": {"min": {"detect": {"map50": 0.5}}}, "edge": {"remote": "remote"}}))
@@ -397,7 +397,7 @@ def test_publish_cli_refuses_a_model_made_for_another_line(
     from typer.testing import CliRunner
 
     from crux.cli import app
-    from crux.signing import private_key_pem
+    from crux.ship.signing import private_key_pem
 
     projects = {
         "det": {"title": "d", "kind": "detect", "classes": {"scratch": "#ff0000", "spot": "#00ff00"}},

@@ -20,8 +20,8 @@ from PIL import Image
 from crux.edge.predict import open_model, predict_paths
 from crux.edge.runtime import EdgeConfig, EdgeRuntime
 from crux.postprocess import ImageError, load_image, open_image
-from crux.publish import GateConfig, ReleaseError, fetch_release, publish, rollback
-from crux.signing import generate_private_key, load_private_key, load_public_key, rotate_keys
+from crux.ship.publish import GateConfig, ReleaseError, fetch_release, publish, rollback
+from crux.ship.signing import generate_private_key, load_private_key, load_public_key, rotate_keys
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_manifest_of_another_line_under_a_matching_pointer_is_refused(tmp_path: 
     import hashlib
     import json
 
-    from crux.signing import sign
+    from crux.ship.signing import sign
 
     key = generate_private_key()
     remote = tmp_path / "remote"
@@ -174,7 +174,7 @@ def test_rejected_update_is_logged_once_per_rejected_release(
 def test_key_rotation_publish_with_the_new_key_over_production_signed_by_the_old(
     tmp_path: Path, exports: dict[str, Path]
 ) -> None:
-    from crux.signing import init_keys
+    from crux.ship.signing import init_keys
 
     private, public = tmp_path / "keys" / "publish.key", tmp_path / "keys" / "publish.pub"
     old_id = init_keys(private, public)

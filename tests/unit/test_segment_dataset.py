@@ -12,15 +12,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crux import importer, masks
+from crux.label import importer
+
+from crux import masks
 from crux.config import ProjectSpec, from_mapping
-from crux.dataset.diff import diff_manifests, diff_to_json, diff_to_markdown
-from crux.dataset.formats import export_dataset
-from crux.dataset.health import HealthOptions, check_dataset
-from crux.dataset.manifest import ClassesInfo, read_classes, read_manifest
-from crux.dataset.snapshot import SnapshotError, build_dataset
-from crux.dataset.store import make_fetcher
-from crux.dataset.synthetic import Ann, image_bytes, local_url, ls_task, write_export, write_image
+from crux.data.diff import diff_manifests, diff_to_json, diff_to_markdown
+from crux.data.formats import export_dataset
+from crux.data.health import HealthOptions, check_dataset
+from crux.data.manifest import ClassesInfo, read_classes, read_manifest
+from crux.data.snapshot import SnapshotError, build_dataset
+from crux.data.store import make_fetcher
+from crux.data.synthetic_exports import Ann, image_bytes, local_url, ls_task, write_export, write_image
 from crux.kinds import Label, get_kind
 
 CLASSES = ("OK", "Crack", "Fray")

@@ -102,8 +102,8 @@ def test_pixel_metrics_and_operating_point() -> None:
 
 
 def test_augmentation_keeps_a_square_under_its_mask() -> None:
-    from crux.training.augment import build_augment
-    from crux.training.config import AugmentConfig, TransformSpec
+    from crux.train.augment import build_augment
+    from crux.train.recipe import AugmentConfig, TransformSpec
 
     cfg = AugmentConfig(
         transforms=(
@@ -132,8 +132,8 @@ def test_segment_rejects_transforms_that_do_not_move_masks(monkeypatch: pytest.M
     from albumentations.core.type_definitions import Targets
 
     from crux.config import ConfigError
-    from crux.training.augment import build_augment
-    from crux.training.config import AugmentConfig, TransformSpec
+    from crux.train.augment import build_augment
+    from crux.train.recipe import AugmentConfig, TransformSpec
 
     class ImageAndBoxesOnly(A.DualTransform):
         _targets = (Targets.IMAGE, Targets.BBOXES)

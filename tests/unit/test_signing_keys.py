@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from crux.signing import (
+from crux.ship.signing import (
     SignatureError,
     canonical_json,
     generate_private_key,

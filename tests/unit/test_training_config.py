@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from crux.config import ConfigError
-from crux.training.config import (
+from crux.train.recipe import (
     QUICK_PROFILE,
     PipelineConfig,
     load_pipeline_config,
@@ -107,7 +107,7 @@ def test_bad_transforms_are_rejected(transform: dict[str, Any], kind: str, messa
 
 
 def test_default_params_round_trip_and_quick_overrides() -> None:
-    from crux.training.config import default_params, quick_overrides
+    from crux.train.recipe import default_params, quick_overrides
 
     params = default_params("detect")
     cfg = _load(params)
@@ -121,7 +121,7 @@ def test_default_params_round_trip_and_quick_overrides() -> None:
 def test_precision_auto_is_fp32_on_cpu() -> None:
     import torch
 
-    from crux.training.pipeline import resolve_precision
+    from crux.train.pipeline import resolve_precision
 
     expected = "32-true" if not torch.cuda.is_available() else resolve_precision("auto", "auto")
     assert resolve_precision("auto", "cpu") == "32-true"
@@ -130,7 +130,7 @@ def test_precision_auto_is_fp32_on_cpu() -> None:
 
 
 def test_line_overrides_merge_over_shared_sections() -> None:
-    from crux.training.config import line_params
+    from crux.train.recipe import line_params
 
     params = {
         "data": {"image_size": 200, "channels": 1},
@@ -160,14 +160,14 @@ def test_line_overrides_merge_over_shared_sections() -> None:
     ],
 )
 def test_line_overrides_are_validated(overrides: object, message: str) -> None:
-    from crux.training.config import line_params
+    from crux.train.recipe import line_params
 
     with pytest.raises(ConfigError, match=message):
         load_pipeline_config(line_params({"pipeline": {"overrides": overrides}}, "b"))
 
 
 def test_max_time_early_stop_and_profiles_validate() -> None:
-    from crux.training.config import DEMO_PROFILE, max_time_seconds, profile_overrides
+    from crux.train.recipe import DEMO_PROFILE, max_time_seconds, profile_overrides
 
     cfg = _load(merge_params(default_params_for("classify"), {"train": {"max_time": "00:05:30:00"}}))
     assert cfg.train.max_time == "00:05:30:00" and max_time_seconds(cfg.train.max_time) == 5.5 * 3600
@@ -185,7 +185,7 @@ def test_max_time_early_stop_and_profiles_validate() -> None:
 
 
 def default_params_for(kind: str) -> dict[str, Any]:
-    from crux.training.config import default_params
+    from crux.train.recipe import default_params
 
     return default_params(kind)
 
@@ -193,7 +193,7 @@ def default_params_for(kind: str) -> dict[str, Any]:
 def test_precision_fast_is_bf16_only_where_the_cpu_runs_it(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from crux.training import pipeline
+    from crux.train import pipeline
 
     if torch.cuda.is_available():
         pytest.skip("CUDA picks its own mixed precision")
@@ -205,7 +205,7 @@ def test_precision_fast_is_bf16_only_where_the_cpu_runs_it(monkeypatch: pytest.M
 
 
 def test_training_threads_follow_the_setting_then_omp_then_the_free_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    from crux.training.pipeline import training_threads
+    from crux.train.pipeline import training_threads
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert training_threads(3, 1) == 3 and training_threads(0, 1) == 1

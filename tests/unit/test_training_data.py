@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from crux.postprocess import InputSpec
-from crux.training.data import InspectionDataModule
+from crux.train.datamodule import InspectionDataModule
 
 
 def _module(kind: str, balance: float, labels: list[int]) -> InspectionDataModule:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from crux.config import ConfigError
-from crux.training.config import DataConfig
-from crux.training.prepare import DatasetError, prepare, read_split
-from crux.training.synthetic import write_synthetic_dataset
+from crux.train.recipe import DataConfig
+from crux.train.prepare import DatasetError, prepare, read_split
+from crux.data.synthetic_versions import write_synthetic_dataset
 
 
 def test_prepare_writes_split_lists(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from crux.config import ConfigError, from_mapping
-from crux.webhooks import (
+from crux.loop.trigger import (
     WEBHOOK_PATH,
     LabelCounter,
     ReceiverSettings,

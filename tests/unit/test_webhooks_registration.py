@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from crux.labelstudio.webhooks import WebhookRegistrationError, ensure_webhook, project_names
-from crux.webhooks import ACTIONS
+from crux.label.webhook_registration import WebhookRegistrationError, ensure_webhook, project_names
+from crux.loop.trigger import ACTIONS
 
 URL = "http://127.0.0.1:8790/webhooks/labelstudio"
 SECRET = "x" * 32

@@ -1,0 +1,153 @@
+"""Database: SQLAlchemy 2 tables, engine creation (SQLite in WAL mode) and Alembic migrations.
+
+The schema is owned by the Alembic scripts shipped in `crux/collect/migrations`; the table objects
+below mirror them for queries and are checked against them in the tests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+metadata = sa.MetaData()
+
+stations = sa.Table(
+    "stations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("line", sa.String(64), nullable=False),
+    # sha256 of the bearer token; the token itself is shown once and never stored.
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("revoked_at", sa.DateTime, nullable=True),
+)
+
+captures = sa.Table(
+    "captures",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("station_id", sa.Integer, sa.ForeignKey("stations.id"), nullable=False),
+    # Denormalised so that filters need no join and a renamed/revoked station keeps its history.
+    sa.Column("station", sa.String(64), nullable=False),
+    sa.Column("line", sa.String(64), nullable=False),
+    sa.Column("captured_at", sa.DateTime, nullable=False),
+    sa.Column("received_at", sa.DateTime, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("image_key", sa.String(255), nullable=False),
+    sa.Column("content_type", sa.String(32), nullable=False),
+    sa.Column("size_bytes", sa.Integer, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("original_name", sa.String(255), nullable=True),
+    sa.Column("model_version", sa.String(128), nullable=True),
+    sa.Column("prediction", sa.String(64), nullable=True),
+    sa.Column("verdict", sa.String(2), nullable=True),
+    sa.Column("scores", sa.JSON, nullable=False),
+    sa.Column("boxes", sa.JSON, nullable=False),
+    sa.Column("idempotency_key", sa.String(128), nullable=True),
+    # Set by the collect flow once the capture is a Label Studio task.
+    sa.Column("ls_project", sa.String(64), nullable=True),
+    sa.Column("ls_task_id", sa.Integer, nullable=True),
+    sa.Column("sent_at", sa.DateTime, nullable=True),
+    # Set once an annotation for the task has been exported.
+    sa.Column("labeled_at", sa.DateTime, nullable=True),
+    sa.UniqueConstraint("station_id", "idempotency_key", name="uq_captures_station_idempotency"),
+    sa.Index("ix_captures_line_id", "line", "id"),
+    sa.Index("ix_captures_station_id", "station", "id"),
+    sa.Index("ix_captures_captured_at", "captured_at"),
+    sa.Index("ix_captures_sent_at", "sent_at"),
+    sa.Index("ix_captures_sha256", "sha256"),
+    # Migration 0002, for the console: per-line counts of the last 24 h and of captures waiting for labels
+    # read only the index (100,000 captures in milliseconds).
+    sa.Index("ix_captures_line_captured_at", "line", "captured_at", "verdict"),
+    sa.Index("ix_captures_line_labeled_at", "line", "labeled_at"),
+)
+
+# Migration 0002: the latest heartbeat of each station (`crux edge run` posts one at an interval); one row per
+# station, replaced on every heartbeat, so the table stays as small as the fleet.
+station_heartbeats = sa.Table(
+    "station_heartbeats",
+    metadata,
+    sa.Column("station_id", sa.Integer, sa.ForeignKey("stations.id"), primary_key=True, autoincrement=False),
+    sa.Column("station", sa.String(64), nullable=False),
+    sa.Column("line", sa.String(64), nullable=False),
+    sa.Column("received_at", sa.DateTime, nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=True),
+    sa.Column("model_version", sa.Integer, nullable=True),
+    sa.Column("frames", sa.Integer, nullable=False),
+    sa.Column("ng", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Integer, nullable=False),
+    sa.Column("fps", sa.Float, nullable=True),
+    sa.Column("latency_p50_ms", sa.Float, nullable=True),
+    sa.Column("ng_rate", sa.Float, nullable=True),
+    sa.Column("outbox_pending", sa.Integer, nullable=True),
+    sa.Column("outbox_bytes", sa.BigInteger, nullable=True),
+    sa.Column("interval_s", sa.Float, nullable=True),
+)
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC: the database stores naive UTC everywhere so SQLite and PostgreSQL compare alike."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def to_naive_utc(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def to_aware_utc(value: dt.datetime | None) -> dt.datetime | None:
+    return None if value is None else value.replace(tzinfo=dt.UTC)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers (GET /v1/captures, the collect flow) never block the writer, and a commit is one
+    # append to the log. synchronous=NORMAL keeps the database consistent after power loss; at worst
+    # the last commits are lost, which the edge outbox covers by retrying with the same Idempotency-Key.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    # The CLI (stations add) and the server may write at the same moment; wait instead of failing.
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def create_db_engine(database_url: str) -> Engine:
+    """An engine for `database_url`; SQLite files get their folder created and WAL pragmas set."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to `revision` with the Alembic scripts shipped inside the package."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        # env.py takes the connection from here instead of reading alembic.ini or the environment.
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()

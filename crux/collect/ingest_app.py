@@ -1,0 +1,461 @@
+"""The ingest HTTP service: `create_app(settings)` returns a FastAPI app; `serve` runs it with uvicorn.
+
+Every rejection happens before anything is written: authentication, then the request size, the
+metadata, the image declared type, its decoded format, pixel count and full decode. Only then is the
+blob written (content-addressed, so a later failure leaves at most an unreferenced duplicate-free
+blob) and the row inserted.
+"""
+
+# No `from __future__ import annotations`: FastAPI must evaluate the endpoint annotations, some of which
+# close over `settings` inside create_app.
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import AwareDatetime, ValidationError
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from crux import __version__
+from crux.collect import records
+from crux.collect.db import create_db_engine, current_revision, migrate, to_naive_utc
+from crux.collect.heartbeats import HeartbeatIn, record_heartbeat
+from crux.collect.names import IDEMPOTENCY_KEY
+from crux.collect.offline_docs import mount_offline_docs
+from crux.collect.schemas import CaptureCreated, CaptureMetadata, CaptureOut, CapturePage, Health
+from crux.collect.ingest_settings import CONTENT_TYPE_FORMATS, IngestSettings
+from crux.collect.stations import Station, station_for_token
+from crux.collect.storage import ImageStore, image_key
+
+log = logging.getLogger(__name__)
+# Boxes of detectors carry no mask: keep their stored JSON as it was before segmentation models existed.
+_NO_MASK = {"mask"}
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class BodyTooLargeError(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over `limit` bytes: at once from Content-Length, else while streaming (chunked)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"request body exceeds {self.limit} bytes"
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
+                    return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLargeError(message)
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLargeError:
+            if started:
+                raise
+            await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
+
+
+@dataclass(frozen=True)
+class _Upload:
+    station: Station
+    meta: CaptureMetadata
+    data: bytes
+    content_type: str
+    idempotency_key: str | None
+
+
+def _reject(status: int, detail: Any, headers: dict[str, str] | None = None) -> HTTPException:
+    return HTTPException(status_code=status, detail=detail, headers=headers)
+
+
+def _validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
+    # Without input/context the errors are JSON-safe and never echo a (possibly huge) payload back.
+    return [
+        {"loc": ["metadata", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+_OPENAPI_UPLOAD: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image", "metadata"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary", "description": "JPEG or PNG bytes"},
+                        "metadata": {
+                            "type": "string",
+                            "description": "JSON object, see the CaptureMetadata schema",
+                            "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": "#/components/schemas/CaptureMetadata"},
+                        },
+                    },
+                }
+            }
+        },
+    },
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY.pattern},
+            "description": "Retries with the same key (per station) store the capture once.",
+        }
+    ],
+}
+
+
+def create_app(settings: IngestSettings) -> FastAPI:
+    """Build the ingest app. Migrations run when the app starts (uvicorn lifespan), not here."""
+    engine = create_db_engine(settings.database_url)
+    store = ImageStore(settings.storage_url, settings.storage_options)
+    allowed = {ct: CONTENT_TYPE_FORMATS[ct] for ct in settings.content_types}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(migrate, engine)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="CRUX ingest",
+        version=__version__,
+        description="Edge stations upload inspection captures (image + prediction metadata).",
+        lifespan=lifespan,
+        # /docs serves Swagger UI from a package (a CDN is out of reach on a plant network); no ReDoc.
+        docs_url=None,
+        redoc_url=None,
+    )
+    mount_offline_docs(app)
+    app.state.engine = engine
+    app.state.store = store
+    app.state.settings = settings
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+
+    def authenticate(request: Request) -> Station:
+        header = request.headers.get("authorization")
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if not header:
+            raise _reject(401, "missing bearer token (Authorization: Bearer <station token>)", challenge)
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _reject(401, "Authorization header must be 'Bearer <station token>'", challenge)
+        station = station_for_token(engine, token.strip())
+        if station is None:
+            raise _reject(401, "unknown or revoked station token", challenge)
+        return station
+
+    async def read_upload(request: Request, station: Station) -> _Upload:
+        key = request.headers.get("idempotency-key")
+        if key is not None and not IDEMPOTENCY_KEY.match(key):
+            raise _reject(400, "Idempotency-Key must be 1-128 of A-Z a-z 0-9 _ . : - starting with a letter or digit")
+        ctype = request.headers.get("content-type", "")
+        if not ctype.lower().startswith("multipart/form-data"):
+            raise _reject(415, "body must be multipart/form-data with parts 'image' and 'metadata'")
+        try:
+            form = await request.form(max_files=1, max_fields=2, max_part_size=settings.max_metadata_bytes)
+        except BodyTooLargeError:
+            raise
+        except HTTPException as exc:  # starlette reports multipart limits as 400
+            raise _reject(400, f"malformed multipart body: {exc.detail}") from exc
+        except Exception as exc:
+            raise _reject(400, f"malformed multipart body: {exc}") from exc
+        try:
+            unknown = sorted(set(form.keys()) - {"image", "metadata"})
+            if unknown:
+                raise _reject(422, f"unexpected form part(s) {', '.join(unknown)}; expected 'image' and 'metadata'")
+            raw_meta = form.get("metadata")
+            image = form.get("image")
+            if not isinstance(raw_meta, str):
+                raise _reject(422, "form part 'metadata' (a JSON string) is missing")
+            if not isinstance(image, UploadFile):
+                raise _reject(422, "form part 'image' (a file) is missing")
+            if len(raw_meta.encode("utf-8")) > settings.max_metadata_bytes:
+                raise _reject(413, f"metadata exceeds {settings.max_metadata_bytes} bytes")
+            try:
+                meta = CaptureMetadata.model_validate_json(raw_meta)
+            except ValidationError as exc:
+                raise _reject(422, _validation_detail(exc)) from exc
+            if meta.station != station.name:
+                raise _reject(403, f"this token belongs to station {station.name!r}, not {meta.station!r}")
+            if meta.line != station.line:
+                raise _reject(
+                    403, f"station {station.name!r} is registered on line {station.line!r}, not {meta.line!r}"
+                )
+            content_type = (image.content_type or "").split(";")[0].strip().lower()
+            if content_type not in allowed:
+                raise _reject(
+                    415, f"image content type {content_type or 'missing'!r} not accepted; use {', '.join(allowed)}"
+                )
+            if image.filename and not _safe_filename(image.filename):
+                raise _reject(422, f"image file name {image.filename!r} contains path or control characters")
+            if image.size is not None and image.size > settings.max_image_bytes:
+                raise _reject(413, f"image exceeds {settings.max_image_bytes} bytes")
+            data = await image.read(settings.max_image_bytes + 1)
+            if len(data) > settings.max_image_bytes:
+                raise _reject(413, f"image exceeds {settings.max_image_bytes} bytes")
+            if not data:
+                raise _reject(422, "image part is empty")
+        finally:
+            await form.close()
+        return _Upload(station, meta, data, content_type, key)
+
+    def store_upload(up: _Upload) -> tuple[CaptureCreated, bool]:
+        digest = hashlib.sha256(up.data).hexdigest()
+        try:
+            return _store(up, digest)
+        except IntegrityError:
+            # Two requests with one Idempotency-Key raced past the check; the loser replays the winner.
+            if up.idempotency_key is None:
+                raise
+            with engine.connect() as conn:
+                existing = records.find_by_idempotency_key(conn, up.station.id, up.idempotency_key)
+            if existing is None:
+                raise
+            return _replayed(existing, digest, up.meta), False
+
+    def _meta_values(meta: Any) -> dict[str, Any]:
+        """The stored columns that come from the request's metadata (also what a replay must match)."""
+        return {
+            "captured_at": to_naive_utc(meta.captured_at),
+            "original_name": meta.original_name,
+            "model_version": meta.model_version,
+            "prediction": meta.prediction,
+            "verdict": meta.verdict,
+            "scores": dict(meta.scores),
+            "boxes": [
+                b.model_dump(by_alias=True, mode="json", exclude=_NO_MASK if b.mask is None else None)
+                for b in meta.boxes
+            ],
+        }
+
+    def _store(up: _Upload, digest: str) -> tuple[CaptureCreated, bool]:
+        # One connection for the replay check and the insert: the upload path is dominated by
+        # per-statement overhead, not by the database. In SQLite the read does not take the write
+        # lock, so decoding and writing the blob inside the transaction blocks no other writer.
+        with engine.begin() as conn:
+            if up.idempotency_key is not None:
+                existing = records.find_by_idempotency_key(conn, up.station.id, up.idempotency_key)
+                if existing is not None:
+                    return _replayed(existing, digest, up.meta), False
+            width, height = _decode(up.data, up.content_type)
+            try:
+                up.meta.check_boxes_inside(width, height)
+            except ValueError as exc:
+                raise _reject(422, str(exc)) from exc
+            key = image_key(digest, allowed[up.content_type][1])
+            store.put(key, up.data)
+            values = {
+                "station_id": up.station.id,
+                "station": up.station.name,
+                "line": up.station.line,
+                "sha256": digest,
+                "image_key": key,
+                "content_type": up.content_type,
+                "size_bytes": len(up.data),
+                "width": width,
+                "height": height,
+                **_meta_values(up.meta),
+                "idempotency_key": up.idempotency_key,
+                "ls_project": None,
+                "ls_task_id": None,
+                "sent_at": None,
+                "labeled_at": None,
+            }
+            capture_id = records.insert_capture(conn, values)
+        return CaptureCreated(id=capture_id, sha256=digest, image_key=key, replayed=False), True
+
+    def _replayed(existing: records.CaptureRecord, digest: str, meta: Any) -> CaptureCreated:
+        if existing.sha256 != digest:
+            raise _reject(409, "Idempotency-Key was already used for a different image by this station")
+        # A replay must be the same request: different metadata under one key would otherwise be dropped silently.
+        stored = {**existing.as_dict(), "captured_at": to_naive_utc(existing.captured_at)}
+        differ = sorted(k for k, v in _meta_values(meta).items() if stored.get(k) != v)
+        if differ:
+            raise _reject(
+                409,
+                f"Idempotency-Key was already used by this station with different metadata ({', '.join(differ)}); "
+                f"capture {existing.id} keeps the first upload's",
+            )
+        return CaptureCreated(id=existing.id, sha256=existing.sha256, image_key=existing.image_key, replayed=True)
+
+    def _decode(data: bytes, content_type: str) -> tuple[int, int]:
+        from crux.postprocess import ImageError, open_image
+
+        fmt = allowed[content_type][0]
+        try:
+            # Only the declared format's decoder is tried: a PNG sent as image/jpeg is refused, and the
+            # attack surface is one decoder, not all of Pillow's. The pixel limit is checked before decoding.
+            with open_image(io.BytesIO(data), max_pixels=settings.max_pixels, formats=[fmt], name="image") as im:
+                width, height = im.size
+                im.load()
+        except ImageError as exc:
+            if exc.reason == "too_large":
+                raise _reject(413, f"{exc} (max_pixels {settings.max_pixels})") from exc
+            if exc.reason == "unidentified":
+                raise _reject(415, f"image is not a valid {fmt} file") from exc
+            raise _reject(422, f"image could not be decoded as {fmt}: {exc}") from exc
+        except ValueError as exc:
+            raise _reject(422, f"image could not be decoded as {fmt}: {exc}") from exc
+        if width < 1 or height < 1:
+            raise _reject(422, "image has no pixels")
+        return width, height
+
+    @app.post(
+        "/v1/captures",
+        status_code=201,
+        response_model=CaptureCreated,
+        openapi_extra=_OPENAPI_UPLOAD,
+        responses={
+            200: {"model": CaptureCreated, "description": "replay of an earlier upload (same Idempotency-Key)"},
+            401: {"description": "no, unknown or revoked token"},
+            403: {"description": "token of another station/line"},
+            409: {"description": "Idempotency-Key reused for a different image or different metadata"},
+            413: {"description": "body, metadata, image or pixel count over the limit"},
+            415: {"description": "not multipart, or image type not accepted / not matching its bytes"},
+            422: {"description": "malformed metadata, corrupt image, bad names"},
+        },
+        summary="Upload one capture (image + prediction metadata)",
+    )
+    async def post_capture(request: Request) -> JSONResponse:
+        station = authenticate(request)
+        upload = await read_upload(request, station)
+        created, new = await run_in_threadpool(store_upload, upload)
+        headers = {"Location": f"/v1/captures/{created.id}"}
+        return JSONResponse(created.model_dump(), status_code=201 if new else 200, headers=headers)
+
+    @app.get("/v1/captures", response_model=CapturePage, summary="List this station's captures")
+    def get_captures(
+        request: Request,
+        line: str | None = None,
+        station: str | None = None,
+        since: Annotated[AwareDatetime | None, Query(description="captured_at >= since (ISO 8601, offset)")] = None,
+        labeled: bool | None = None,
+        after: Annotated[int | None, Query(ge=0, description="id cursor from next_after")] = None,
+        limit: Annotated[int, Query(ge=1, le=settings.max_page_size)] = 100,
+    ) -> CapturePage:
+        caller = authenticate(request)
+        # A station token reads only its own captures: a stolen edge box must not leak other lines.
+        if station is not None and station != caller.name:
+            raise _reject(403, f"this token may list only station {caller.name!r}")
+        rows = records.list_captures(
+            engine, line=line, station=caller.name, since=since, labeled=labeled, after=after, limit=limit
+        )
+        items = [CaptureOut(**r.as_dict()) for r in rows]
+        return CapturePage(items=items, next_after=items[-1].id if len(items) == limit else None)
+
+    @app.get("/v1/captures/{capture_id}", response_model=CaptureOut, summary="One capture of this station")
+    def get_capture(request: Request, capture_id: int) -> CaptureOut:
+        caller = authenticate(request)
+        row = records.get_capture(engine, capture_id)
+        if row is None or row.station != caller.name:
+            raise _reject(404, f"capture {capture_id} not found")
+        return CaptureOut(**row.as_dict())
+
+    @app.post(
+        "/v1/heartbeat",
+        status_code=204,
+        responses={401: {"description": "no, unknown or revoked token"}},
+        summary="A station's periodic status (model running, frames/s, latency, NG rate, outbox backlog)",
+    )
+    def post_heartbeat(request: Request, beat: HeartbeatIn) -> Response:
+        record_heartbeat(engine, authenticate(request), beat)
+        return Response(status_code=204)
+
+    @app.get("/v1/health", response_model=Health, summary="Liveness and dependency check")
+    def health() -> JSONResponse:
+        db_state, storage_state, revision = "ok", "ok", None
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            revision = current_revision(engine)
+        except Exception as exc:
+            db_state = f"error: {type(exc).__name__}"
+        try:
+            store.check()
+        except Exception as exc:
+            storage_state = f"error: {type(exc).__name__}"
+        ok = db_state == storage_state == "ok"
+        body = Health(
+            status="ok" if ok else "degraded",
+            database=db_state,
+            storage=storage_state,
+            schema_revision=revision,
+            version=__version__,
+        )
+        return JSONResponse(json.loads(body.model_dump_json()), status_code=200 if ok else 503)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            # The metadata part is parsed by hand (to reject before storing), so FastAPI does not see its
+            # model; publish it so that clients can generate it.
+            meta = CaptureMetadata.model_json_schema(ref_template="#/components/schemas/{model}", by_alias=True)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(meta.pop("$defs", {}))
+            components["CaptureMetadata"] = meta
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _safe_filename(name: str) -> bool:
+    return not any(c in name for c in "/\\\x00") and ".." not in name and name.isprintable() and len(name) <= 255
+
+
+def serve(settings: IngestSettings, host: str = "127.0.0.1", port: int = 8700, access_log: bool = False) -> None:
+    """Run the service in this process until interrupted (what `crux ingest serve` calls)."""
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=host, port=port, access_log=access_log, log_level="info")

@@ -1,0 +1,157 @@
+"""Pydantic models of the HTTP API: the capture metadata posted by the edge and the listing."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from crux.collect.names import IDEMPOTENCY_KEY, check_name
+
+
+def _name(value: str) -> str:
+    check_name(value, "name")
+    return value
+
+
+Name = Annotated[str, StringConstraints(max_length=64), AfterValidator(_name)]
+# Class names follow crux.config.CLASS_NAME (they become Label Studio label values).
+ClassName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,62}$")]
+ModelVersion = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+@-]{0,127}$")]
+Score = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Coord = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
+
+MAX_CLASSES = 256
+MAX_BOXES = 1000
+# A region mask's RLE: a few hundred characters for a defect; this bounds a hostile one.
+MAX_MASK_CHARS = 200_000
+
+
+class Box(BaseModel):
+    """One predicted box in pixels of the uploaded image."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cls: ClassName = Field(alias="class")
+    box: tuple[Coord, Coord, Coord, Coord] = Field(description="[x1, y1, x2, y2] in pixels")
+    score: Score | None = None
+    # A segmentation model's region: its mask over the whole image as a COCO compressed RLE string (the edge's
+    # `crux predict` contract), so annotators get the capture pre-segmented.
+    mask: Annotated[str, StringConstraints(max_length=MAX_MASK_CHARS, pattern=r"^[0-o]*$")] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Box:
+        x1, y1, x2, y2 = self.box
+        if not (x1 < x2 and y1 < y2):
+            raise ValueError("box must be [x1, y1, x2, y2] with x1 < x2 and y1 < y2")
+        return self
+
+
+class CaptureMetadata(BaseModel):
+    """The `metadata` part of POST /v1/captures (a JSON object)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    station: Name
+    line: Name
+    captured_at: AwareDatetime = Field(description="ISO 8601 with a UTC offset, e.g. 2025-01-31T12:00:00Z")
+    model_version: ModelVersion | None = None
+    prediction: ClassName | None = Field(default=None, description="the edge model's top class")
+    verdict: Literal["ok", "ng"] | None = Field(default=None, description="the edge's OK/NG decision")
+    scores: dict[ClassName, Score] = Field(default_factory=dict, description="class -> probability/confidence")
+    boxes: list[Box] = Field(default_factory=list, max_length=MAX_BOXES)
+    original_name: Name | None = Field(default=None, description="file name on the edge (no path)")
+    reason: Literal["ng", "uncertain", "sample"] | None = Field(
+        default=None, description="why the edge kept the frame: an NG verdict, an uncertain prediction, or sampling"
+    )
+
+    @field_validator("scores")
+    @classmethod
+    def _few_classes(cls, value: dict[str, float]) -> dict[str, float]:
+        if len(value) > MAX_CLASSES:
+            raise ValueError(f"at most {MAX_CLASSES} scores")
+        return value
+
+    @field_validator("captured_at")
+    @classmethod
+    def _plausible_time(cls, value: dt.datetime) -> dt.datetime:
+        # Naive-UTC storage needs a representable UTC instant; year 1/9999 edges overflow on conversion.
+        if not (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) <= value <= dt.datetime(9000, 1, 1, tzinfo=dt.UTC)):
+            raise ValueError("captured_at must be between 1970 and 9000")
+        return value
+
+    def check_boxes_inside(self, width: int, height: int) -> None:
+        """Boxes must lie within the decoded image (one pixel of slack for rounding at the edge)."""
+        for i, b in enumerate(self.boxes):
+            x1, y1, x2, y2 = b.box
+            if x1 < -1 or y1 < -1 or x2 > width + 1 or y2 > height + 1:
+                raise ValueError(f"boxes[{i}] {list(b.box)} lies outside the {width}x{height} image")
+            if b.mask is not None:
+                from crux.postprocess import rle_decode
+
+                try:
+                    rle_decode(b.mask, height, width)
+                except ValueError as exc:
+                    raise ValueError(f"boxes[{i}].mask: {exc}") from None
+
+
+class CaptureOut(BaseModel):
+    """One stored capture as returned by the API."""
+
+    id: int
+    station: str
+    line: str
+    captured_at: dt.datetime
+    received_at: dt.datetime
+    sha256: str
+    image_key: str
+    content_type: str
+    size_bytes: int
+    width: int
+    height: int
+    original_name: str | None
+    model_version: str | None
+    prediction: str | None
+    verdict: str | None
+    scores: dict[str, float]
+    boxes: list[dict[str, Any]]
+    idempotency_key: str | None
+    ls_project: str | None
+    ls_task_id: int | None
+    sent_at: dt.datetime | None
+    labeled_at: dt.datetime | None
+
+
+class CaptureCreated(BaseModel):
+    id: int
+    sha256: str
+    image_key: str
+    # True when this response replays an earlier upload with the same Idempotency-Key.
+    replayed: bool
+
+
+class CapturePage(BaseModel):
+    items: list[CaptureOut]
+    # Pass as `after` to get the next page; null on the last page.
+    next_after: int | None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: str
+    storage: str
+    schema_revision: str | None
+    version: str
+
+
+IDEMPOTENCY_PATTERN = IDEMPOTENCY_KEY.pattern

@@ -1,5 +1,0 @@
-"""Labeled-data management: Label Studio snapshots as versioned, content-addressed datasets.
-
-Submodules are imported explicitly (`from crux.dataset.snapshot import build_dataset`); this package
-imports nothing heavy so that `crux --help` stays fast.
-"""

@@ -1,0 +1,388 @@
+"""The pipeline functions the CLI calls: `prepare`, `train`, `evaluate` (one dvc.yaml stage each).
+
+They take validated config objects and paths, and return summaries; they never read params.yaml or argv.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from crux.config import ConfigError
+from crux.evaluation import compare_markdown, confusion_png, write_json
+from crux.kinds import get_kind
+from crux.postprocess import DetectSpec, InputSpec
+from crux.train.recipe import (
+    EvaluateConfig,
+    PipelineConfig,
+    max_time_seconds,
+    parse_max_time,
+    validate_augment,
+)
+from crux.train.prepare import DatasetError, prepare, read_prepared
+
+__all__ = ["evaluate", "prepare", "resolve_precision", "train"]
+
+# The plot files of `evaluate` (dvc.yaml's top-level `plots:` names each).
+PLOT_FILES = ("confusion", "threshold_curve", "pr_curve")
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """'auto': mixed precision on a CUDA GPU (bf16 where supported: no loss scaling), full fp32 on CPU."""
+    if precision not in ("auto", "fast"):
+        return precision
+    import torch
+
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    # 'fast': bf16 autocast on CPUs that run it natively (~2x here); emulated bf16 would be slower than fp32.
+    return "bf16-mixed" if precision == "fast" and cpu_has_native_bf16() else "32-true"
+
+
+def training_threads(threads: int, num_workers: int) -> int:
+    """`train.threads`, 0 = OMP_NUM_THREADS when the environment sets it (a machine shared by several runs), else
+    the cores this process may use minus one per loader worker (at least 1)."""
+    if threads:
+        return threads
+    import os
+
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - num_workers)
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo (Linux; False elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _step_timer() -> Any:
+    """A callback timing training steps alone (no validation, no start-up): the figure to compare hardware by."""
+    import pytorch_lightning as pl
+
+    class StepTimer(pl.Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self._t = 0.0
+
+        def on_train_batch_start(self, *args: Any) -> None:
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, *args: Any) -> None:
+            self.times.append(time.perf_counter() - self._t)
+
+        def median(self) -> float | None:
+            return round(sorted(self.times)[len(self.times) // 2], 4) if self.times else None
+
+    return StepTimer()
+
+
+def ramped_ema(decay: float) -> Any:
+    """EMA update whose decay ramps up as min(decay, (1 + n) / (10 + n)) over the n updates so far (as in
+    TensorFlow's ExponentialMovingAverage): a fixed 0.998 would still carry ~20% of the random initialisation
+    after a short run's 800 steps."""
+
+    def update(averaged: Any, current: Any, n: Any) -> Any:
+        d = ((1 + n) / (10 + n)).clamp(max=decay)
+        return averaged + (current - averaged) * (1 - d)
+
+    return update
+
+
+def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, Any]:
+    """Train on the prepared train split, choose the checkpoint on val; write `out_dir/model.pt` and logs.
+
+    out_dir/model.pt (bundle, best val checkpoint), checkpoints/{best,last}.ckpt, dvclive/ (metrics + plots),
+    train.json (summary, timing). With `train.resume`, continues from checkpoints/last.ckpt.
+    """
+    import pytorch_lightning as pl
+    import torch
+    from dvclive.lightning import DVCLiveLogger
+    from pytorch_lightning.callbacks import (
+        EarlyStopping,
+        LearningRateMonitor,
+        ModelCheckpoint,
+        RichProgressBar,
+        WeightAveraging,
+    )
+
+    from crux.train.models.bundle import save_bundle
+    from crux.train.models.common import load_initial_weights
+    from crux.train.augment import build_augment
+    from crux.train.datamodule import InspectionDataModule
+    from crux.train.module import InspectionModule
+
+    prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
+    prepared = read_prepared(prepared_dir)
+    if cfg.data.kind is None:  # the dataset decides; re-validates the cross-section rules for that kind
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, kind=prepared["kind"]))
+    if prepared["kind"] != cfg.data.kind:
+        raise ConfigError(f"data.kind: params say {cfg.data.kind!r}, {prepared_dir} holds {prepared['kind']!r}")
+    validate_augment(cfg.augment, cfg.data)
+    kind = get_kind(cfg.data.kind)
+    classes, ok_class = list(prepared["classes"]), prepared.get("ok_class")
+    t = cfg.train
+    spec = InputSpec(cfg.data.image_size, cfg.data.channels, cfg.data.mean, cfg.data.std)
+    model_config = kind.model_config(t.model, len(kind.head_classes(classes, ok_class)), cfg.data.channels)
+    detect_spec = DetectSpec(tuple(t.model.strides), len(classes)).to_dict() if cfg.data.kind == "detect" else None
+    optim = {
+        "optimizer": t.optimizer,
+        "lr": t.lr,
+        "weight_decay": t.weight_decay,
+        "schedule": t.schedule,
+        "warmup_epochs": t.warmup_epochs,
+        "label_smoothing": t.label_smoothing,
+        # The schedule also anneals by elapsed time when the fit has a wall-clock budget.
+        "max_time_s": max_time_seconds(t.max_time),
+    }
+
+    threads = training_threads(t.threads, t.num_workers)
+    torch.set_num_threads(threads)
+    pl.seed_everything(t.seed, workers=True, verbose=False)
+    module = InspectionModule(cfg.data.kind, classes, ok_class, spec.to_dict(), model_config, detect_spec, optim)
+    init_report = None
+    if t.model.init_weights is not None:
+        init_report = load_initial_weights(module.model, t.model.init_weights)
+
+    augment = (
+        build_augment(cfg.augment, cfg.data.kind, spec.image_size, spec.channels) if cfg.augment.transforms else None
+    )
+    dm = InspectionDataModule(
+        prepared_dir,
+        cfg.data.kind,
+        spec,
+        augment,
+        t.batch_size,
+        t.num_workers,
+        t.seed,
+        class_balance=t.class_balance,
+    )
+
+    ckpt_dir, live_dir = out_dir / "checkpoints", out_dir / "dvclive"
+    last = ckpt_dir / "last.ckpt"
+    resume_from = last if t.resume and last.is_file() else None
+    if resume_from is None:
+        # A fresh run must not mix with an earlier run's checkpoints (ModelCheckpoint would write best-v1.ckpt).
+        for d in (ckpt_dir, live_dir):
+            shutil.rmtree(d, ignore_errors=True)
+    monitor = f"val/{kind.monitor}"
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor=monitor,
+        mode="max",
+        save_last=True,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+    )
+    timer = _step_timer()
+    callbacks: list[Any] = [checkpoint, LearningRateMonitor(logging_interval="epoch"), timer]
+    if t.ema_decay:
+        # Lightning swaps the average in for validation and saves it as the checkpoint's state_dict, so the best
+        # checkpoint (and the bundle made from it) is the averaged model; resuming restores both.
+        callbacks.append(WeightAveraging(avg_fn=ramped_ema(t.ema_decay)))
+    early_stop = None
+    if t.early_stop_patience:
+        early_stop = EarlyStopping(
+            monitor=monitor, mode="max", patience=t.early_stop_patience, min_delta=t.early_stop_min_delta
+        )
+        callbacks.append(early_stop)
+    if t.progress_bar:
+        callbacks.append(RichProgressBar())
+    # dvcyaml=False: the project's dvc.yaml declares metrics/plots; dvclive must not rewrite it.
+    logger = DVCLiveLogger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, resume=resume_from is not None)
+    precision = resolve_precision(t.precision, t.accelerator)
+    on_cpu = t.accelerator == "cpu" or not torch.cuda.is_available()
+    trainer = pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        precision=precision,
+        max_epochs=t.epochs,
+        max_steps=t.max_steps,
+        max_time=parse_max_time(t.max_time) if t.max_time else None,
+        # CPU runs are bit-reproducible; on GPU some kernels (e.g. upsampling backward) are not, so only warn.
+        deterministic=True if on_cpu else "warn",
+        callbacks=callbacks,
+        logger=logger,
+        check_val_every_n_epoch=t.val_every,
+        gradient_clip_val=t.grad_clip or None,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        # Log train curves at least once an epoch even on a tiny dataset.
+        log_every_n_steps=max(1, min(10, prepared["counts"]["train"] // t.batch_size)),
+        default_root_dir=out_dir,
+    )
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+    wall = time.perf_counter() - started
+    stopped_by = _stopped_by(trainer, t, early_stop)
+    # A stop requested mid-epoch (train.max_time, early stopping) still validates the last weights first
+    # (Lightning's training epoch loop), so the best checkpoint has seen the annealed end of a budgeted run.
+    if not checkpoint.best_model_path:
+        # max_steps can end training before the first validation; validate once so the bundle has a score.
+        trainer.validate(module, datamodule=dm, verbose=False)
+        trainer.save_checkpoint(ckpt_dir / "best.ckpt")
+        best_path, best_score = ckpt_dir / "best.ckpt", trainer.callback_metrics.get(monitor)
+    else:
+        best_path, best_score = Path(checkpoint.best_model_path), checkpoint.best_model_score
+    state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
+    module.load_state_dict(state)
+    best_value = float(best_score) if best_score is not None else None
+    meta = {
+        "kind": cfg.data.kind,
+        "classes": classes,
+        "ok_class": ok_class,
+        "input": spec.to_dict(),
+        "model_config": model_config,
+        "detect": detect_spec,
+        # The kind's own decoding parameters (the segmenter's), under its name, beside the detector's.
+        **({cfg.data.kind: decode} if (decode := kind.decode_spec(classes, ok_class)) else {}),
+        "info": {"monitor": monitor, "best_val": best_value, "epochs": trainer.current_epoch, "seed": t.seed},
+    }
+    save_bundle(out_dir / "model.pt", module.model, meta)
+    steps = int(trainer.global_step)
+    summary = {
+        "monitor": monitor,
+        "best_val": best_value,
+        "best_checkpoint": best_path.name,
+        "global_step": steps,
+        "epochs": int(trainer.current_epoch),
+        # What ended the fit: epochs, max_steps, max_time (train.max_time budget) or early_stopping.
+        "stopped_by": stopped_by,
+        "max_time": t.max_time,
+        "precision": precision,
+        "accelerator": str(trainer.accelerator.__class__.__name__),
+        "wall_s": round(wall, 3),
+        "s_per_step": round(wall / max(steps, 1), 4),
+        # Median training step (forward, backward, optimiser; data loading excluded when workers keep up).
+        "train_step_s": timer.median(),
+        "batch_size": t.batch_size,
+        "threads": threads,
+        "init_weights": init_report,
+        "n_parameters": sum(p.numel() for p in module.model.parameters()),
+    }
+    write_json(out_dir / "train.json", summary)
+    return summary
+
+
+def _stopped_by(trainer: Any, t: Any, early_stop: Any) -> str:
+    if early_stop is not None and early_stop.stopped_epoch > 0:
+        return "early_stopping"
+    if t.max_steps != -1 and trainer.global_step >= t.max_steps:
+        return "max_steps"
+    if trainer.current_epoch >= t.epochs:
+        return "epochs"
+    return "max_time" if t.max_time else "interrupted"
+
+
+def evaluate(
+    model_dir: Path,
+    prepared_dir: Path,
+    out_dir: Path,
+    cfg: EvaluateConfig,
+    previous_metrics: Path | None = None,
+    split: str = "test",
+) -> dict[str, Any]:
+    """Evaluate `model_dir/model.pt` on a prepared split through `crux.postprocess` (the edge's code path).
+
+    Writes out_dir/metrics.json, plots/*.json (DVC plots) and plots/confusion_matrix.png (classification),
+    postprocess.json (the decoding parameters used, for export) and report.md (vs `previous_metrics` if given).
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from crux.train.models.bundle import load_bundle
+    from crux.train.torch_dataset import InspectionDataset, collate, normalise
+
+    model_dir, prepared_dir, out_dir = Path(model_dir), Path(prepared_dir), Path(out_dir)
+    bundle_path = model_dir / "model.pt" if model_dir.is_dir() else model_dir
+    model, meta = load_bundle(bundle_path)
+    prepared = read_prepared(prepared_dir)
+    if list(prepared["classes"]) != list(meta["classes"]) or prepared["kind"] != meta["kind"]:
+        raise DatasetError(
+            f"model classes {meta['kind']} {meta['classes']} differ from {prepared_dir}: "
+            f"{prepared['kind']} {prepared['classes']}"
+        )
+    spec = InputSpec.from_dict(meta["input"])
+    detect_spec = None
+    if meta.get("detect"):
+        detect_spec = replace(
+            DetectSpec.from_dict(meta["detect"]),
+            score_threshold=cfg.score_threshold,
+            nms_iou=cfg.nms_iou,
+            max_detections=cfg.max_detections,
+        )
+    kind = get_kind(meta["kind"])
+    task = kind.training_task(meta["classes"], meta.get("ok_class"), spec, detect_spec, {})
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+
+    def run(on: str) -> tuple[Any, InspectionDataset]:
+        dataset = InspectionDataset(prepared_dir, on, meta["kind"], spec, None)
+        if len(dataset) == 0:
+            raise DatasetError(f"{prepared_dir}: the {on} split is empty")
+        state = task.new_state()
+        with torch.inference_mode():
+            for batch in DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate):
+                raw = model(normalise(batch["image"].to(device), spec))
+                task.collect(state, raw, batch)
+        return state, dataset
+
+    started = time.perf_counter()
+    state, dataset = run(split)
+    wall = time.perf_counter() - started
+    ng_threshold = cfg.ng_threshold
+    if hasattr(task, "operating_threshold"):
+        # The operating point is chosen on the validation split (never on the split being measured) for the
+        # false-reject budget, and shipped in the card: the edge rejects at exactly this NG score.
+        ng_threshold = task.operating_threshold(state if split == "val" else run("val")[0], cfg.max_false_reject)
+    metrics, plots = task.metrics(state, ng_threshold=ng_threshold, max_false_reject=cfg.max_false_reject)
+    metrics = {"split": split, "kind": meta["kind"], **metrics}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "metrics.json", metrics)
+    plots_dir = out_dir / "plots"
+    shutil.rmtree(plots_dir, ignore_errors=True)
+    # Every plot file exists for every kind (`[]` where it does not apply): dvc.yaml declares them all and DVC
+    # reports a missing file as an error but skips an empty one.
+    for name in PLOT_FILES:
+        write_json(plots_dir / f"{name}.json", plots.get(name, []))
+    if "confusion_matrix" in metrics:
+        import numpy as np
+
+        confusion_png(np.asarray(metrics["confusion_matrix"]), meta["classes"], plots_dir / "confusion_matrix.png")
+    if hasattr(task, "gallery"):
+        task.gallery(state, dataset, model, device, ng_threshold, plots_dir / "worst_misses.png")
+    write_json(
+        out_dir / "postprocess.json",
+        {
+            "input": spec.to_dict(),
+            "detect": detect_spec.to_dict() if detect_spec else None,
+            **({meta["kind"]: meta[meta["kind"]]} if meta.get(meta["kind"]) else {}),
+            "ng_threshold": ng_threshold,
+            "ok_class": meta.get("ok_class"),
+            "classes": meta["classes"],
+        },
+    )
+    previous = None
+    if previous_metrics is not None and Path(previous_metrics).is_file():
+        previous = json.loads(Path(previous_metrics).read_text())
+    (out_dir / "report.md").write_text(compare_markdown(metrics, previous, f"Evaluation on the {split} split"))
+    write_json(out_dir / "timing.json", {"images": len(dataset), "wall_s": round(wall, 3), "device": str(device)})
+    return metrics
