@@ -45,9 +45,9 @@ def main() -> None:
 
     from crux.postprocess import InputSpec
     from crux.train.augment import build_augment
+    from crux.train.prepare import prepare
     from crux.train.recipe import load_pipeline_config
     from crux.train.torch_dataset import InspectionDataset, collate, worker_init
-    from crux.train.prepare import prepare
 
     torch.set_num_threads(1)
     # The shipped augment pipeline: the figure is what `dvc repro` trains with.

@@ -44,8 +44,8 @@ def default_bundle(path: Path, kind: str, size: int) -> Path:
     import torch
 
     from crux.kinds import get_kind
-    from crux.train.models.bundle import save_bundle
     from crux.postprocess import DetectSpec, InputSpec
+    from crux.train.models.bundle import save_bundle
     from crux.train.recipe import ModelParams
 
     torch.manual_seed(0)
@@ -96,9 +96,9 @@ def bench_kind(kind: str, bundle: Path, images: list[Path], work: Path, exporter
     import torch
 
     from crux.edge.predict import OnnxModel
+    from crux.postprocess import load_image, preprocess
     from crux.ship.export import ExportConfig, export
     from crux.train.models.bundle import load_bundle
-    from crux.postprocess import load_image, preprocess
 
     out = work / f"export-{kind}"
     t0 = time.perf_counter()

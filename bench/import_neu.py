@@ -18,11 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from crux.label import importer
-from crux.config import ProjectSpec, from_mapping
 from crux.collect.ingest_server import free_port
+from crux.config import ProjectSpec, from_mapping
 from crux.kinds import get_kind
-from crux.label import server
+from crux.label import importer, server
 from crux.label.client import connect
 from crux.label.projects import sync_project
 

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from crux.collect import add_station, create_db_engine, list_captures, migrate  # noqa: E402
-from crux.collect.storage import ImageStore  # noqa: E402
 from crux.collect.ingest_server import capture_metadata, free_port, make_jpeg  # noqa: E402
+from crux.collect.storage import ImageStore  # noqa: E402
 
 SERVER = """
 import sys

@@ -576,8 +576,8 @@ def prepare_command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Dataset version → training-ready split lists (checks every image against its hash)."""
-    from crux.train.recipe import load_pipeline_config
     from crux.train.prepare import prepare
+    from crux.train.recipe import load_pipeline_config
 
     cfg = load_pipeline_config(_line_values(load_context(params).params, line), ("data",))
     summary = prepare(data_dir, out_dir, cfg.data)
@@ -623,8 +623,8 @@ def evaluate_command(
     """Measure a model on the frozen test split through the edge's own post-processing."""
     import json
 
-    from crux.train.recipe import load_pipeline_config
     from crux.train.pipeline import evaluate
+    from crux.train.recipe import load_pipeline_config
 
     cfg = load_pipeline_config(_line_values(load_context(params).params, line), ("evaluate",))
     metrics = evaluate(model_dir, prepared_dir, out_dir, cfg.evaluate, previous, split)

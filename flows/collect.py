@@ -56,8 +56,8 @@ def prepare_task(project: str, params_path: str) -> int:
 @task(retries=2, retry_delay_seconds=15)
 def import_task(project: str, params_path: str, batch_size: int) -> dict[str, Any]:
     """Unsent captures → tasks, batch by batch, each batch marked sent; a retry reconciles by capture id."""
-    from crux.collect.labeling import collect as collect_captures
     from crux.collect import create_db_engine, migrate
+    from crux.collect.labeling import collect as collect_captures
     from crux.label.client import connect
 
     r = _resolve(params_path)

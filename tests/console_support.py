@@ -206,9 +206,9 @@ def build_plant(tmp: Path) -> Plant:
 def console_config(
     plant: Plant, *, ls_url: str | None = None, ls_token: str = "x", admin_token: str | None = None
 ) -> Any:
+    from crux.collect import create_db_engine
     from crux.console.app import ConsoleConfig, LineInfo
     from crux.console.sources import DatasetReader, IngestReader, LabelStudioReader, ModelReader
-    from crux.collect import create_db_engine
     from crux.ship.signing import load_public_keys
 
     return ConsoleConfig(

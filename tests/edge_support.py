@@ -12,8 +12,8 @@ def tiny_bundle(path: Path, kind: str, seed: int = 0, image_size: int = IMAGE_SI
     """A randomly initialised, tiny crux model bundle (crux.train.models) of the synthetic dataset's classes."""
     import torch
 
-    from crux.train.models.bundle import save_bundle
     from crux.postprocess import DetectSpec, InputSpec
+    from crux.train.models.bundle import save_bundle
 
     torch.manual_seed(seed)
     if kind == "classify":
@@ -61,9 +61,9 @@ def tiny_bundle(path: Path, kind: str, seed: int = 0, image_size: int = IMAGE_SI
 
 def prepared_dataset(root: Path, kind: str, image_size: int = IMAGE_SIZE) -> Path:
     """A synthetic dataset version, prepared (train/val/test split lists) at `root/prepared`."""
-    from crux.train.recipe import DataConfig
-    from crux.train.prepare import prepare
     from crux.data.synthetic_versions import write_synthetic_dataset
+    from crux.train.prepare import prepare
+    from crux.train.recipe import DataConfig
 
     data = write_synthetic_dataset(root, kind, n_per_split=(12, 6, 6), size=48, seed=1)
     prepare(data, root / "prepared", DataConfig(kind=kind, image_size=image_size, channels=1))

@@ -30,10 +30,10 @@ from crux import __version__
 from crux.collect import records
 from crux.collect.db import create_db_engine, current_revision, migrate, to_naive_utc
 from crux.collect.heartbeats import HeartbeatIn, record_heartbeat
+from crux.collect.ingest_settings import CONTENT_TYPE_FORMATS, IngestSettings
 from crux.collect.names import IDEMPOTENCY_KEY
 from crux.collect.offline_docs import mount_offline_docs
 from crux.collect.schemas import CaptureCreated, CaptureMetadata, CaptureOut, CapturePage, Health
-from crux.collect.ingest_settings import CONTENT_TYPE_FORMATS, IngestSettings
 from crux.collect.stations import Station, station_for_token
 from crux.collect.storage import ImageStore, image_key
 

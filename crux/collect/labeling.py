@@ -20,17 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crux.collect.records import CaptureRecord, list_captures, mark_sent
 from crux.errors import CruxError
 from crux.geometry import PixelBox
-from crux.collect.records import CaptureRecord, list_captures, mark_sent
 from crux.kinds import Label, get_kind
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
     from sqlalchemy.engine import Engine
 
-    from crux.config import ProjectSpec
     from crux.collect.storage import ImageStore
+    from crux.config import ProjectSpec
 
 BATCH_SIZE = 500
 # Label Studio 1.23 (open source) accepts "Sequential sampling", "Uniform sampling" and "Uncertainty sampling".

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from crux.errors import CruxError
 from crux.collect.db import stations, utcnow
 from crux.collect.names import check_name
+from crux.errors import CruxError
 
 # Prefix makes leaked tokens greppable (secret scanners) and tells an operator what the string is.
 TOKEN_PREFIX = "crux_st_"

@@ -28,6 +28,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crux import __version__
+from crux.collect.offline_docs import mount_offline_docs
 from crux.console import plots
 from crux.console.sources import (
     COMMIT,
@@ -40,7 +41,6 @@ from crux.console.sources import (
     fetch,
     production,
 )
-from crux.collect.offline_docs import mount_offline_docs
 
 PACKAGE = Path(__file__).parent
 SESSION_COOKIE = "crux_console"

@@ -31,9 +31,9 @@ def console_config(params: Path, admin_token: str | None, timeout_s: float) -> A
         model_remote,
         s3_storage_options,
     )
+    from crux.collect import create_db_engine, migrate
     from crux.console.app import ConsoleConfig, LineInfo
     from crux.console.sources import DatasetReader, IngestReader, LabelStudioReader, ModelReader
-    from crux.collect import create_db_engine, migrate
     from crux.ship.signing import load_public_keys
 
     ctx = load_context(params)

@@ -17,6 +17,7 @@ from crux.config import ConfigError
 from crux.evaluation import compare_markdown, confusion_png, write_json
 from crux.kinds import get_kind
 from crux.postprocess import DetectSpec, InputSpec
+from crux.train.prepare import DatasetError, prepare, read_prepared
 from crux.train.recipe import (
     EvaluateConfig,
     PipelineConfig,
@@ -24,7 +25,6 @@ from crux.train.recipe import (
     parse_max_time,
     validate_augment,
 )
-from crux.train.prepare import DatasetError, prepare, read_prepared
 
 __all__ = ["evaluate", "prepare", "resolve_precision", "train"]
 
@@ -121,10 +121,10 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         WeightAveraging,
     )
 
-    from crux.train.models.bundle import save_bundle
-    from crux.train.models.common import load_initial_weights
     from crux.train.augment import build_augment
     from crux.train.datamodule import InspectionDataModule
+    from crux.train.models.bundle import save_bundle
+    from crux.train.models.common import load_initial_weights
     from crux.train.module import InspectionModule
 
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)

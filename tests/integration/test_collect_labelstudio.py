@@ -18,11 +18,11 @@ import yaml
 from fastapi.testclient import TestClient
 
 import crux.collect.labeling
-from crux.collect.labeling import SAMPLING, CollectError, collect
-from crux.config import ProjectSpec
 from crux.collect import IngestSettings, add_station, create_app, create_db_engine, list_captures, migrate
-from crux.collect.storage import ImageStore
 from crux.collect.ingest_server import capture_metadata, make_jpeg
+from crux.collect.labeling import SAMPLING, CollectError, collect
+from crux.collect.storage import ImageStore
+from crux.config import ProjectSpec
 from crux.label.projects import sync_project
 
 pytestmark = pytest.mark.integration

@@ -254,8 +254,8 @@ edge:
 @pytest.mark.slow
 def test_labelstudio_progress_and_task_links(plant: Plant, ls_server: tuple, ls_client: Any, offline: OffHost,
                                              tmp_path: Path) -> None:  # fmt: skip
-    from crux.config import ProjectSpec
     from crux.collect import create_db_engine, mark_sent
+    from crux.config import ProjectSpec
     from crux.label.projects import sync_project
 
     settings, credentials = ls_server

@@ -13,9 +13,9 @@ import yaml
 from conftest import REPO, copy_neu_subset, neu_stems
 from typer.testing import CliRunner
 
-from crux.label import importer
 from crux.cli import app
 from crux.config import LabelStudioConfig, from_mapping
+from crux.label import importer
 from crux.label.projects import sync_project
 
 pytestmark = pytest.mark.integration

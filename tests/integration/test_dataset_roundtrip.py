@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from conftest import copy_neu_subset, neu_stems
 
-from crux.label import importer
 from crux.config import ProjectSpec, from_mapping
 from crux.data.formats import export_dataset
 from crux.data.manifest import ManifestItem, read_classes, read_manifest
 from crux.data.snapshot import build_dataset, export_snapshot_to_file
 from crux.data.store import make_fetcher
+from crux.label import importer
 from crux.label.projects import sync_project
 
 pytestmark = pytest.mark.integration

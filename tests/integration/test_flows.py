@@ -16,8 +16,8 @@ import pytest
 import yaml
 from conftest import REPO, copy_neu_subset, neu_stems
 
-from crux.label import importer
 from crux.config import ProjectSpec, from_mapping
+from crux.label import importer
 from crux.label.projects import sync_project
 
 pytestmark = pytest.mark.integration

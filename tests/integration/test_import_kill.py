@@ -18,8 +18,8 @@ import yaml
 from conftest import REPO, copy_neu_subset, neu_stems
 from kill_support import run_and_kill
 
-from crux.label import importer
 from crux.config import LabelStudioConfig, from_mapping
+from crux.label import importer
 from crux.label.projects import sync_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")]

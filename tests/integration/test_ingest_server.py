@@ -13,10 +13,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from crux.edge.outbox import Outbox
 from crux.collect import IngestSettings, add_station, create_db_engine, list_captures, migrate
-from crux.collect.storage import ImageStore
 from crux.collect.ingest_server import capture_metadata, free_port, make_jpeg, running_server
+from crux.collect.storage import ImageStore
+from crux.edge.outbox import Outbox
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,10 @@ import httpx
 import pytest
 from conftest import MAGNETIC_TILE, NEU, copy_neu_subset, free_port, neu_stems
 
-from crux.label import importer
 from crux.config import ProjectSpec, from_mapping
 from crux.geometry import yolo_to_pixel
 from crux.kinds import get_kind
-from crux.label import server
+from crux.label import importer, server
 from crux.label.annotators import add_annotators, invite_link
 from crux.label.projects import ProjectSyncError, find_project, sync_project
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crux.train.recipe import QUICK_PROFILE, merge_params
 from crux.data.synthetic_versions import write_synthetic_dataset
+from crux.train.recipe import QUICK_PROFILE, merge_params
 
 pytestmark = pytest.mark.integration  # ~30 s on 2 shared cores
 

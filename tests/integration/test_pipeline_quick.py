@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from crux.config import ConfigError
-from crux.train.recipe import PipelineConfig, load_pipeline_config, merge_params, quick_profile
 from crux.data.synthetic_versions import write_synthetic_dataset
+from crux.train.recipe import PipelineConfig, load_pipeline_config, merge_params, quick_profile
 
 pytestmark = pytest.mark.integration
 

@@ -16,10 +16,10 @@ from conftest import MAGNETIC_TILE, REPO
 from PIL import Image
 from typer.testing import CliRunner
 
-from crux.label import importer
 from crux.cli import app
 from crux.config import LabelStudioConfig, from_mapping
 from crux.kinds import Label, get_kind
+from crux.label import importer
 from crux.label.projects import sync_project
 
 pytestmark = pytest.mark.integration

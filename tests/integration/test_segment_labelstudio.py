@@ -15,12 +15,12 @@ import pytest
 from conftest import MAGNETIC_TILE
 from PIL import Image
 
-from crux.label import importer
 from crux.config import ProjectSpec, from_mapping
 from crux.data.manifest import read_manifest
 from crux.data.snapshot import build_dataset, export_snapshot_to_file
 from crux.data.store import make_fetcher
 from crux.kinds import get_kind
+from crux.label import importer
 from crux.label.projects import sync_project
 
 pytestmark = pytest.mark.integration

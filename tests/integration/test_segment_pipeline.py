@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crux.train.recipe import load_pipeline_config, quick_profile
 from crux.data.synthetic_versions import write_synthetic_dataset
+from crux.train.recipe import load_pipeline_config, quick_profile
 
 pytestmark = pytest.mark.integration
 

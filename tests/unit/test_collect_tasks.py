@@ -21,9 +21,9 @@ from crux.collect.labeling import (
     priority_key,
     priority_label,
 )
-from crux.config import ProjectSpec
 from crux.collect.records import CaptureRecord
 from crux.collect.storage import ImageStore
+from crux.config import ProjectSpec
 
 DETECT = ProjectSpec(title="det", kind="detect", classes={"scratches": "#911eb4", "crazing": "#e6194b"})
 CLASSIFY = ProjectSpec(

@@ -16,8 +16,8 @@ from PIL import Image
 
 from crux.collect import IngestSettings, add_station, create_app, create_db_engine, migrate, revoke_station
 from crux.collect.db import captures, stations
-from crux.collect.stations import StationError, hash_token
 from crux.collect.ingest_server import capture_metadata, make_jpeg
+from crux.collect.stations import StationError, hash_token
 
 
 class Env:

@@ -416,8 +416,8 @@ def test_ingest_server_killed_at_seeded_points_loses_and_duplicates_no_capture(
     import httpx
 
     from crux.collect import IngestSettings, add_station, create_db_engine, list_captures, migrate
-    from crux.collect.storage import ImageStore
     from crux.collect.ingest_server import capture_metadata, free_port, make_jpeg
+    from crux.collect.storage import ImageStore
 
     settings = IngestSettings(database_url=f"sqlite:///{tmp_path}/ingest.db", storage_url=str(tmp_path / "images"))
     engine = create_db_engine(settings.database_url)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from crux.label.importer import ImportValidationError, local_files_url
 from crux.label import server
+from crux.label.importer import ImportValidationError, local_files_url
 
 
 def settings(tmp_path: Path) -> server.ServerSettings:

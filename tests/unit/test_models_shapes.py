@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from crux.kinds import get_kind
+from crux.postprocess import anchor_points
 from crux.train.models.classifier import Classifier, ClassifierConfig
 from crux.train.models.common import load_initial_weights
 from crux.train.models.detector import DetectionLoss, Detector, DetectorConfig
-from crux.postprocess import anchor_points
 from crux.train.recipe import ModelParams
 
 torch.set_num_threads(1)

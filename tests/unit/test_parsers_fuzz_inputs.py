@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from crux.collect.ingest_server import capture_metadata
+from crux.collect.schemas import CaptureMetadata
 from crux.config import ProjectSpec, from_mapping
 from crux.data.manifest import ManifestError, ManifestItem, parse_manifest
 from crux.data.synthetic_exports import image_bytes
 from crux.label.importer import ImportValidationError, scan_source
-from crux.collect.schemas import CaptureMetadata
-from crux.collect.ingest_server import capture_metadata
 from crux.ship.publish import GateConfig, PublishError, ReleaseError, _parse_pointer, fetch_release, publish
 from crux.ship.signing import generate_private_key, sign
 

@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crux.label import importer
-
 from crux import masks
 from crux.config import ProjectSpec, from_mapping
 from crux.data.diff import diff_manifests, diff_to_json, diff_to_markdown
@@ -24,6 +22,7 @@ from crux.data.snapshot import SnapshotError, build_dataset
 from crux.data.store import make_fetcher
 from crux.data.synthetic_exports import Ann, image_bytes, local_url, ls_task, write_export, write_image
 from crux.kinds import Label, get_kind
+from crux.label import importer
 
 CLASSES = ("OK", "Crack", "Fray")
 RATIOS = (0.5, 0.25, 0.25)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from crux.config import ConfigError
-from crux.train.recipe import DataConfig
-from crux.train.prepare import DatasetError, prepare, read_split
 from crux.data.synthetic_versions import write_synthetic_dataset
+from crux.train.prepare import DatasetError, prepare, read_split
+from crux.train.recipe import DataConfig
 
 
 def test_prepare_writes_split_lists(tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crux.train.models.common import ConvBNAct, ResNetBackbone
 from crux.postprocess import anchor_points
+from crux.train.models.common import ConvBNAct, ResNetBackbone
 
 
 @dataclass(frozen=True)
