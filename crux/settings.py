@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # the stages' config types; their modules load lazily, so `cr
     from sqlalchemy.engine import Engine
 
     from crux.collect.ingest_settings import IngestSettings
+    from crux.console.app import ConsoleConfig
     from crux.edge.runtime import EdgeConfig
     from crux.label.server import Credentials, ServerSettings
     from crux.loop.steps import LabelStudioAccess
@@ -318,3 +319,48 @@ def station_token() -> str:
     if not token:
         raise ConfigError("edge.ingest_url is set: put this station's token in CRUX_STATION_TOKEN")
     return token
+
+
+def console_config(ctx: Context, admin_token: str | None, timeout_s: float) -> ConsoleConfig:
+    """Every reader of the plant console, from params.yaml and the environment."""
+    from crux.collect import create_db_engine, migrate
+    from crux.console.app import ConsoleConfig as Config
+    from crux.console.app import LineInfo
+    from crux.console.sources import DatasetReader, IngestReader, LabelStudioReader, ModelReader
+    from crux.ship.signing import load_public_keys
+
+    projects = labelstudio_config(ctx).projects
+    lines = tuple(LineInfo(name, spec.title, spec.kind) for name, spec in projects.items())
+    settings = ingest_settings(ctx)
+    engine = create_db_engine(settings.database_url)
+    migrate(engine)  # the console may start before the ingest service ever did
+    remote = model_remote(ctx, None)
+    key_paths = [ctx.path(Path(p)) for p in edge_config(ctx).public_keys]
+    # Missing keys do not stop the console: versions then show as "not checked" instead of trusted.
+    keys = load_public_keys([p for p in key_paths if p.is_file()]) if any(p.is_file() for p in key_paths) else []
+    access = labelstudio_access(ctx)
+    return Config(
+        lines=lines,
+        ingest=IngestReader(engine, settings.storage_url, settings.storage_options),
+        models=ModelReader(remote, keys, s3_storage_options() if remote.startswith("s3://") else None),
+        datasets=DatasetReader(ctx.root, str(dataset_config(ctx).root)),
+        labelstudio=LabelStudioReader(access.url, access.token, timeout_s=timeout_s),
+        admin_token=admin_token,
+        timeout_s=timeout_s,
+        workspace=ctx.root,
+        prefect_url=prefect_ui_url(),
+    )
+
+
+def console_token() -> str | None:
+    """The console's admin token from CRUX_CONSOLE_TOKEN (else a generated 0600 file, see crux.console.serve)."""
+    return os.environ.get("CRUX_CONSOLE_TOKEN")
+
+
+def prefect_ui_url() -> str | None:
+    """The Prefect UI to link to: PREFECT_UI_URL, else the server of PREFECT_API_URL (http://host:4200/api)."""
+    env = os.environ
+    if env.get("PREFECT_UI_URL"):
+        return env["PREFECT_UI_URL"]
+    api = env.get("PREFECT_API_URL", "")
+    return api.removesuffix("/").removesuffix("/api") or None

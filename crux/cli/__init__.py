@@ -1,8 +1,8 @@
 """The `crux` command line: argv in, typed config values from `crux.settings`, a library call out.
 
-One module per stage of the loop (label, data, train, ship, edge, collect, cycle, demo) registers its commands on
-the root app (`crux.cli.root`). Heavy libraries are imported inside commands so that `crux --help` and the edge
-stay fast.
+One module per stage of the loop (label, data, train, ship, edge, collect, cycle, console, demo) registers its
+commands on the root app (`crux.cli.root`). Heavy libraries are imported inside commands so that `crux --help` and
+the edge stay fast.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from __future__ import annotations
 import importlib
 import sys
 
+from crux.cli import terminal
 from crux.cli.root import app
-from crux.cli.terminal import console
 
 __all__ = ["STAGES", "app", "main"]
 
 # Importing a stage module registers its commands; this order is the order `crux --help` lists them in.
-STAGES = ("label", "data", "train", "ship", "edge", "collect", "cycle", "demo")
+STAGES = ("label", "data", "train", "ship", "edge", "collect", "cycle", "console", "demo")
 for _stage in STAGES:
     importlib.import_module(f"crux.cli.{_stage}")
 
@@ -28,7 +28,7 @@ def main() -> None:
     try:
         app()
     except CruxError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        terminal.console.print(f"[bold red]error:[/] {exc}")
         sys.exit(1)
 
 

@@ -59,11 +59,12 @@ def edge_run(
     import json
     import threading
 
+    from crux.edge.heartbeat import start_heartbeat
     from crux.edge.runtime import EdgeRuntime, LiveView, glob_source, stdin_source, watch_folder
 
     ctx = load_context(params)
     cfg = edge_config(ctx)
-    outbox = None
+    outbox, token = None, None
     if cfg.ingest_url:
         from crux.edge.outbox import Outbox
 
@@ -79,6 +80,7 @@ def edge_run(
         outbox=outbox,
         on_event=lambda name, detail: console.print(f"[yellow]{name}[/] {detail}"),
     )
+    heartbeat = start_heartbeat(cfg, token, runtime, outbox)  # best effort: never blocks a frame
     stop = threading.Event()
     if watch:
         frames = watch_folder(watch, stop, cfg.watch_interval_s)
@@ -103,5 +105,7 @@ def edge_run(
     except KeyboardInterrupt:
         stop.set()
     finally:
+        if heartbeat:
+            heartbeat.stop()
         if outbox:
             outbox.stop()

@@ -64,6 +64,32 @@ captures = sa.Table(
     sa.Index("ix_captures_captured_at", "captured_at"),
     sa.Index("ix_captures_sent_at", "sent_at"),
     sa.Index("ix_captures_sha256", "sha256"),
+    # Migration 0002, for the console: per-line counts of the last 24 h and of captures waiting for labels
+    # read only the index (100,000 captures in milliseconds).
+    sa.Index("ix_captures_line_captured_at", "line", "captured_at", "verdict"),
+    sa.Index("ix_captures_line_labeled_at", "line", "labeled_at"),
+)
+
+# Migration 0002: the latest heartbeat of each station (`crux edge run` posts one at an interval); one row per
+# station, replaced on every heartbeat, so the table stays as small as the fleet.
+station_heartbeats = sa.Table(
+    "station_heartbeats",
+    metadata,
+    sa.Column("station_id", sa.Integer, sa.ForeignKey("stations.id"), primary_key=True, autoincrement=False),
+    sa.Column("station", sa.String(64), nullable=False),
+    sa.Column("line", sa.String(64), nullable=False),
+    sa.Column("received_at", sa.DateTime, nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=True),
+    sa.Column("model_version", sa.Integer, nullable=True),
+    sa.Column("frames", sa.Integer, nullable=False),
+    sa.Column("ng", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Integer, nullable=False),
+    sa.Column("fps", sa.Float, nullable=True),
+    sa.Column("latency_p50_ms", sa.Float, nullable=True),
+    sa.Column("ng_rate", sa.Float, nullable=True),
+    sa.Column("outbox_pending", sa.Integer, nullable=True),
+    sa.Column("outbox_bytes", sa.BigInteger, nullable=True),
+    sa.Column("interval_s", sa.Float, nullable=True),
 )
 
 

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import AwareDatetime, ValidationError
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -31,8 +31,10 @@ from starlette.datastructures import UploadFile
 from crux import __version__
 from crux.collect import records
 from crux.collect.db import create_db_engine, current_revision, migrate, to_naive_utc
+from crux.collect.heartbeats import HeartbeatIn, record_heartbeat
 from crux.collect.ingest_settings import CONTENT_TYPE_FORMATS, IngestSettings
 from crux.collect.names import IDEMPOTENCY_KEY
+from crux.collect.offline_docs import mount_offline_docs
 from crux.collect.schemas import CaptureCreated, CaptureMetadata, CaptureOut, CapturePage, Health
 from crux.collect.stations import Station, station_for_token
 from crux.collect.storage import ImageStore, image_key
@@ -393,7 +395,11 @@ def create_app(settings: IngestSettings) -> FastAPI:
         version=__version__,
         description="Edge stations upload inspection captures (image + prediction metadata).",
         lifespan=lifespan,
+        # /docs serves Swagger UI from a package (a CDN is out of reach on a plant network); no ReDoc.
+        docs_url=None,
+        redoc_url=None,
     )
+    mount_offline_docs(app)
     app.state.engine = engine
     app.state.store = store
     app.state.settings = settings
@@ -449,6 +455,16 @@ def create_app(settings: IngestSettings) -> FastAPI:
         if row is None or row.station != caller.name:
             raise _reject(404, f"capture {capture_id} not found")
         return CaptureOut(**row.as_dict())
+
+    @app.post(
+        "/v1/heartbeat",
+        status_code=204,
+        responses={401: {"description": "no, unknown or revoked token"}},
+        summary="A station's periodic status (model running, frames/s, latency, NG rate, outbox backlog)",
+    )
+    def post_heartbeat(request: Request, beat: HeartbeatIn) -> Response:
+        record_heartbeat(engine, authenticate(engine, request.headers.get("authorization")), beat)
+        return Response(status_code=204)
 
     @app.get("/v1/health", response_model=Health, summary="Liveness and dependency check")
     def health() -> JSONResponse:

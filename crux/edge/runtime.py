@@ -64,10 +64,11 @@ class EdgeConfig:
     outbox_dir: str = ".crux/edge/outbox"
     outbox_quota_mb: int = 2048
     ingest_url: str | None = None
+    heartbeat_interval_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.poll_interval_s <= 0 or self.watch_interval_s <= 0:
-            raise ConfigError("edge.poll_interval_s and edge.watch_interval_s must be > 0")
+        if self.poll_interval_s <= 0 or self.watch_interval_s <= 0 or self.heartbeat_interval_s <= 0:
+            raise ConfigError("edge.poll_interval_s, watch_interval_s and heartbeat_interval_s must be > 0")
         if self.threads < 1:
             raise ConfigError(f"edge.threads: {self.threads} must be >= 1")
         for name in ("ng_threshold", "box_threshold"):
@@ -218,6 +219,11 @@ class EdgeRuntime:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.frames = 0
+        # For the heartbeat (crux.edge.heartbeat): counters since start and the recent frames' (time, latency, NG).
+        self.ng = 0
+        self.errors = 0
+        self.started_at = dt.datetime.now(dt.UTC)
+        self.recent: deque[tuple[float, float, bool]] = deque(maxlen=1000)
         self._last_rejection: str | None = None
 
     # ------------------------------------------------------------------ model management
@@ -359,6 +365,7 @@ class EdgeRuntime:
             result = running.model.predict_bytes(data)
         except (OSError, ValueError, ImageError) as exc:  # this frame only: inspection goes on
             self.frames += 1
+            self.errors += 1
             return {"image": name, "error": f"{type(exc).__name__}: {exc}", "model_version": running.version}
         latency_ms = (time.perf_counter() - started) * 1000.0
         decision = decide(running.model, result, self.cfg)
@@ -375,6 +382,8 @@ class EdgeRuntime:
         if kept is not None and self.outbox is not None:
             self._enqueue(data, Path(image), record, decision, running, at)
         self.frames += 1
+        self.ng += decision.verdict == "NG"
+        self.recent.append((time.monotonic(), latency_ms, decision.verdict == "NG"))  # deque.append: thread-safe
         return record
 
     def _keep_reason(self, decision: Decision) -> str | None:

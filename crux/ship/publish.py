@@ -813,6 +813,8 @@ def list_models(
                 "reason": doc.get("reason"),
                 "parent_version": doc.get("parent_version"),
                 "lineage": doc.get("lineage"),
+                "classes": doc.get("classes"),
+                "signed_by": (doc.get("signature") or {}).get("key_id"),
             }
         )
     return {

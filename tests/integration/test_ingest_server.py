@@ -134,3 +134,29 @@ def test_outbox_waits_for_an_unreachable_server_then_drains_in_order(settings: I
     assert all(store.get(r.image_key) == make_jpeg(i) for i, r in enumerate(rows))
     assert box.stats.uploaded == 30 and box.stats.rejected == 0
     engine.dispose()
+
+
+def test_heartbeats_and_the_console_s_counts_on_this_backend(settings: IngestSettings) -> None:
+    """Migration 0002 (heartbeats, console indexes) and the console's reads on SQLite and PostgreSQL alike."""
+    import datetime as dt
+
+    from crux.console.sources import IngestReader
+
+    engine, token, _ = _setup(settings)
+    with running_server(settings) as base:
+        for i, verdict in enumerate(["ng", "ng", "ok"]):
+            meta = capture_metadata("cam-1", "line-a", verdict=verdict, captured_at=dt.datetime.now(dt.UTC).isoformat())
+            assert _post(base, token, make_jpeg(i), meta, **{"Idempotency-Key": f"hb-{i}"}).status_code == 201
+        for frames in (5, 9):
+            r = httpx.post(f"{base}/v1/heartbeat", json={"model_version": 3, "frames": frames, "fps": 2.0},
+                           headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+            assert r.status_code == 204, r.text
+    reader = IngestReader(engine, settings.storage_url)
+    counts = reader.line_counts(["line-a", "line-b"], dt.datetime.now(dt.UTC) - dt.timedelta(hours=24))
+    assert (counts["line-a"].captures_24h, counts["line-a"].ng_24h, counts["line-a"].waiting) == (3, 2, 3)
+    assert counts["line-b"].captures_24h == 0
+    rows = {s.name: s for s in reader.stations()}
+    assert rows["cam-1"].heartbeat.frames == 9 and rows["cam-1"].heartbeat.model_version == 3
+    assert rows["cam-2"].heartbeat is None
+    assert [c.verdict for c in reader.recent_captures(line="line-a", ng=True)] == ["ng", "ng"]
+    engine.dispose()

@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("edge", ("crux.edge",)),
     ("collect", ("crux.collect",)),
     ("loop", ("crux.loop",)),
+    ("console", ("crux.console",)),
     ("settings", ("crux.settings",)),
     ("cli", ("crux.cli",)),
 )

@@ -99,6 +99,7 @@ BAD_INPUT: dict[str, tuple[str, list[str], str]] = {
     "stations add": ("line", ["stations", "add", "../etc", "--line", "line-a"], "../etc"),
     "stations revoke": ("line", ["stations", "revoke", "nosuchstation"], "nosuchstation"),
     "webhooks serve": ("typo", ["webhooks", "serve"], "trian"),
+    "console serve": ("typo", ["console", "serve"], "trian"),
 }
 
 

@@ -277,12 +277,14 @@ def test_list_filters_and_paging(env: Env, client: TestClient) -> None:
 
 def test_health_and_openapi(client: TestClient) -> None:
     health = client.get("/v1/health").json()
-    assert health["status"] == "ok" and health["schema_revision"] == "0001"
+    assert health["status"] == "ok" and health["schema_revision"] == "0002"
     spec = client.get("/openapi.json").json()
-    assert {"/v1/captures", "/v1/health"} <= set(spec["paths"])
+    assert {"/v1/captures", "/v1/health", "/v1/heartbeat"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/v1/captures"]["post"]["requestBody"]["content"]
     assert "captured_at" in spec["components"]["schemas"]["CaptureMetadata"]["properties"]
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower() and "https://" not in docs.text
+    assert client.get("/_swagger/swagger-ui-bundle.js").status_code == 200  # served from the package
 
 
 @pytest.mark.parametrize(

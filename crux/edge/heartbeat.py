@@ -1,0 +1,119 @@
+"""The edge's heartbeat: every `interval_s` a small JSON status to the ingest service's POST /v1/heartbeat,
+signed in with the station token (the console's stations page reads it).
+
+Best-effort by design: it runs in its own thread, reads the runtime's counters without a lock, and a failed
+or slow post (short timeout) is logged and forgotten; the next beat carries the fresh figures. Nothing here
+can block or stop a frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    from crux.edge.outbox import Outbox
+    from crux.edge.runtime import EdgeRuntime
+
+log = logging.getLogger(__name__)
+
+# Frames/s is measured over this window; latency and NG rate over the runtime's recent frames.
+FPS_WINDOW_S = 60.0
+
+
+def heartbeat_payload(runtime: EdgeRuntime, outbox: Outbox | None, interval_s: float) -> dict[str, Any]:
+    """The status of `runtime` now, in the shape of crux.collect.heartbeats.HeartbeatIn."""
+    recent = list(runtime.recent)  # a copy: the frame loop keeps appending
+    now = time.monotonic()
+    window = [r for r in recent if now - r[0] <= FPS_WINDOW_S]
+    running = runtime.running
+    payload: dict[str, Any] = {
+        "started_at": runtime.started_at.isoformat(),
+        "model_version": running.version if running is not None else None,
+        "frames": runtime.frames,
+        "ng": runtime.ng,
+        "errors": runtime.errors,
+        "fps": round(len(window) / FPS_WINDOW_S, 3),
+        "latency_p50_ms": round(statistics.median(r[1] for r in recent), 3) if recent else None,
+        "ng_rate": round(sum(r[2] for r in recent) / len(recent), 4) if recent else None,
+        "interval_s": interval_s,
+    }
+    if outbox is not None:
+        payload["outbox_pending"] = len(outbox.pending())
+        payload["outbox_bytes"] = outbox.pending_bytes
+    return payload
+
+
+class HeartbeatSender:
+    """A daemon thread posting `heartbeat_payload` to `ingest_url`/v1/heartbeat every `interval_s`."""
+
+    def __init__(
+        self,
+        ingest_url: str,
+        token: str,
+        runtime: EdgeRuntime,
+        outbox: Outbox | None,
+        interval_s: float,
+        *,
+        timeout_s: float = 2.0,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.url = ingest_url.rstrip("/") + "/v1/heartbeat"
+        self.token = token
+        self.runtime = runtime
+        self.outbox = outbox
+        self.interval_s = interval_s
+        self._client = client or httpx.Client(timeout=timeout_s)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.sent = 0
+        self.failed = 0
+
+    def beat(self) -> bool:
+        """One heartbeat; False (logged) when it did not arrive. Never raises."""
+        try:
+            payload = heartbeat_payload(self.runtime, self.outbox, self.interval_s)
+            response = self._client.post(self.url, json=payload, headers={"Authorization": f"Bearer {self.token}"})
+        except Exception as exc:  # the ingest service down, DNS, a timeout: the line keeps inspecting
+            self.failed += 1
+            log.debug("heartbeat not sent: %s", exc)
+            return False
+        if response.status_code >= 300:
+            self.failed += 1
+            log.warning("heartbeat refused: HTTP %s %s", response.status_code, response.text[:200])
+            return False
+        self.sent += 1
+        return True
+
+    def start(self) -> None:
+        def loop() -> None:
+            while True:
+                self.beat()
+                if self._stop.wait(self.interval_s):
+                    return
+
+        self._thread = threading.Thread(target=loop, name="crux-edge-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self, final: bool = True) -> None:
+        """Stop beating; `final` sends the last figures first (the frames of a short run would otherwise be lost)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if final:
+            self.beat()
+        self._client.close()
+
+
+def start_heartbeat(cfg: Any, token: str | None, runtime: EdgeRuntime, outbox: Outbox | None) -> HeartbeatSender | None:
+    """A running sender when the edge reports to an ingest service (`edge.ingest_url` and a token), else None."""
+    if not cfg.ingest_url or not token:
+        return None
+    sender = HeartbeatSender(cfg.ingest_url, token, runtime, outbox, cfg.heartbeat_interval_s)
+    sender.start()
+    return sender

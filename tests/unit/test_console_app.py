@@ -1,0 +1,161 @@
+"""The console without a browser: heartbeats end to end through the ingest API, stores that are down, bad input,
+the admin token, and the pure helpers (dataset log parsing, overlays)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from crux.collect import IngestSettings, add_station, create_app, create_db_engine, migrate
+from crux.collect.heartbeats import latest_heartbeats
+from crux.collect.ingest_server import free_port
+from crux.console.app import ConsoleConfig, LineInfo, create_console_app
+from crux.console.serve import ConsoleError, is_loopback, load_or_create_token, serve
+from crux.console.sources import DatasetReader, IngestReader, ModelReader, parse_dataset_log
+
+LINES = (LineInfo("line-a", "Line A", "classify"),)
+
+
+@pytest.fixture
+def ingest(tmp_path: Path) -> tuple[TestClient, str, object]:
+    settings = IngestSettings(database_url=f"sqlite:///{tmp_path}/i.db", storage_url=str(tmp_path / "images"))
+    engine = create_db_engine(settings.database_url)
+    migrate(engine)
+    token = add_station(engine, "cam-1", "line-a")
+    return TestClient(create_app(settings)), token, engine
+
+
+def test_heartbeat_needs_the_station_token_and_keeps_one_row_per_station(ingest: tuple) -> None:
+    client, token, engine = ingest
+    auth = {"Authorization": f"Bearer {token}"}
+    assert client.post("/v1/heartbeat", json={"frames": 1}).status_code == 401
+    assert client.post("/v1/heartbeat", json={"frames": 1}, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.post("/v1/heartbeat", json={"frames": -1}, headers=auth).status_code == 422
+    assert client.post("/v1/heartbeat", json={"station": "cam-2"}, headers=auth).status_code == 422  # token decides
+    assert (
+        client.post("/v1/heartbeat", json={"model_version": 1, "frames": 5, "ng": 1}, headers=auth).status_code == 204
+    )
+    assert (
+        client.post("/v1/heartbeat", json={"model_version": 2, "frames": 9, "fps": 1.5}, headers=auth).status_code
+        == 204
+    )
+    beats = latest_heartbeats(engine)
+    assert [(b.station, b.line, b.model_version, b.frames, b.fps) for b in beats] == [("cam-1", "line-a", 2, 9, 1.5)]
+
+
+def test_edge_heartbeat_to_an_unreachable_service_returns_quickly_and_never_raises(tmp_path: Path) -> None:
+    from crux.edge.heartbeat import HeartbeatSender, heartbeat_payload
+    from crux.edge.runtime import EdgeConfig, EdgeRuntime
+
+    runtime = EdgeRuntime("unused", "line-a", EdgeConfig(), [], tmp_path)
+    payload = heartbeat_payload(runtime, None, 30.0)
+    assert payload["model_version"] is None and payload["frames"] == 0 and payload["latency_p50_ms"] is None
+    sender = HeartbeatSender(f"http://127.0.0.1:{free_port()}", "t", runtime, None, 30.0, timeout_s=1.0)
+    started = time.monotonic()
+    assert sender.beat() is False
+    assert time.monotonic() - started < 3.0
+    assert sender.failed == 1
+    sender.stop(final=False)
+
+
+def test_a_store_that_is_down_shows_as_unavailable_and_the_rest_renders(tmp_path: Path) -> None:
+    dead = free_port()
+    cfg = ConsoleConfig(
+        lines=LINES,
+        # Nothing listens on these ports, and the dataset folder is no git repository.
+        ingest=IngestReader(create_db_engine(f"postgresql+psycopg://u:p@127.0.0.1:{dead}/x"), str(tmp_path)),
+        models=ModelReader(str(tmp_path / "empty-remote")),
+        datasets=DatasetReader(tmp_path),
+        timeout_s=2.0,
+    )
+    client = TestClient(create_console_app(cfg))
+    started = time.monotonic()
+    overview = client.get("/")
+    assert overview.status_code == 200
+    assert "ingest database unavailable" in overview.text
+    assert "nothing published" in overview.text  # the model remote answered: an empty one
+    assert client.get("/stations").status_code == 200 and "ingest database unavailable" in client.get("/stations").text
+    assert time.monotonic() - started < 15
+
+
+def test_bad_input_is_a_4xx_page() -> None:
+    client = TestClient(create_console_app(ConsoleConfig(lines=LINES)))
+    for path, status in (
+        ("/lines/nope", 404),
+        ("/lines/line-a/datasets/zz", 400),
+        ("/captures/abc/overlay.png", 422),
+        ("/captures/1/overlay.png?size=abc", 422),
+        ("/captures/1/overlay.png?size=999999", 422),
+        ("/lines/line-a/plots/..%2F..%2Fparams.yaml", 404),
+        ("/lines/line-a/plots/%2Fetc%2Fpasswd", 404),
+    ):
+        response = client.get(path)
+        assert response.status_code == status, path
+        assert response.headers["content-type"].startswith("text/html")
+
+
+def test_admin_token_file_is_private_and_the_environment_wins(tmp_path: Path) -> None:
+    path = tmp_path / ".crux" / "console" / "admin-token"
+    first = load_or_create_token(path, None)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_token(path, None) == first
+    assert load_or_create_token(path, "x" * 20) == "x" * 20
+    with pytest.raises(ConsoleError):
+        load_or_create_token(path, "short")
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("console.plant")
+    with pytest.raises(ConsoleError, match="admin token"):
+        serve(ConsoleConfig(lines=LINES), host="0.0.0.0", port=free_port())
+
+
+def test_login_wall_keeps_pages_and_images_behind_the_token() -> None:
+    client = TestClient(create_console_app(ConsoleConfig(lines=LINES, admin_token="s" * 24)))
+    assert client.get("/", follow_redirects=False).headers["location"] == "/login"
+    assert client.get("/captures/1/overlay.png").status_code == 401
+    assert client.get("/_swagger/openapi.json").status_code == 401
+    assert client.get("/", headers={"Authorization": "Bearer " + "s" * 24}).status_code == 200
+    assert client.post("/login", data={"token": "wrong"}).status_code == 401
+    assert client.post("/login", data={"token": "s" * 24}).status_code == 200  # redirected to the overview
+    assert client.get("/stations").status_code == 200  # the session cookie
+
+
+def test_dataset_log_parsing_keeps_only_the_line_s_versions() -> None:
+    record = "{c}\x1f2026-12-01T10:00:00+00:00\x1fann\x1f{body}\x1e\n"
+    text = record.format(c="a" * 40, body="data(line-a): 12 items, +3 −1 ~2\n\nscratch: +3 −1 ~0\nspot: +0 −0 ~2\n")
+    text += record.format(c="b" * 40, body="data(line-b): 5 items, +5 −0 ~0\n")
+    text += record.format(c="c" * 40, body="an unrelated commit touching data.dvc\n")
+    (version,) = parse_dataset_log(text, "line-a")
+    assert (version.commit, version.items, version.added, version.removed, version.relabelled) == (
+        "a" * 40,
+        12,
+        3,
+        1,
+        2,
+    )
+    assert version.per_class == ("scratch: +3 −1 ~0", "spot: +0 −0 ~2")
+    assert version.date == dt.datetime(2026, 12, 1, 10, tzinfo=dt.UTC)
+
+
+def test_overlay_draws_boxes_and_masks() -> None:
+    import numpy as np
+    from PIL import Image
+
+    from crux.console.plots import overlay_png
+    from crux.postprocess import rle_encode
+
+    buf = io.BytesIO()
+    Image.new("RGB", (100, 80), (40, 40, 40)).save(buf, "PNG")
+    mask = np.zeros((80, 100), bool)
+    mask[50:70, 60:90] = True
+    boxes = [{"class": "scratch", "box": [10, 10, 40, 30], "score": 0.9}, {"class": "spot", "box": [60, 50, 90, 70],
+             "mask": rle_encode(mask)}]  # fmt: skip
+    out = np.asarray(Image.open(io.BytesIO(overlay_png(buf.getvalue(), boxes))).convert("RGB")).astype(int)
+    assert tuple(out[10, 25]) == (255, 40, 40)  # the first box's top edge
+    assert out[60, 75, 0] > 100 and out[60, 75, 1] < 60  # inside the mask: tinted red
+    assert tuple(out[5, 95]) == (40, 40, 40)  # elsewhere untouched
