@@ -209,7 +209,11 @@ def _yolo_labels(
         if w <= 0 or h <= 0 or any(v < -COORD_TOLERANCE or v > 1 + COORD_TOLERANCE for v in (cx, cy, w, h, *edges)):
             problems.append(f"{where}: box {cx} {cy} {w} {h} is empty or outside 0..1")
             continue
-        labels.append(Label(cls=names[class_id], box=yolo_to_pixel(cx, cy, w, h, width, height)))
+        box = yolo_to_pixel(cx, cy, w, h, width, height)
+        if box.x2 <= box.x1 or box.y2 <= box.y1:  # a width like 1e-308 is positive but no pixel wide
+            problems.append(f"{where}: box {cx} {cy} {w} {h} is empty in pixels")
+            continue
+        labels.append(Label(cls=names[class_id], box=box))
     return tuple(labels)
 
 

@@ -75,6 +75,7 @@ def current(repo: Path) -> dict:
     return json.loads((repo / ".crux" / "model-remote" / LINE / "current.json").read_text())
 
 
+@pytest.mark.slow  # ~85 s: `make demo` runs the same cycle; CI runs the slow set after `make test`
 def test_cycle_end_to_end(prefect_api: None, repo: Path, ls_client, ls_files_root: Path) -> None:
     from flows.cycle import cycle
 

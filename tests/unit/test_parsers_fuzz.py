@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from crux.config import ConfigError, ProjectSpec, from_mapping
@@ -45,6 +45,7 @@ class OneFile:
 
 @FUZZ
 @given(st.lists(YOLO_LINE, max_size=5))
+@example(["1 0.0 0.5 2.2250738585072014e-308 2.2250738585072014e-308"])  # positive size, zero pixels (found)
 def test_yolo_label_lines_give_boxes_inside_the_image_or_problems_naming_the_line(lines: list[str]) -> None:
     problems: list[str] = []
     labels = _yolo_labels(OneFile("\n".join(lines)), "labels/x.txt", ["a", "b"], 40, 30, problems=problems)
