@@ -133,6 +133,9 @@ class ProjectSpec:
                 raise ConfigError(f"aliases.{source}: {target!r} is not one of the classes")
         if self.ok_class is not None and self.ok_class not in self.classes:
             raise ConfigError(f"ok_class: {self.ok_class!r} is not one of the classes")
+        if self.kind == "anomaly" and (self.ok_class is None or len(self.classes) < 2):
+            # The anomaly model scores "unlike the OK parts": it needs to know which class is OK, and one NG class.
+            raise ConfigError("kind anomaly: needs ok_class and at least one other (NG) class, e.g. OK and NG")
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -337,6 +337,85 @@ def operating_threshold(scores: np.ndarray, is_ng: np.ndarray, max_false_reject:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Anomaly detection (OK-only training): ranking metrics that need no threshold, and the calibrated inspection view
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties); None without both classes."""
+    from scipy.stats import rankdata
+
+    scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def region_overlaps(truth: np.ndarray, predicted: np.ndarray) -> list[float]:
+    """Per labelled region (8-connected part of the bool truth mask): the share of its pixels predicted anomalous
+    (the per-region overlap of MVTec's PRO metric, at one threshold)."""
+    from scipy import ndimage
+
+    ids, n = ndimage.label(truth, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return []
+    covered = ndimage.sum_labels(predicted, ids, index=np.arange(1, n + 1))
+    sizes = ndimage.sum_labels(np.ones_like(truth, bool), ids, index=np.arange(1, n + 1))
+    return [float(c / a) for c, a in zip(covered, sizes, strict=True)]
+
+
+def score_histogram(scores: np.ndarray, is_ng: np.ndarray, bins: int = 50) -> list[dict[str, float]]:
+    """OK and NG counts per score bin over [0, 1] (a DVC plot: how far apart the two populations are)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ok, _ = np.histogram(np.clip(scores[~is_ng], 0, 1), edges)
+    ng, _ = np.histogram(np.clip(scores[is_ng], 0, 1), edges)
+    return [{"score": _r((edges[i] + edges[i + 1]) / 2), "ok": int(ok[i]), "ng": int(ng[i])} for i in range(bins)]
+
+
+def anomaly_metrics(
+    scores: np.ndarray,
+    is_ng: np.ndarray,
+    synthetic: np.ndarray,
+    pixel_scores: np.ndarray,
+    pixel_truth: np.ndarray,
+    overlaps: np.ndarray,
+    ng_threshold: float | None,
+    max_false_reject: float = 0.02,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, plots) of an anomaly model. `auroc`: real NG against OK where the split has NG items, else the
+    synthetic items (training's validation) against OK, else None (no NG: only false rejects can be measured).
+    `ng_threshold` None: calibrated here at max_false_reject on the OK scores. Pixel AUROC and the mean region
+    overlap only where masks exist."""
+    real = ~synthetic
+    r_scores, r_ng = scores[real], is_ng[real]
+    real_auroc = auroc(r_scores, r_ng)
+    synthetic_auroc = auroc(
+        np.concatenate([r_scores[~r_ng], scores[synthetic]]),
+        np.r_[np.zeros((~r_ng).sum(), bool), np.ones(synthetic.sum(), bool)],
+    )
+    if ng_threshold is None:
+        ng_threshold = operating_threshold(r_scores, r_ng, max_false_reject)
+    inspection, curve = inspection_metrics(r_scores, r_ng, ng_threshold, max_false_reject)
+    rejected = r_scores >= ng_threshold
+    metrics: dict[str, Any] = {
+        "auroc": _r(real_auroc)
+        if real_auroc is not None
+        else _r(synthetic_auroc)
+        if synthetic_auroc is not None
+        else None,
+        "auroc_source": "ng" if real_auroc is not None else "synthetic" if synthetic_auroc is not None else None,
+        "synthetic_auroc": None if synthetic_auroc is None else _r(synthetic_auroc),
+        "accuracy": _r((rejected == r_ng).mean()) if len(r_ng) else None,
+        "pixel_auroc": None if (a := auroc(pixel_scores, pixel_truth)) is None else _r(a),
+        "region_overlap": _r(overlaps.mean()) if len(overlaps) else None,
+        "n_regions": len(overlaps),
+        "inspection": inspection,
+    }
+    return metrics, {"threshold_curve": curve, "score_histogram": score_histogram(r_scores, r_ng)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Files
 
 

@@ -19,6 +19,9 @@ image (uint8 array) → `crux.postprocess.preprocess` → ONNX Runtime → `post
   largest first, as {"label", "score" (the region's highest defect probability), "area" (pixels), "xyxy" (x2, y2
   exclusive), "mask": {"size": [H, W], "counts": COCO compressed RLE}} — `pycocotools.mask.decode(mask)` gives the
   H x W region mask.
+- Anomaly model (trained on OK parts only): decoded as a segmenter with one defect class, the line's NG class —
+  label = that class (e.g. "NG") or the OK class, scores[NG class] = the anomaly score (the smoothed anomaly map's
+  peak) and "regions" = the anomalous regions (pixels at or above the calibrated threshold), in the same format.
 - model_version = the published version (integer), or null for a model folder that was never published.
 """
 
@@ -106,6 +109,8 @@ class Result:
     # Segmenter only: the defect regions and the class-index map (0 = background) at the original size.
     regions: list[MaskRegion] | None = None
     class_map: np.ndarray | None = None
+    # Segmenter / anomaly model: 1 - p(background) per pixel at the original size (the anomaly map).
+    defect_prob: np.ndarray | None = None
 
 
 def ng_threshold_of(card: Mapping[str, Any]) -> float:
@@ -151,7 +156,7 @@ class OnnxModel:
             raise ModelError(f"{model_path}: detector card has no postprocess.detect parameters")
         segment = (card.get("postprocess") or {}).get("segment")
         self.segment: SegmentSpec | None = SegmentSpec.from_dict(segment) if segment else None
-        if self.kind == "segment" and self.segment is None:
+        if self.kind in ("segment", "anomaly") and self.segment is None:
             raise ModelError(f"{model_path}: segmentation card has no postprocess.segment parameters")
         self.box_threshold = box_threshold_of(card) if box_threshold is None else float(box_threshold)
         self.ng_threshold = ng_threshold_of(card)
@@ -186,7 +191,7 @@ class OnnxModel:
     def results_from_raw(self, raw: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[Result]:
         if self.kind == "classify":
             return [self._classify_result(p) for p in postprocess_classify(raw)]
-        if self.kind == "segment":
+        if self.segment is not None:  # a segmenter, or an anomaly model (a one-class segmenter)
             return [self._segment_result(r, size) for r, size in zip(raw, sizes, strict=True)]
         assert self.detect is not None
         return [self._detect_result(r, size) for r, size in zip(raw, sizes, strict=True)]
@@ -236,7 +241,7 @@ class OnnxModel:
         else:
             label, score = ok, 1.0 - maps.ng_score
         probs = np.asarray([maps.ng_score], np.float32)
-        return Result(label, float(score), scores, [], probs, regions, maps.class_map)
+        return Result(label, float(score), scores, [], probs, regions, maps.class_map, maps.defect_prob)
 
     def predict_array(self, image: np.ndarray) -> Result:
         x, size = preprocess(image, self.spec)

@@ -446,7 +446,42 @@ class SegmentKind(_KindDefaults):
         return labels
 
 
-KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (ClassifyKind(), DetectKind(), SegmentKind())}
+class AnomalyKind(ClassifyKind):
+    """A line before its first defects: annotators confirm OK / NG (Choices, as classify); the model is the segment
+    kind's network trained on the OK items alone to find synthetic anomalies (crux.train.anomaly_synthesis).
+    Its one output channel is every non-OK class at once, named by the first of them (an OK/NG line: "NG"), so
+    predictions decode, export and reach the edge exactly as a one-defect-class segmenter's."""
+
+    name = "anomaly"
+    monitor = "auroc"
+    # A blind anomaly model ranks NG parts like OK ones (AUROC 0.5). Without labelled NG items AUROC and NG recall
+    # cannot be measured: only the false-reject ceiling then applies (crux.ship.publish states which).
+    gate_floors: Mapping[str, float] = types.MappingProxyType({"auroc": 0.7})
+    gate_ceilings: Mapping[str, float] = _NONE
+    gate_ok_floors: Mapping[str, float] = types.MappingProxyType({"inspection.ng_recall": 0.5})
+    gate_ok_ceilings: Mapping[str, float] = types.MappingProxyType({"inspection.false_reject_rate": 0.2})
+    # Metrics that exist only when the split has labelled NG items: not applicable (stated) in the gate otherwise.
+    ng_metrics = (
+        "auroc",
+        "accuracy",
+        "pixel_auroc",
+        "region_overlap",
+        "inspection.ng_recall",
+        "inspection.ng_recall_at_max_false_reject",
+    )
+
+    def head_classes(self, classes: Sequence[str], ok_class: str | None) -> list[str]:
+        if ok_class is None or ok_class not in classes or len(classes) < 2:
+            raise LabelError(f"an anomaly line needs an OK class and an NG class, got classes {list(classes)}")
+        return [next(c for c in classes if c != ok_class)]
+
+    def decode_spec(self, classes: Sequence[str], ok_class: str | None) -> dict[str, Any] | None:
+        from crux.postprocess import SegmentSpec
+
+        return SegmentSpec(tuple(self.head_classes(classes, ok_class))).to_dict()
+
+
+KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (ClassifyKind(), DetectKind(), SegmentKind(), AnomalyKind())}
 
 
 def get_kind(name: str) -> TaskKind:

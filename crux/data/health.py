@@ -100,7 +100,7 @@ def check_dataset(
     degenerate, outside, tiny, multi = [], [], [], []
     for item in items:
         boxes = [lb.box for lb in item.labels if lb.box is not None]
-        if info.kind == "classify" and len(item.classes) > 1:
+        if _geometry(info.kind) == "image" and len(item.classes) > 1:
             multi.append(item.task_id)
         for x1, y1, x2, y2 in boxes:
             if x2 <= x1 or y2 <= y1:
@@ -118,7 +118,7 @@ def check_dataset(
     add("error", "multiple_classes", "classification item(s) with more than one class", multi)
 
     empty = [i.task_id for i in items if not i.classes]
-    if info.kind == "classify":
+    if _geometry(info.kind) == "image":  # classify and anomaly: every item needs its whole-image class
         add("error", "empty_labels", f"{len(empty)} classification item(s) without a class", empty)
     elif masked:
         add("warning", "empty_labels", f"{len(empty)} image(s) without any region or verdict", empty)

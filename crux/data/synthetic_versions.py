@@ -46,6 +46,8 @@ def write_synthetic_dataset(
     rng = np.random.default_rng(seed)
     data = Path(root) / "data"
     classes = (["ok"] if kind in ("classify", "segment") and ok_class else []) + ["scratch", "spot"]
+    if kind == "anomaly":  # a new line: OK parts to train on; NG parts (either defect) in val and test only
+        classes = ["ok", "ng"]
     records: list[dict[str, Any]] = []
     task_id = 0
     for split, n in zip(("train", "val", "test"), n_per_split, strict=True):
@@ -61,6 +63,12 @@ def write_synthetic_dataset(
                 img, boxes = _draw(rng, size, [] if cls == "ok" else [cls])
                 labels = [{"box": b, "class": cls} for b in boxes]
                 extra = _mask(data, size, boxes, cls, classes)
+            elif kind == "anomaly":
+                cls = "ok" if split == "train" or i % 2 == 0 else "ng"
+                shape = ["scratch", "spot"][(i // 2) % 2]
+                img, boxes = _draw(rng, size, [] if cls == "ok" else [shape])
+                labels = [{"box": None, "class": cls}]
+                extra = {"mask": _mask(data, size, boxes, shape, ["scratch", "spot"])["mask"]}
             else:
                 picks = [classes[(i + j) % len(classes)] for j in range(1 + i % 2)]
                 img, boxes = _draw(rng, size, picks)

@@ -87,6 +87,18 @@ class Decision:
     uncertain: bool
 
 
+def anomaly_uncertain(score: float, threshold: float, margin: float) -> bool:
+    """Near the threshold in log-odds: a calibrated anomaly threshold often sits near 0.01, where an absolute
+    margin of 0.15 would call every frame uncertain. 4 x margin in logits equals `margin` in probability at 0.5."""
+    import math
+
+    def logit(p: float) -> float:
+        p = min(max(p, 1e-6), 1 - 1e-6)
+        return math.log(p / (1 - p))
+
+    return abs(logit(score) - logit(threshold)) < 4.0 * margin
+
+
 def decide(model: OnnxModel, result: Result, cfg: EdgeConfig) -> Decision:
     """OK/NG and "uncertain" from a prediction; the thresholds come from the model card unless params override."""
     margin = cfg.uncertain_margin
@@ -100,11 +112,13 @@ def decide(model: OnnxModel, result: Result, cfg: EdgeConfig) -> Decision:
         threshold = model.ng_threshold if cfg.ng_threshold is None else cfg.ng_threshold
         ng_score = 1.0 - result.scores[model.ok_class]
         return Decision("NG" if ng_score >= threshold else "OK", top_gap < margin or abs(ng_score - threshold) < margin)
-    if model.kind == "segment":
+    if model.kind in ("segment", "anomaly"):
         # The NG score is the peak of the smoothed defect map; the verdict and its margin are taken on it.
         assert result.probs is not None
         threshold = model.ng_threshold if cfg.ng_threshold is None else cfg.ng_threshold
         ng_score = float(result.probs[0])
+        if model.kind == "anomaly":
+            return Decision("NG" if ng_score >= threshold else "OK", anomaly_uncertain(ng_score, threshold, margin))
         return Decision("NG" if ng_score >= threshold else "OK", abs(ng_score - threshold) < margin)
     threshold = model.box_threshold if cfg.box_threshold is None else cfg.box_threshold
     top = float(result.probs.max()) if result.probs is not None and len(result.probs) else 0.0

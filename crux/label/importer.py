@@ -415,7 +415,7 @@ def _coco_labels(
     for ann in anns:
         cls = _class_for(categories[ann["category_id"]], spec) or categories[ann["category_id"]]
         bbox = ann.get("bbox")
-        if spec.kind == "classify" or bbox is None:
+        if get_kind(spec.kind).geometry == "image" or bbox is None:
             labels.append(Label(cls=cls))
             continue
         try:
@@ -465,7 +465,7 @@ def _coco_regions(
 
 
 def _scan_folders(fs: Any, root: str, spec: ProjectSpec, problems: list[str]) -> dict[str, Callable[..., Any]]:
-    if spec.kind != "classify":
+    if get_kind(spec.kind).geometry != "image":  # classify, and anomaly (OK / NG) lines
         problems.append(f"{root}: --labels folders gives whole-image classes; project {spec.title!r} is {spec.kind!r}")
         return {}
     readers: dict[str, Callable[..., Any]] = {}
@@ -666,7 +666,7 @@ LABEL_FORMATS = tuple(SOURCE_FORMATS)
 
 def _as_kind(labels: tuple[Label, ...] | None, spec: ProjectSpec, where: str, problems: list[str]) -> Any:
     """Boxes given for a classification project: the image's class is its boxes' (single) class."""
-    if labels is None or spec.kind != "classify" or all(label.box is None for label in labels):
+    if labels is None or get_kind(spec.kind).geometry != "image" or all(label.box is None for label in labels):
         return labels
     classes = {label.cls for label in labels}
     if len(classes) != 1:

@@ -96,6 +96,7 @@ OUTPUT_LAYOUTS = {
     "classify": "(B, classes) logits",
     "detect": "(B, N, 5 + classes) ltrb, ctr, cls",
     "segment": "(B, 1 + defect classes, S, S) logits, channel 0 background",
+    "anomaly": "(B, 2, S, S) logits, channel 0 normal, channel 1 anomalous",
 }
 
 
@@ -249,7 +250,7 @@ def _parity(model: Any, onnx_model: Any, x: np.ndarray, sizes: list, kind: str, 
             if kind == "classify":
                 top1_mismatch += int(a.label != b.label)
                 continue
-            if kind == "segment":
+            if kind in ("segment", "anomaly"):
                 # Labels are reported but not failed on: an NG score sitting on the threshold flips on 1e-6.
                 label_mismatch += int(a.label != b.label)
                 pixels += a.class_map.size
@@ -272,7 +273,7 @@ def _parity(model: Any, onnx_model: Any, x: np.ndarray, sizes: list, kind: str, 
         "unmatched_boxes": box_mismatch if kind == "detect" else None,
     }
     agreement_ok = True
-    if kind == "segment":
+    if kind in ("segment", "anomaly"):
         # Class maps of torch and ORT must agree on >= 99.9% of pixels (logits within atol almost always give 100%).
         report["pixel_agreement"] = round(pixels_same / max(pixels, 1), 6)
         report["label_mismatches"] = label_mismatch
@@ -326,7 +327,8 @@ def build_card(
         "output": {"name": OUTPUT_NAME, "layout": OUTPUT_LAYOUTS[meta["kind"]]},
         "postprocess": {
             "detect": detect.to_dict() if detect else None,
-            **({"segment": meta["segment"]} if meta.get("segment") else {}),
+            # An anomaly model decodes as a one-class segmenter: the edge reads the same `segment` parameters.
+            **({"segment": meta[k]} if (k := "anomaly" if meta["kind"] == "anomaly" else "segment") in meta else {}),
             "box_threshold": cfg.box_threshold,
             "ng_threshold": ng_threshold,
         },
@@ -386,6 +388,8 @@ def export(
             max_detections=int(d.get("max_detections", detect.max_detections)),
         )
     ng_threshold = float(pp.get("ng_threshold", 0.5))
+    if meta["kind"] == "anomaly" and pp.get("anomaly"):
+        meta = {**meta, "anomaly": dict(pp["anomaly"])}  # its region threshold follows the calibrated one
 
     views = tta_views(cfg.tta) if cfg.tta else []
     if views and meta["kind"] != "classify":
@@ -579,6 +583,8 @@ def evaluate_onnx(model: Any, prepared_dir: Path, split: str = "test", batch_siz
         raise ExportError(f"{prepared_dir}: the {split} split is empty")
     if model.kind == "segment":
         return _evaluate_onnx_segment(model, prepared_dir, records, split, batch_size)
+    if model.kind == "anomaly":
+        return _evaluate_onnx_anomaly(model, prepared_dir, records, split, batch_size)
     probs, targets, dets, gt_boxes, gt_labels, sizes_all = [], [], [], [], [], []
     for sl in _batches(len(records), batch_size):
         chunk = records[sl]
@@ -635,6 +641,43 @@ def _evaluate_onnx_segment(
         model.classes,
         model.ok_class,
         defects,
+        model.ng_threshold,
+    )
+    return {"split": split, "kind": model.kind, **metrics}
+
+
+def _evaluate_onnx_anomaly(
+    model: Any, prepared_dir: Path, records: Sequence[Mapping[str, Any]], split: str, batch_size: int
+) -> dict[str, Any]:
+    """Anomaly metrics of an ONNX model at the card's threshold through the edge's decoding (image level, and
+    pixel AUROC / region overlap where masks exist)."""
+    from crux.evaluation import anomaly_metrics, region_overlaps
+
+    scores, is_ng, px_score, px_truth, overlaps = [], [], [], [], []
+    for sl in _batches(len(records), batch_size):
+        chunk = records[sl]
+        x, sizes = _load_batch(prepared_dir, chunk, model.spec)
+        raw = model.run_raw(x)
+        for r, result, size in zip(chunk, model.results_from_raw(raw, sizes), sizes, strict=True):
+            scores.append(float(result.probs[0]))
+            is_ng.append(bool(r["is_ng"]))
+            truth = None
+            if r.get("mask"):
+                with open_image(Path(prepared_dir) / r["mask"]) as m:
+                    truth = np.asarray(m) > 0
+            elif not r["is_ng"]:
+                truth = np.zeros((size[1], size[0]), bool)
+            if truth is not None:
+                px_score.append(result.defect_prob[::4, ::4].ravel())
+                px_truth.append(truth[::4, ::4].ravel())
+                overlaps.extend(region_overlaps(truth, result.class_map > 0))
+    metrics, _ = anomaly_metrics(
+        np.asarray(scores),
+        np.asarray(is_ng, bool),
+        np.zeros(len(scores), bool),
+        np.concatenate(px_score) if px_score else np.zeros(0, np.float32),
+        np.concatenate(px_truth) if px_truth else np.zeros(0, bool),
+        np.asarray(overlaps, np.float64),
         model.ng_threshold,
     )
     return {"split": split, "kind": model.kind, **metrics}

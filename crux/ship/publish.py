@@ -273,8 +273,15 @@ def gate_check(
     against refuses (nothing vouches for the model).
     """
     criteria: list[Criterion] = []
+    # An anomaly line before its first labelled defect: metrics that need NG items do not exist; it is gated on
+    # false rejects alone, and every decision says so.
+    no_ng = _needs_ng(kind) and metric_value(candidate_metrics, "inspection.n_ng") == 0
+    not_applicable = "not applicable: the test split has no NG items, only false rejects are gated"
     for rule, key, threshold, source in cfg.limits(kind, line, ok_line):
         value = metric_value(candidate_metrics, key)
+        if value is None and no_ng and key in _needs_ng(kind):
+            criteria.append(Criterion(rule, key, None, threshold, None, True, source, not_applicable))
+            continue
         if value is None:
             criteria.append(Criterion(rule, key, None, threshold, None, False, source, "candidate has no such metric"))
             continue
@@ -289,6 +296,8 @@ def gate_check(
         rel = Criterion(
             "vs_production", metric, cand, None, None, True, source, "no model in production yet: nothing to compare"
         )
+    elif cand is None and no_ng and metric in _needs_ng(kind):
+        rel = Criterion("vs_production", metric, None, None, prod, True, source, not_applicable)
     elif cand is None:
         rel = Criterion("vs_production", metric, None, None, prod, False, source, "candidate has no such metric")
     elif prod is None:
@@ -332,6 +341,13 @@ def gate_check(
             "" if production_version is not None else " (first model of the line)"
         )
     return GateResult(passed, metric, cand, prod, production_version, cfg.tolerance, reason, tuple(criteria))
+
+
+def _needs_ng(kind: str) -> tuple[str, ...]:
+    """The metrics of `kind` that only exist when the split has NG items (crux.kinds `ng_metrics`)."""
+    from crux.kinds import KINDS
+
+    return tuple(getattr(KINDS.get(kind), "ng_metrics", ()))
 
 
 def _short(c: Criterion) -> str:

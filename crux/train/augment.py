@@ -35,7 +35,12 @@ def build_augment(cfg: AugmentConfig, kind: str, image_size: int | None = None, 
             raise ConfigError(f"{where}.name: {spec.name} does not transform 2-D images")
         if kind == "detect" and issubclass(cls, A.DualTransform) and targets is not None and "BBoxes" not in targets:
             raise ConfigError(f"{where}.name: {spec.name} does not move boxes; it cannot be used for detection")
-        if kind == "segment" and issubclass(cls, A.DualTransform) and targets is not None and "Mask" not in targets:
+        if (
+            kind in ("segment", "anomaly")
+            and issubclass(cls, A.DualTransform)
+            and targets is not None
+            and "Mask" not in targets
+        ):
             raise ConfigError(f"{where}.name: {spec.name} does not move masks; it cannot be used for segmentation")
         args = _plain(spec.args)
         accepted = inspect.signature(cls.__init__).parameters
@@ -69,7 +74,7 @@ def build_augment(cfg: AugmentConfig, kind: str, image_size: int | None = None, 
         extra = (
             {"bboxes": [[1.0, 1.0, image_size - 1.0, image_size - 1.0]], "class_ids": [0]} if kind == "detect" else {}
         )
-        if kind == "segment":
+        if kind in ("segment", "anomaly"):
             extra = {"mask": np.zeros((image_size, image_size), np.uint8)}
         try:
             shape = compose(image=dummy, **extra)["image"].shape

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from crux.postprocess import InputSpec
+from crux.postprocess import InputSpec, load_image, open_image, resize
 from crux.train.torch_dataset import InspectionDataset, collate, worker_init
 
 
@@ -43,7 +43,35 @@ class InspectionDataModule(pl.LightningDataModule):
             if split not in self.datasets:
                 aug = self.augment if split == "train" else None
                 self.datasets[split] = InspectionDataset(self.prepared_dir, split, self.kind, self.spec, aug)
+        if self.kind == "anomaly":
+            # An anomaly model learns from OK parts only; labelled NG items are for validation and test.
+            train = self.datasets["train"]
+            self.ng_train_items = [item for item in train.items if item["is_ng"] and item.get("mask")]
+            train.items = [item for item in train.items if not item["is_ng"]]
+            if not train.items:
+                from crux.train.prepare import DatasetError
+
+                raise DatasetError(f"{self.prepared_dir}: no OK items in the train split to learn normal parts from")
         self.datasets["train"].seed_augment(self.seed)
+
+    def defect_crops(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Anomaly kind: crops of the train split's labelled NG regions at the model's input scale."""
+        import numpy as np
+        from PIL import Image
+
+        from crux.train.anomaly_synthesis import defect_crops
+
+        root, size = self.datasets["train"].root, self.spec.image_size
+        images, masks = [], []
+        for item in getattr(self, "ng_train_items", []):
+            image = resize(load_image(root / item["image"], self.spec.channels), size)
+            with open_image(root / item["mask"]) as m:
+                mask = np.asarray(
+                    Image.fromarray((np.asarray(m) > 0).astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
+                )
+            images.append(torch.from_numpy(image.transpose(2, 0, 1).copy()))
+            masks.append(torch.from_numpy(mask > 0))
+        return defect_crops(images, masks)
 
     def _balanced_sampler(self, generator: torch.Generator) -> WeightedRandomSampler | None:
         """Items drawn with weight count(class)^-class_balance (with replacement, an epoch's worth of draws)."""

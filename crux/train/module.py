@@ -49,6 +49,8 @@ class InspectionModule(pl.LightningModule):
         return self.model(x)
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        if hasattr(self.task, "batch_for"):  # the anomaly kind pastes its synthetic anomalies here
+            batch = self.task.batch_for(stage, batch)
         # Batches arrive as uint8; normalising here runs on the device (see crux.train.torch_dataset).
         raw = self(normalise(batch["image"], self.spec).contiguous(memory_format=torch.channels_last))
         losses = self.task.loss(raw, batch)
@@ -69,6 +71,8 @@ class InspectionModule(pl.LightningModule):
         return losses["loss"]
 
     def on_fit_start(self) -> None:
+        if getattr(self.task, "use_defect_crops", False):  # anomaly kind: real defect crops among the synthetic
+            self.task.defects = self.trainer.datamodule.defect_crops()
         self._fit_started = time.monotonic()  # the clock of a train.max_time budget (Lightning's Timer starts here)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

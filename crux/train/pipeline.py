@@ -29,7 +29,7 @@ from crux.train.recipe import (
 __all__ = ["evaluate", "prepare", "resolve_precision", "train"]
 
 # The plot files of `evaluate` (dvc.yaml's top-level `plots:` names each).
-PLOT_FILES = ("confusion", "threshold_curve", "pr_curve")
+PLOT_FILES = ("confusion", "threshold_curve", "pr_curve", "score_histogram")
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -148,6 +148,7 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         "schedule": t.schedule,
         "warmup_epochs": t.warmup_epochs,
         "label_smoothing": t.label_smoothing,
+        "anomaly_defect_crops": t.anomaly_defect_crops,
         # The schedule also anneals by elapsed time when the fit has a wall-clock budget.
         "max_time_s": max_time_seconds(t.max_time),
     }
@@ -346,14 +347,18 @@ def evaluate(
                 task.collect(state, raw, batch)
         return state, dataset
 
+    ng_threshold = cfg.ng_threshold
+    calibrate = hasattr(task, "operating_threshold")
+    if calibrate and split != "val":
+        # The operating point is chosen on the validation split (never on the split being measured) for the
+        # false-reject budget, and shipped in the card: the edge rejects at exactly this NG score. First, because
+        # an anomaly task's region threshold follows it.
+        ng_threshold = task.operating_threshold(run("val")[0], cfg.max_false_reject)
     started = time.perf_counter()
     state, dataset = run(split)
     wall = time.perf_counter() - started
-    ng_threshold = cfg.ng_threshold
-    if hasattr(task, "operating_threshold"):
-        # The operating point is chosen on the validation split (never on the split being measured) for the
-        # false-reject budget, and shipped in the card: the edge rejects at exactly this NG score.
-        ng_threshold = task.operating_threshold(state if split == "val" else run("val")[0], cfg.max_false_reject)
+    if calibrate and split == "val":
+        ng_threshold = task.operating_threshold(state, cfg.max_false_reject)
     metrics, plots = task.metrics(state, ng_threshold=ng_threshold, max_false_reject=cfg.max_false_reject)
     metrics = {"split": split, "kind": meta["kind"], **metrics}
 
@@ -376,7 +381,8 @@ def evaluate(
         {
             "input": spec.to_dict(),
             "detect": detect_spec.to_dict() if detect_spec else None,
-            **({meta["kind"]: meta[meta["kind"]]} if meta.get(meta["kind"]) else {}),
+            # The decoding the metrics were taken with (an anomaly task's follows its calibrated threshold).
+            **({meta["kind"]: getattr(task, "decode", meta[meta["kind"]])} if meta.get(meta["kind"]) else {}),
             "ng_threshold": ng_threshold,
             "ok_class": meta.get("ok_class"),
             "classes": meta["classes"],

@@ -72,11 +72,15 @@ def prepare(data_dir: Path, out_dir: Path, cfg: DataConfig) -> dict[str, Any]:
             "width": int(item["width"]),
             "height": int(item["height"]),
         }
-        if kind == "classify":
+        if kind in ("classify", "anomaly"):
             if len(labels) != 1:
                 excluded.append({"sha256": item["sha256"], "reason": f"{len(labels)} class labels, need exactly 1"})
                 continue
             record["label"] = index[labels[0]["class"]]
+            if kind == "anomaly":
+                record["is_ng"] = labels[0]["class"] != ok_class
+                if item.get("mask"):  # optional pixel truth: pixel AUROC and region overlap where it exists
+                    record["mask"] = os.path.relpath(data_dir / item["mask"], out_dir)
         elif kind == "segment":
             mask = data_dir / str(item.get("mask") or "")
             if not item.get("mask") or not mask.is_file():
@@ -110,7 +114,7 @@ def prepare(data_dir: Path, out_dir: Path, cfg: DataConfig) -> dict[str, Any]:
         counts[split] = len(records)
         per_class = dict.fromkeys(classes, 0)
         for r in records:
-            for lab in [r["label"]] if kind in ("classify", "segment") else r["labels"]:
+            for lab in [r["label"]] if kind in ("classify", "segment", "anomaly") else r["labels"]:
                 per_class[classes[lab]] += 1
         class_counts[split] = per_class
     summary = {

@@ -173,6 +173,9 @@ class TrainConfig:
     class_balance: float = 0.0
     # Exponential moving average of the weights (0 = off): validation, checkpoints and the bundle use the average.
     ema_decay: float = 0.0
+    # Anomaly kind: also paste crops of the train split's labelled NG regions (items with masks) among the
+    # synthetic anomalies. Off: the model learns from OK items only.
+    anomaly_defect_crops: bool = False
     seed: int = 42
     accelerator: str = "auto"
     precision: str = "auto"

@@ -6,6 +6,7 @@ each batch's raw outputs with `crux.postprocess` right away, so validation holds
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -241,6 +242,150 @@ def segment_loss(
     return {"loss": loss, "focal": focal, "dice": dice, "image": image}
 
 
+class AnomalyTask(SegmentTask):
+    """The segment kind's network and loss, trained on OK images with synthetic anomalies pasted in
+    (crux.train.anomaly_synthesis); its NG score is the anomaly score.
+
+    Validation scores the real items (OK, and NG when labelled) plus a synthetic twin of each (a fixed anomaly per
+    batch): `auroc` ranks real NG against OK where NG items exist, else the synthetic twins against OK, so a line
+    without a single defect still picks its checkpoint. Evaluation (`crux evaluate`) sees real items only.
+    """
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        ok_class: str | None,
+        spec: InputSpec,
+        segment: SegmentSpec,
+        optim: Mapping[str, Any],
+    ) -> None:
+        from crux.train.anomaly_synthesis import SynthesisConfig
+
+        super().__init__(classes, ok_class, spec, segment, float(optim.get("image_loss_weight", 1.0)))
+        self.synthesis = SynthesisConfig(**dict(optim.get("synthesis") or {}))
+        self.ng_label = self.classes.index(segment.defect_classes[0])
+        # Real defect crops to paste besides the synthetic anomalies (train.anomaly_defect_crops; set at fit start).
+        self.use_defect_crops = bool(optim.get("anomaly_defect_crops", False))
+        self.defects: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # Set by `operating_threshold` (evaluation): the validation figures of the shipped threshold, for the card.
+        self.calibration: dict[str, Any] | None = None
+
+    def batch_for(self, stage: str, batch: dict[str, Any]) -> dict[str, Any]:
+        """Train: anomalies pasted on about half the (OK) images. Val: the batch plus a synthetic twin of each item
+        (seeded by the items' indices, so every validation sees the same anomalies). Test: unchanged."""
+        from crux.train.anomaly_synthesis import synthesize_batch
+
+        if stage not in ("train", "val"):
+            return batch
+        images, device = batch["image"], batch["image"].device
+        if stage == "train":
+            g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))  # follows the seeded global RNG
+            out, masks, is_ng = synthesize_batch(images.cpu(), g, self.synthesis, self.defects)
+            return {**batch, "image": out.to(device), "mask": masks.to(device), "is_ng": is_ng.to(device)}
+        g = torch.Generator().manual_seed(1 + sum(int(i) for i in batch["index"]))
+        out, masks, is_ng = synthesize_batch(images.cpu(), g, self.synthesis, prob=1.0)
+        n = images.shape[0]
+        s = self.spec.image_size
+        return {
+            **batch,
+            "image": torch.cat([images, out.to(device)]),
+            "mask": torch.cat([batch["mask"], masks.to(batch["mask"].device)]),
+            "is_ng": torch.cat([batch["is_ng"], is_ng.to(batch["is_ng"].device)]),
+            "label": torch.cat([batch["label"], torch.full_like(batch["label"], self.ng_label)]),
+            "size": list(batch["size"]) + [(s, s)] * n,
+            "orig_mask": list(batch["orig_mask"]) + [None] * n,
+            "index": list(batch["index"]) + [-1] * n,
+            "synthetic": [False] * n + [True] * n,
+        }
+
+    def new_state(self) -> dict[str, Any]:
+        return {k: [] for k in ("score", "is_ng", "synthetic", "px_score", "px_truth", "overlap", "index")}
+
+    def collect(self, state: dict[str, Any], raw: torch.Tensor, batch: Mapping[str, Any]) -> None:
+        from crux.evaluation import region_overlaps
+
+        maps = postprocess_segment_batch(raw.detach().float().cpu().numpy(), batch["size"], self.segment)
+        synthetic = batch.get("synthetic") or [False] * len(maps)
+        for m, truth, ng, syn in zip(maps, batch["orig_mask"], batch["is_ng"].tolist(), synthetic, strict=True):
+            state["score"].append(m.ng_score)
+            state["is_ng"].append(bool(ng))
+            state["synthetic"].append(bool(syn))
+            if syn or truth is None:
+                continue
+            # Every 4th pixel each way bounds the memory of pixel AUROC on large images (a 1/16 sample).
+            state["px_score"].append(m.defect_prob[::4, ::4].ravel())
+            state["px_truth"].append(truth[::4, ::4].ravel() > 0)
+            state["overlap"].extend(region_overlaps(truth > 0, m.class_map > 0))
+        state["index"].extend(batch["index"])
+
+    def metrics(
+        self, state: dict[str, Any], ng_threshold: float | None = None, max_false_reject: float = 0.02
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        from crux.evaluation import anomaly_metrics
+
+        metrics, plots = anomaly_metrics(
+            np.asarray(state["score"], np.float64),
+            np.asarray(state["is_ng"], bool),
+            np.asarray(state["synthetic"], bool),
+            np.concatenate(state["px_score"]) if state["px_score"] else np.zeros(0, np.float32),
+            np.concatenate(state["px_truth"]) if state["px_truth"] else np.zeros(0, bool),
+            np.asarray(state["overlap"], np.float64),
+            ng_threshold,
+            max_false_reject,
+        )
+        if self.calibration is not None:
+            metrics["calibration"] = self.calibration
+        return metrics, plots
+
+    def operating_threshold(self, state: dict[str, Any], max_false_reject: float) -> float:
+        """The threshold from the real validation items' OK scores at the false-reject budget; the NG recall at it
+        is recorded too when the validation split has labelled NG items."""
+        from crux.evaluation import inspection_metrics
+
+        real = ~np.asarray(state["synthetic"], bool)
+        scores, is_ng = np.asarray(state["score"])[real], np.asarray(state["is_ng"], bool)[real]
+        threshold = operating_threshold(scores, is_ng, max_false_reject)
+        view, _ = inspection_metrics(scores, is_ng, threshold, max_false_reject)
+        # Regions are the pixels at or above the image threshold: every rejected frame then shows where (the
+        # anomaly map of a model trained on faint synthetic anomalies rarely reaches the segment kind's 0.5).
+        self.segment = dataclasses.replace(self.segment, pixel_threshold=float(threshold))
+        self.decode = self.segment.to_dict()
+        self.calibration = {
+            "split": "val",
+            "threshold": view["threshold"],
+            "n_ok": view["n_ok"],
+            "n_ng": view["n_ng"],
+            "false_reject_rate": view["false_reject_rate"],
+            "ng_recall": view["ng_recall"],
+        }
+        return threshold
+
+    def gallery(
+        self, state: dict[str, Any], dataset: Any, model: nn.Module, device: Any, ng_threshold: float, path: Any
+    ) -> None:
+        """The anomaly-map gallery: escaped NG parts (lowest score first), false rejects (highest first), then the
+        most anomalous NG parts; each shows the image with its labelled mask and with the anomalous pixels."""
+        from crux.evaluation import overlay_gallery
+        from crux.postprocess import load_image
+        from crux.train.torch_dataset import normalise
+
+        score, is_ng = np.asarray(state["score"]), np.asarray(state["is_ng"], bool)
+        escaped = [i for i in np.argsort(score, kind="stable") if is_ng[i] and score[i] < ng_threshold]
+        false_rejects = [i for i in np.argsort(-score, kind="stable") if not is_ng[i] and score[i] >= ng_threshold]
+        caught = [i for i in np.argsort(-score, kind="stable") if is_ng[i] and score[i] >= ng_threshold]
+        tiles = []
+        for i in list(dict.fromkeys([*escaped[:4], *false_rejects[:4], *caught]))[:12]:
+            item = dataset[state["index"][i]]
+            with torch.inference_mode():
+                raw = model(normalise(item["image"][None].to(device), self.spec)).float().cpu().numpy()
+            pred = postprocess_segment_batch(raw, [item["size"]], self.segment)[0]
+            image = load_image(dataset.root / dataset.items[state["index"][i]]["image"], 3)
+            truth = item["orig_mask"] if item["orig_mask"] is not None else np.zeros(image.shape[:2], np.uint8)
+            caption = f"{'NG' if is_ng[i] else 'OK'} score={score[i]:.3f} threshold={ng_threshold:.3f}"
+            tiles.append((image, truth, pred.class_map, caption))
+        overlay_gallery(tiles, path)
+
+
 # (classes, ok_class, input spec, detect spec or None, params `train.optim`) → the kind's task.
 TaskFactory = Callable[[Sequence[str], "str | None", InputSpec, "DetectSpec | None", Mapping[str, Any]], Task]
 
@@ -268,7 +413,21 @@ def _segment(
     return SegmentTask(classes, ok_class, spec, segment, float(optim.get("image_loss_weight", 1.0)))
 
 
-TASKS: Mapping[str, TaskFactory] = {"classify": _classify, "detect": _detect, "segment": _segment}
+def _anomaly(
+    classes: Sequence[str], ok_class: str | None, spec: InputSpec, detect: DetectSpec | None, optim: Mapping[str, Any]
+) -> Task:
+    from crux.kinds import get_kind
+
+    segment = SegmentSpec.from_dict(get_kind("anomaly").decode_spec(classes, ok_class) or {})
+    return AnomalyTask(classes, ok_class, spec, segment, optim)
+
+
+TASKS: Mapping[str, TaskFactory] = {
+    "classify": _classify,
+    "detect": _detect,
+    "segment": _segment,
+    "anomaly": _anomaly,
+}
 
 
 def training_task(

@@ -63,6 +63,31 @@ class InspectionDataset(Dataset):
         out["is_ng"] = bool(item["is_ng"])
         return image
 
+    def _anomaly_item(
+        self, item: dict[str, Any], image: np.ndarray, out: dict[str, Any], size: tuple[int, int]
+    ) -> np.ndarray:
+        """OK/NG with an optional defect mask (any non-zero pixel is anomalous); an NG item without one has no
+        pixel truth (orig_mask None), an OK item's is all background."""
+        orig: np.ndarray | None = None
+        if item.get("mask"):
+            with open_image(self.root / item["mask"]) as m:
+                orig = (np.asarray(m) > 0).astype(np.uint8)
+        elif not item["is_ng"]:
+            orig = np.zeros((size[1], size[0]), np.uint8)
+        s = self.spec.image_size
+        mask = np.zeros((s, s), np.uint8)
+        if orig is not None:
+            mask = np.asarray(Image.fromarray(orig).resize((s, s), Image.Resampling.NEAREST))
+        if self.augment is not None:
+            res = self.augment(image=image, mask=mask)
+            image, mask = res["image"], res["mask"]
+        else:
+            out["orig_mask"] = orig
+        out["mask"] = np.ascontiguousarray(mask)
+        out["label"] = item["label"]
+        out["is_ng"] = bool(item["is_ng"])
+        return image
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.items[i]
         image = load_image(self.root / item["image"], self.spec.channels)
@@ -76,6 +101,8 @@ class InspectionDataset(Dataset):
             out["label"] = item["label"]
         elif self.kind == "segment":
             image = self._segment_item(item, image, out)
+        elif self.kind == "anomaly":
+            image = self._anomaly_item(item, image, out, (w, h))
         else:
             orig = np.asarray(item["boxes"], np.float32).reshape(-1, 4)
             labels = np.asarray(item["labels"], np.int64)

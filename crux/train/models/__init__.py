@@ -70,6 +70,8 @@ MODELS: Mapping[str, ModelFamily] = {
     "classify": ModelFamily(_classifier_config, _classifier),
     "detect": ModelFamily(_detector_config, _detector),
     "segment": ModelFamily(_segmenter_config, _segmenter),
+    # An anomaly model is a segmenter with one defect channel (the line's NG class) trained on synthetic anomalies.
+    "anomaly": ModelFamily(_segmenter_config, _segmenter),
 }
 
 
