@@ -104,6 +104,41 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 
 @dataclass(frozen=True)
+class OverlapSpec:
+    """How many people label each task: Label Studio Community's own per-project overlap settings
+    (`maximum_annotations`, `overlap_cohort_percentage`), so its task queue does the assignment."""
+
+    # Annotators per overlapped task; 1 = every task is labelled once (Label Studio's default).
+    annotators: int = 1
+    # Share of the tasks that get `annotators` labels (the rest get one): 1.0 = all, 0.1 = a 10% audit sample.
+    share: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.annotators < 1:
+            raise ConfigError(f"overlap.annotators: {self.annotators} must be >= 1")
+        if not 0.0 <= self.share <= 1.0:
+            raise ConfigError(f"overlap.share: {self.share} is not in 0..1")
+
+
+@dataclass(frozen=True)
+class AgreementSpec:
+    """When two people's labels of one image count as the same, and which images go back for review."""
+
+    # Detection: boxes of the same class match at IoU >= this (greedy, best first).
+    match_iou: float = 0.5
+    # An image whose worst annotator pair agrees less than this is conflicted: kept in the snapshot, marked, and
+    # left out of train/val/test by the `data` stage until resolved. None = the kind's default (1.0 for classify
+    # and detect: any disagreement; 0.7 mask IoU for segment, where two painters never hit identical pixels).
+    min_item: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.match_iou <= 1.0:
+            raise ConfigError(f"agreement.match_iou: {self.match_iou} is not in (0, 1]")
+        if self.min_item is not None and not 0.0 <= self.min_item <= 1.0:
+            raise ConfigError(f"agreement.min_item: {self.min_item} is not in 0..1")
+
+
+@dataclass(frozen=True)
 class ProjectSpec:
     """One inspection project: a Label Studio project, a dataset and a model of its own."""
 
@@ -115,6 +150,9 @@ class ProjectSpec:
     aliases: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
     # The defect-free class of a classification project (inspection view: OK vs NG).
     ok_class: str | None = None
+    # Several annotators per task and the agreement that makes their labels usable (see OverlapSpec).
+    overlap: OverlapSpec = field(default_factory=OverlapSpec)
+    agreement: AgreementSpec = field(default_factory=AgreementSpec)
 
     def __post_init__(self) -> None:
         from crux.kinds import KINDS
@@ -141,6 +179,12 @@ class ProjectSpec:
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.classes)
 
+    @property
+    def min_item_agreement(self) -> float:
+        if self.agreement.min_item is not None:
+            return self.agreement.min_item
+        return 0.7 if self.kind == "segment" else 1.0
+
 
 @dataclass(frozen=True)
 class LabelStudioConfig:
@@ -154,11 +198,16 @@ class LabelStudioConfig:
     # webhook receiver, MinIO or a test S3 on this machine need it off. Keep it on when users you do not
     # trust can create storages in a Label Studio that sees an internal network.
     block_private_urls: bool = False
+    # The address annotators' browsers use (your reverse proxy, e.g. https://label.plant.example); every URL CRUX
+    # prints (sign-up link, review queue) and Label Studio's own links use it. None = the bind address.
+    public_url: str | None = None
     projects: Mapping[str, ProjectSpec] = field(default_factory=lambda: types.MappingProxyType({}))
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"labelstudio.port: {self.port} is not a TCP port")
+        if self.public_url is not None and not re.match(r"^https?://[^/\s]+(/\S*)?\Z", self.public_url):
+            raise ConfigError(f"labelstudio.public_url: {self.public_url!r} is not an http(s) URL")
         for name in self.projects:
             if not PROJECT_NAME.match(name):
                 raise ConfigError(f"labelstudio.projects.{name}: names use a-z, 0-9, _ and - (max 63)")

@@ -118,6 +118,24 @@ class _PlainLabels:
         return DatasetLabels(tuple(labels))
 
 
+# Laptop-sized screens (1366x768): the labels come first, above the image, and the image is fitted into a box
+# no taller than the window minus Label Studio's own bars and the rows of label buttons above it (a square NEU
+# tile would otherwise be upscaled to 750 px and push the buttons below the fold). Checked with a browser
+# screenshot at 1366x768 (tests/integration/test_team_layout.py).
+IMAGE_CHROME_PX = 210  # Label Studio's top bar, title header and bottom submit bar
+LABEL_ROW_PX = 50  # one row of label buttons
+
+
+def _image_tag(label_rows: int, tools: bool = True) -> str:
+    controls = ' zoomControl="true"' if tools else ""
+    box = f"calc(100vh - {IMAGE_CHROME_PX + LABEL_ROW_PX * label_rows}px)"
+    # defaultZoom="fit" fits the image, portrait ones too, into a square of maxWidth.
+    return (
+        f'  <Image name="{IMAGE_KEY}" value="${IMAGE_KEY}" zoom="true"{controls} maxWidth="{box}" defaultZoom="fit"'
+        ' horizontalAlignment="left"/>\n'
+    )
+
+
 def _header(spec: ProjectSpec) -> str:
     # Instructions live in the project's expert_instruction too; the header keeps them in view.
     return f"  <Header value={quoteattr(spec.title)}/>\n"
@@ -146,11 +164,12 @@ class ClassifyKind(_PlainLabels, _KindDefaults):
         return (
             "<View>\n"
             + _header(spec)
-            + f'  <Image name="{IMAGE_KEY}" value="${IMAGE_KEY}" zoom="true"/>\n'
             + f'  <Choices name="{self.control_name}" toName="{IMAGE_KEY}" choice="single-radio"'
             + ' required="true" showInline="true">\n'
             + choices
-            + "\n  </Choices>\n</View>"
+            + "\n  </Choices>\n"
+            + _image_tag(1, tools=False)
+            + "</View>"
         )
 
     def to_results(
@@ -196,10 +215,11 @@ class DetectKind(_PlainLabels, _KindDefaults):
         return (
             "<View>\n"
             + _header(spec)
-            + f'  <Image name="{IMAGE_KEY}" value="${IMAGE_KEY}" zoom="true" zoomControl="true"/>\n'
             + f'  <RectangleLabels name="{self.control_name}" toName="{IMAGE_KEY}" strokeWidth="2" canRotate="false">\n'
             + labels
-            + "\n  </RectangleLabels>\n</View>"
+            + "\n  </RectangleLabels>\n"
+            + _image_tag(1)
+            + "</View>"
         )
 
     def to_results(
@@ -287,7 +307,6 @@ class SegmentKind(_KindDefaults):
         config = (
             "<View>\n"
             + _header(spec)
-            + f'  <Image name="{IMAGE_KEY}" value="${IMAGE_KEY}" zoom="true" zoomControl="true"/>\n'
             + f'  <BrushLabels name="{self.control_name}" toName="{IMAGE_KEY}">\n'
             + labels
             + "\n  </BrushLabels>\n"
@@ -305,7 +324,7 @@ class SegmentKind(_KindDefaults):
                 + choices
                 + "\n  </Choices>\n"
             )
-        return config + "</View>"
+        return config + _image_tag(2 if spec.ok_class is None else 3) + "</View>"
 
     def to_results(
         self, labels: Sequence[Label], width: int, height: int, score: float | None = None

@@ -104,6 +104,7 @@ def server_settings(ctx: Context, host: str | None = None, port: int | None = No
         port=port or int(os.environ.get("CRUX_LS_PORT") or cfg.port),
         files_root=ctx.path(cfg.files_root),
         extra_env=None if cfg.block_private_urls else {"SSRF_PROTECTION_ENABLED": "false"},
+        public_url=cfg.public_url,
     )
 
 
@@ -130,6 +131,16 @@ def labelstudio_access(ctx: Context) -> LabelStudioAccess:
     settings = server_settings(ctx)
     credentials, _ = labelstudio_credentials(settings)
     return LabelStudioAccess(settings.url, credentials.token, settings.files_root)
+
+
+def labelstudio_public_url(ctx: Context) -> str:
+    """The address annotators' browsers use: labelstudio.public_url, else the server's own URL."""
+    cfg = labelstudio_config(ctx)
+    if cfg.public_url:
+        return cfg.public_url.rstrip("/")
+    if os.environ.get("CRUX_LS_URL"):
+        return os.environ["CRUX_LS_URL"].rstrip("/")
+    return str(server_settings(ctx).url)
 
 
 def labelstudio_client(ctx: Context) -> LabelStudio:

@@ -16,9 +16,25 @@ def _context(params_path: str) -> Any:
     return load_context(Path(params_path))
 
 
-@task(retries=2, retry_delay_seconds=15)
+def _retry_unless_config_drift(task: Any, task_run: Any, state: Any) -> bool:
+    """A project edited in Label Studio stays edited until someone syncs it: no point in retrying that."""
+    from crux.loop.steps import ProjectDriftError
+
+    try:
+        state.result()
+    except ProjectDriftError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(retries=2, retry_delay_seconds=15, retry_condition_fn=_retry_unless_config_drift)
 def snapshot_task(project: str, params_path: str) -> dict[str, Any] | None:
-    """Label Studio → a new dataset version (git commit of data.dvc), or None when nothing changed."""
+    """Label Studio → a new dataset version (git commit of data.dvc), or None when nothing changed.
+
+    Stops first (crux.loop.steps.ProjectDriftError, no retry) when the project was edited in Label Studio so that it no
+    longer matches params.yaml: `crux project sync --check` inside `snapshot_project`."""
     from crux.data.diff import diff_to_markdown
     from crux.loop.steps import snapshot_project
     from crux.settings import dataset_config, labelstudio_access, labelstudio_config, s3_fetch_options

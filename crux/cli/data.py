@@ -112,6 +112,8 @@ def data_diff(
 
     from crux.data import versioning
     from crux.data.diff import diff_manifests, diff_to_json, diff_to_markdown
+    from crux.data.provenance import provenance_markdown as provenance_md
+    from crux.data.provenance import provenance_mix
 
     ctx = load_context(params)
     cfg = dataset_config(ctx)
@@ -142,8 +144,9 @@ def data_diff(
             read_new_mask=versioning.mask_reader(ctx.root, new_rev, data_rel),
             mask_relabel_iou=cfg.mask_relabel_iou,
         )
-        reports[name] = {"from": old_rev, "to": new_rev or "workspace", **diff_to_json(diff)}
-        sections.append(f"## {name}\n\n" + diff_to_markdown(diff, old_rev, new_rev or "workspace"))
+        mix = provenance_mix(new, info.classes if info else ())
+        reports[name] = {"from": old_rev, "to": new_rev or "workspace", **diff_to_json(diff), "provenance": mix}
+        sections.append(f"## {name}\n\n" + diff_to_markdown(diff, old_rev, new_rev or "workspace") + provenance_md(mix))
     if as_json:
         out.print_json(json.dumps(reports))
     else:
@@ -162,6 +165,7 @@ def data_check(
     from crux.data import versioning
     from crux.data.health import check_dataset, findings_to_text, has_errors
     from crux.data.manifest import read_classes, read_manifest
+    from crux.data.provenance import provenance_markdown, provenance_mix
 
     ctx = load_context(params)
     cfg = dataset_config(ctx)
@@ -170,8 +174,8 @@ def data_check(
         src = versioning.materialize(ctx.root, rev, Path(tmp), data_rel)
         if not (src / "manifest.jsonl").exists():
             raise ConfigError(f"{data_rel}: no dataset at {rev or 'the workspace'}; run `crux snapshot {project}`")
-        findings = check_dataset(
-            src, read_manifest(src / "manifest.jsonl"), read_classes(src / "classes.json"), cfg.health
-        )
+        items, info = read_manifest(src / "manifest.jsonl"), read_classes(src / "classes.json")
+        findings = check_dataset(src, items, info, cfg.health)
     out.print(findings_to_text(findings) or "No findings.", markup=False, highlight=False)
+    out.print(provenance_markdown(provenance_mix(items, info.classes)), markup=False, highlight=False)
     raise typer.Exit(1 if has_errors(findings) else 0)

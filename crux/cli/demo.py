@@ -252,7 +252,7 @@ def demo(
 
     console.rule("5/5 Where to look")
     card = ctx.root / "models" / line / "export" / "card.json"
-    out.print(f"Label Studio:   {settings.url}/projects/{project_id}/data")
+    out.print(f"Label Studio:   {settings.public}/projects/{project_id}/data")
     out.print(f"Login:          {credentials.username} — password in {settings.credentials_path}")
     out.print(f"Prefect UI:     PREFECT_HOME={os.environ['PREFECT_HOME']} .venv/bin/prefect server start")
     out.print(f"Model card:     {card}")

@@ -49,7 +49,7 @@ def start_labelstudio(ctx: Context, host: str | None = None, port: int | None = 
             spinner.update(f"Waiting for Label Studio at {settings.url}/health … {elapsed:.0f} s")
 
         state = server.start(settings, credentials, os.environ, on_wait=on_wait)
-    console.print(f"Label Studio is up at [bold]{state.url}[/] (pid {state.pid}, log {state.log_path}).")
+    console.print(f"Label Studio is up at [bold]{settings.public}[/] (pid {state.pid}, log {state.log_path}).")
     return settings, credentials
 
 
@@ -79,16 +79,17 @@ def labelstudio_status(params: ParamsOption = Path("params.yaml")) -> None:
     """Exit 0 when this project's server runs and is healthy, 1 otherwise."""
     from crux.label import server
 
-    state = server.status(server_settings(load_context(params)))
+    settings = server_settings(load_context(params))
+    state = server.status(settings)
     word = "healthy" if state.healthy else ("starting or unhealthy" if state.running else "not running")
-    out.print(f"Label Studio {word} at {state.url}" + (f" (pid {state.pid})" if state.pid else ""))
+    out.print(f"Label Studio {word} at {settings.public}" + (f" (pid {state.pid})" if state.pid else ""))
     raise typer.Exit(0 if state.healthy else 1)
 
 
 @labelstudio_app.command("url")
 def labelstudio_url(params: ParamsOption = Path("params.yaml")) -> None:
-    """Print the server URL."""
-    out.print(server_settings(load_context(params)).url)
+    """Print the server URL (labelstudio.public_url when set: the address annotators use)."""
+    out.print(server_settings(load_context(params)).public)
 
 
 @project_app.command("sync")
@@ -96,12 +97,17 @@ def project_sync(
     names: Annotated[list[str] | None, typer.Argument(help="Projects to sync; default all declared.")] = None,
     force: Annotated[bool, typer.Option(help="Allow removing classes that annotations still use.")] = False,
     webhook: Annotated[bool, typer.Option(help="Register the webhook that reports new labels.")] = True,
+    check: Annotated[bool, typer.Option(help="Change nothing; exit 1 printing what differs from params.")] = False,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Create or update the Label Studio projects declared in params.yaml (idempotent)."""
     from crux.label.projects import sync_project
 
     ctx = load_context(params)
+    if check:
+        from crux.cli.team import sync_check
+
+        return sync_check(ctx, names)
     cfg = labelstudio_config(ctx)
     client = labelstudio_client(ctx)
     for name in names or list(cfg.projects):
@@ -141,7 +147,7 @@ def annotators_add(
         )
     out.print(
         f"Passwords: {path} — hand each person their line. Sign-up link for others: "
-        f"{invite_link(settings.url, credentials.token)}"
+        f"{invite_link(settings.url, credentials.token, settings.public)}"
     )
 
 

@@ -58,6 +58,41 @@ def round_box(box: Sequence[float]) -> tuple[float, float, float, float]:
     return (x1, y1, x2, y2)
 
 
+# Where an item's label came from (`ManifestItem.provenance`): imported from a dataset under the import identity;
+# drawn by a person from scratch; a model pre-annotation a person submitted unchanged; or one a person edited.
+PROVENANCES: tuple[str, ...] = ("imported", "human", "accepted", "edited")
+
+
+@dataclass(frozen=True)
+class AnnotatorLabels:
+    """One person's labels of an image with several annotators (their latest annotation), for agreement."""
+
+    annotator: str
+    labels: tuple[ItemLabel, ...] = ()
+    mask: str | None = None  # segment: this person's class mask (content-addressed like the item's)
+    verdict: str | None = None  # segment: this person's image class
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "annotator": self.annotator,
+            "labels": [label.to_json() for label in sorted(self.labels, key=_label_sort_key)],
+        }
+        if self.mask is not None:
+            data["mask"] = self.mask
+        if self.verdict is not None:
+            data["verdict"] = self.verdict
+        return data
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> AnnotatorLabels:
+        return AnnotatorLabels(
+            annotator=str(data["annotator"]),
+            labels=tuple(ItemLabel.from_json(lb) for lb in data["labels"]),
+            mask=None if data.get("mask") is None else str(data["mask"]),
+            verdict=None if data.get("verdict") is None else str(data["verdict"]),
+        )
+
+
 @dataclass(frozen=True)
 class ManifestItem:
     """One labeled Label Studio task (one image) of a dataset version."""
@@ -77,6 +112,12 @@ class ManifestItem:
     # the class mask, relative to the dataset folder (masks/ab/<sha256 of the PNG>.png), and the image's class.
     mask: str | None = None
     verdict: str | None = None
+    # Images labelled by two or more people only (else empty/None and not written, so single-annotator manifests
+    # keep their bytes): each person's labels and the worst pair's agreement (crux.data.agreement).
+    by_annotator: tuple[AnnotatorLabels, ...] = ()
+    agreement: float | None = None
+    # Where the label came from (PROVENANCES); None in manifests written before provenance was recorded.
+    provenance: str | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -110,6 +151,12 @@ class ManifestItem:
             data["mask"] = self.mask
         if self.verdict is not None:
             data["verdict"] = self.verdict
+        if self.by_annotator:
+            data["by_annotator"] = [a.to_json() for a in sorted(self.by_annotator, key=lambda a: a.annotator)]
+        if self.agreement is not None:
+            data["agreement"] = round(self.agreement, 4)
+        if self.provenance is not None:
+            data["provenance"] = self.provenance
         return data
 
     @staticmethod
@@ -129,6 +176,9 @@ class ManifestItem:
                 conflicted=bool(data.get("conflicted", False)),
                 mask=None if data.get("mask") is None else str(data["mask"]),
                 verdict=None if data.get("verdict") is None else str(data["verdict"]),
+                by_annotator=tuple(AnnotatorLabels.from_json(a) for a in data.get("by_annotator", ())),
+                agreement=None if data.get("agreement") is None else float(data["agreement"]),
+                provenance=None if data.get("provenance") is None else str(data["provenance"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             # AttributeError: a label that is not an object; OverflowError: int() of an infinite number.

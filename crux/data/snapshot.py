@@ -26,6 +26,7 @@ from crux.data.manifest import (
     CLASSES,
     DATASET,
     MANIFEST,
+    AnnotatorLabels,
     ClassesInfo,
     DatasetInfo,
     ExcludedItem,
@@ -38,6 +39,7 @@ from crux.data.manifest import (
     write_dataset_info,
     write_manifest,
 )
+from crux.data.provenance import annotation_provenance
 from crux.data.split import assign_split, validate_ratios
 from crux.data.store import (
     Fetcher,
@@ -64,12 +66,13 @@ class SnapshotError(CruxError, RuntimeError):
 # --------------------------------------------------------------------------------------------------
 # 1. Export from Label Studio
 
-# Annotator e-mails instead of bare user ids (readable diffs); drafts and predictions as ids only, so the
-# export does not carry model output nobody needs for a dataset.
+# Annotator e-mails instead of bare user ids (readable diffs); drafts as ids only. Predictions in full: an
+# annotation made from a pre-annotation (`parent_prediction`) is compared with it to tell "accepted unchanged"
+# from "edited" (provenance).
 SERIALIZATION_OPTIONS: dict[str, Any] = {
     "annotations__completed_by": {"only_id": False},
     "drafts": {"only_id": True},
-    "predictions": {"only_id": True},
+    "predictions": {"only_id": False},
 }
 
 
@@ -184,7 +187,11 @@ class ParsedTask:
     results: tuple[Mapping[str, Any], ...]
     annotators: tuple[str, ...]
     annotation_ids: tuple[int, ...]
+    # Quick check at parse time (classes and boxes at IoU 0.5); the dataset uses the agreement of `people`.
     conflicted: bool
+    # Each annotator's latest results, by annotator (only filled when there are two or more).
+    people: tuple[tuple[str, tuple[Mapping[str, Any], ...]], ...] = ()
+    provenance: str | None = None
 
 
 @dataclass
@@ -286,6 +293,11 @@ def parse_task(task: Any, index: int, kind: str, classes: Sequence[str]) -> Pars
     )
     url = data.get(IMAGE_KEY)
     sha = data.get("sha256")
+    people = (
+        tuple((who, tuple(a.get("result") or ())) for who, a in sorted(per_annotator.items()))
+        if len(per_annotator) > 1
+        else ()
+    )
     return ParsedTask(
         task_id=task_id,
         url=url if isinstance(url, str) else "",
@@ -297,6 +309,8 @@ def parse_task(task: Any, index: int, kind: str, classes: Sequence[str]) -> Pars
         annotators=tuple(sorted(per_annotator)),
         annotation_ids=tuple(sorted(int(a.get("id") or 0) for a in kept)),
         conflicted=conflicted,
+        people=people,
+        provenance=annotation_provenance(kind, chosen, _annotator(chosen), task.get("predictions"), width, height),
     )
 
 
@@ -365,13 +379,20 @@ def build_dataset(
     *,
     project: str = "",
     workers: int = 4,
+    match_iou: float = 0.5,
+    min_agreement: float | None = None,
 ) -> DatasetSummary:
     """Build the dataset version of a Label Studio export into `out_dir` (replaced only when complete).
 
     Raises SnapshotError on malformed JSON, a task that is not a task, an unknown class or a malformed
     result (naming the task id); `out_dir` is then left as it was. Images that cannot be fetched or do not
     decode are excluded and listed in dataset.json with their task id and the reason.
+
+    Images with two or more annotators keep each person's labels and their agreement (`match_iou`: box
+    matching); below `min_agreement` (None: 1.0, or 0.7 mask IoU for segment) the item is marked conflicted.
     """
+    if min_agreement is None:
+        min_agreement = 0.7 if kind == "segment" else 1.0
     get_kind(kind)  # unknown kind fails before any work
     ratios = validate_ratios(split_ratios)
     classes = tuple(classes)
@@ -381,7 +402,19 @@ def build_dataset(
     clean_stale(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-{os.getpid()}-", dir=out_dir.parent))
     try:
-        summary = _build_into(export_path, tmp, kind, classes, ok_class, fetch, ratios, previous_dir, project, workers)
+        summary = _build_into(
+            export_path,
+            tmp,
+            kind,
+            classes,
+            ok_class,
+            fetch,
+            ratios,
+            previous_dir,
+            project,
+            workers,
+            (match_iou, min_agreement),
+        )
         _swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -456,6 +489,50 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _people_and_agreement(
+    task: ParsedTask,
+    kind: str,
+    classes: tuple[str, ...],
+    ok_class: str | None,
+    r: _Resolved,
+    root: Path,
+    match_iou: float,
+) -> tuple[tuple[AnnotatorLabels, ...], float | None]:
+    """Each annotator's labels (and mask) of an image several people labelled, and their agreement."""
+    if not task.people:
+        return (), None
+    from crux.data.agreement import item_agreement
+    from crux.masks import decode_png
+
+    task_kind = get_kind(kind)
+    people = []
+    for who, results in task.people:
+        labels = _labels_of(kind, task.task_id, list(results), r.width, r.height, classes)
+        try:
+            kept = task_kind.dataset_labels(labels, r.width, r.height, classes, ok_class)
+        except LabelError as exc:
+            raise SnapshotError(f"task {task.task_id} ({who}): {exc}") from exc
+        people.append(
+            AnnotatorLabels(
+                annotator=who,
+                labels=tuple(
+                    ItemLabel(cls=lb.cls, box=None if lb.box is None else round_box(lb.box.as_list()))
+                    for lb in kept.labels
+                ),
+                mask=None if kept.class_mask is None else write_mask(root, encode_png(kept.class_mask)),
+                verdict=kept.verdict,
+            )
+        )
+    score = item_agreement(
+        kind,
+        people,
+        match_iou=match_iou,
+        load_mask=lambda rel: decode_png((root / rel).read_bytes()),
+        classes=classes,
+    )
+    return tuple(people), round(score, 4)
+
+
 def _build_into(
     export_path: Path,
     root: Path,
@@ -467,6 +544,7 @@ def _build_into(
     previous_dir: Path | None,
     project: str,
     workers: int,
+    agreement_rule: tuple[float, float] = (0.5, 1.0),
 ) -> DatasetSummary:
     counts = ParseCounts()
     parsed: list[ParsedTask] = []
@@ -563,6 +641,8 @@ def _build_into(
             raise SnapshotError(f"task {task.task_id}: {exc}") from exc
         # Segmentation: one class mask per image, content-addressed like the images (equal masks, equal bytes).
         mask = None if kept.class_mask is None else write_mask(root, encode_png(kept.class_mask))
+        people, agreement = _people_and_agreement(task, kind, classes, ok_class, r, root, agreement_rule[0])
+        conflicted = agreement is not None and agreement < agreement_rule[1]
         items.append(
             ManifestItem(
                 sha256=r.sha256,
@@ -578,9 +658,12 @@ def _build_into(
                 ),
                 annotators=task.annotators,
                 annotation_ids=task.annotation_ids,
-                conflicted=task.conflicted,
+                conflicted=conflicted,
                 mask=mask,
                 verdict=kept.verdict,
+                by_annotator=people,
+                agreement=agreement,
+                provenance=task.provenance,
             )
         )
 

@@ -68,8 +68,10 @@ def add_annotators(
     return accounts, passwords_path
 
 
-def invite_link(url: str, token: str) -> str:
-    """The organisation's sign-up link; with sign-up restricted to links, this is how others join."""
+def invite_link(url: str, token: str, public_url: str | None = None) -> str:
+    """The organisation's sign-up link; with sign-up restricted to links, this is how others join.
+
+    Asked of the server at `url`, written with `public_url` (the address annotators' browsers use)."""
     request = urllib.request.Request(f"{url}/api/invite", headers={"Authorization": f"Token {token}"})
     with urllib.request.urlopen(request, timeout=10) as response:
-        return url + json.loads(response.read())["invite_url"]
+        return (public_url or url).rstrip("/") + json.loads(response.read())["invite_url"]

@@ -889,7 +889,13 @@ def _prediction_payload(kind_name: str, prediction: Prediction, width: int, heig
     return {"model_version": prediction.model_version, "score": prediction.score, "result": results}
 
 
-def build_task(item: SourceItem, spec: ProjectSpec, image_url: str, prediction: Prediction | None) -> dict[str, Any]:
+def build_task(
+    item: SourceItem,
+    spec: ProjectSpec,
+    image_url: str,
+    prediction: Prediction | None,
+    credit_to: str | None = None,
+) -> dict[str, Any]:
     kind = get_kind(spec.kind)
     task: dict[str, Any] = {
         "data": {
@@ -903,6 +909,8 @@ def build_task(item: SourceItem, spec: ProjectSpec, image_url: str, prediction: 
     }
     if item.labels is not None:
         task["annotations"] = [{"result": kind.to_results(list(item.labels), item.width, item.height)}]
+        if credit_to is not None:  # the import identity, not the admin who ran the import (provenance)
+            task["annotations"][0]["completed_by"] = {"email": credit_to}
     if prediction is not None:
         task["predictions"] = [_prediction_payload(spec.kind, prediction, item.width, item.height)]
     return task
@@ -924,7 +932,14 @@ def import_items(
     present = existing_hashes(client, project_id)
     ensure_storage(client, project_id, scan.root, s3_options or {})
     new_items = [item for item in scan.items if item.sha256 not in present]
-    tasks = [build_task(item, spec, urls[item.sha256], predictions.get(item.sha256)) for item in new_items]
+    credit_to = None
+    if any(item.labels is not None for item in new_items):
+        from crux.data.provenance import IMPORT_IDENTITY
+        from crux.label.team import ensure_member
+
+        ensure_member(client, IMPORT_IDENTITY, "CRUX import")
+        credit_to = IMPORT_IDENTITY
+    tasks = [build_task(item, spec, urls[item.sha256], predictions.get(item.sha256), credit_to) for item in new_items]
     task_ids: list[int] = []
     for start in range(0, len(tasks), BATCH_SIZE):
         batch = tasks[start : start + BATCH_SIZE]

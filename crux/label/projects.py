@@ -68,22 +68,39 @@ def class_usage(client: LabelStudio, project_id: int) -> Counter[str]:
     return usage
 
 
-def sync_project(client: LabelStudio, name: str, spec: ProjectSpec, force: bool = False) -> SyncResult:
-    kind = get_kind(spec.kind)
-    wanted = {
+def wanted_fields(name: str, spec: ProjectSpec) -> dict[str, Any]:
+    """Every Label Studio project field CRUX manages from params.yaml (what `sync` sets, `sync --check` checks)."""
+    from crux.label.team import overlap_settings
+
+    return {
         "title": spec.title,
-        "label_config": kind.label_config(spec),
+        "label_config": get_kind(spec.kind).label_config(spec),
         "expert_instruction": spec.instructions,
         "description": description_for(name),
+        "show_instruction": bool(spec.instructions),
+        **overlap_settings(spec),
     }
+
+
+def check_project(client: LabelStudio, name: str, spec: ProjectSpec) -> tuple[int | None, list[Any]]:
+    """The project's id and the managed fields that differ from params.yaml (someone edited them in the UI)."""
+    from crux.label.team import Difference, project_differences
+
     existing = find_project(client, name)
     if existing is None:
-        project = client.projects.create(**wanted, show_instruction=bool(spec.instructions))
+        return None, [Difference("project", None, f"{name} (missing: run `crux project sync`)")]
+    return existing.id, project_differences(existing, wanted_fields(name, spec))
+
+
+def sync_project(client: LabelStudio, name: str, spec: ProjectSpec, force: bool = False) -> SyncResult:
+    from crux.label.team import project_differences
+
+    wanted = wanted_fields(name, spec)
+    existing = find_project(client, name)
+    if existing is None:
+        project = client.projects.create(**wanted)
         return SyncResult(name, project.id, "created", tuple(wanted))
-    # Label Studio trims surrounding whitespace of what it stores.
-    changed = tuple(
-        key for key, value in wanted.items() if (getattr(existing, key, None) or "").strip() != value.strip()
-    )
+    changed = tuple(d.field for d in project_differences(existing, wanted))
     if not changed:
         return SyncResult(name, existing.id, "unchanged")
     if "label_config" in changed:

@@ -50,11 +50,19 @@ class ServerSettings:
     files_root: Path
     # Extra environment for the server, e.g. the Postgres settings of a production install.
     extra_env: Mapping[str, str] | None = None
+    # The address browsers use (a reverse proxy); Label Studio's own links and every URL CRUX prints use it.
+    public_url: str | None = None
 
     @property
     def url(self) -> str:
+        """Where CRUX itself reaches the server (loopback when bound to all interfaces)."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def public(self) -> str:
+        """Where people reach it: `public_url` when configured, else `url`."""
+        return (self.public_url or self.url).rstrip("/")
 
     @property
     def data_dir(self) -> Path:
@@ -244,7 +252,7 @@ def start(
         "--port",
         str(settings.port),
         "--host",
-        settings.url,
+        settings.public,
     ]
     with open(settings.log_path, "ab") as log:
         process = subprocess.Popen(

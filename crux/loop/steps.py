@@ -55,8 +55,12 @@ def snapshot_project(
     *,
     commit: bool,
     storage_options: dict[str, Any] | None = None,
+    check_config: bool = True,
 ) -> SnapshotOutcome:
-    """Label Studio project → `root/data/<project>`; with `commit`, a new DVC version when anything changed."""
+    """Label Studio project → `root/data/<project>`; with `commit`, a new DVC version when anything changed.
+
+    With `check_config` it first stops (ProjectDriftError) when the project's label config, title, instructions
+    or overlap settings were changed in Label Studio: labels made under another config are not versioned."""
     from crux.data import versioning
     from crux.data.snapshot import build_dataset, export_snapshot_to_file
     from crux.data.store import make_fetcher
@@ -65,6 +69,8 @@ def snapshot_project(
 
     client = connect(access.url, access.token)
     project_id = require_project(client, project).id
+    if check_config:
+        guard_project_config(client, project, spec)
     out_dir = root / cfg.project_dir(project)
     export_path = root / ".crux" / "exports" / f"{project}.json"
     export_snapshot_to_file(client, project_id, export_path, retries=cfg.retries)
@@ -87,6 +93,8 @@ def snapshot_project(
             previous_dir=out_dir,
             project=project,
             workers=cfg.fetch_workers,
+            match_iou=spec.agreement.match_iou,
+            min_agreement=spec.min_item_agreement,
         )
     finally:
         export_path.unlink(missing_ok=True)
@@ -97,6 +105,24 @@ def snapshot_project(
             root, project=project, data_rel=str(cfg.project_dir(project)), mask_relabel_iou=cfg.mask_relabel_iou
         )
     return SnapshotOutcome(project=project, summary=summary, version=version)
+
+
+class ProjectDriftError(CruxError, RuntimeError):
+    """A Label Studio project no longer matches params.yaml (edited in the UI); the message shows the difference."""
+
+
+def guard_project_config(client: Any, project: str, spec: ProjectSpec) -> None:
+    """`crux project sync --check` for one project: raise ProjectDriftError with the difference, if any."""
+    from crux.label.projects import check_project
+    from crux.label.team import differences_to_text
+
+    project_id, differences = check_project(client, project, spec)
+    if differences:
+        raise ProjectDriftError(
+            differences_to_text(project, project_id or 0, differences)
+            + "\nNot snapshotting labels made under another config: restore it with `crux project sync` "
+            "(or change params.yaml to match and sync), then run again."
+        )
 
 
 def _tool(name: str) -> str:

@@ -413,6 +413,12 @@ def export(
         except onnx.checker.ValidationError as exc:
             raise ExportError(f"onnx.checker: {exc}") from exc
 
+        prepared_json = Path(prepared_dir) / "prepared.json" if prepared_dir is not None else None
+        if prepared_json is not None and prepared_json.is_file():
+            # Where the training labels came from, per class: imported, drawn, accepted pre-annotations, edited.
+            mix = json.loads(prepared_json.read_text()).get("label_provenance")
+            if mix:
+                lineage = {**(lineage or {}), "label_provenance": mix}
         card0 = build_card(meta, spec, detect, ng_threshold, cfg, onnx_path, metrics, lineage, now)
         ort_model = OnnxModel(onnx_path, card0, threads=1)
         ort_model.warm_up()

@@ -49,6 +49,7 @@ def prepare(data_dir: Path, out_dir: Path, cfg: DataConfig) -> dict[str, Any]:
 
     splits: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     excluded: list[dict[str, Any]] = []
+    provenance: dict[str, dict[str, int]] = {}
     for line_no, line in enumerate(manifest_file.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -101,6 +102,11 @@ def prepare(data_dir: Path, out_dir: Path, cfg: DataConfig) -> dict[str, Any]:
         if split not in SPLITS:
             raise DatasetError(f"{where}: split {split!r} is not one of {SPLITS}")
         splits[split].append(record)
+        if split == "train" and item.get("provenance"):
+            # Where the training labels came from, per class (imported / human / accepted / edited): the card's.
+            for cls in sorted({lab["class"] for lab in labels} | ({item["verdict"]} if item.get("verdict") else set())):
+                row = provenance.setdefault(cls, {})
+                row[item["provenance"]] = row.get(item["provenance"], 0) + 1
 
     if not splits["train"]:
         raise DatasetError(f"{manifest_file}: no training items")
@@ -125,6 +131,8 @@ def prepare(data_dir: Path, out_dir: Path, cfg: DataConfig) -> dict[str, Any]:
         "class_counts": class_counts,
         "excluded": sorted(excluded, key=lambda e: e["sha256"]),
     }
+    if provenance:  # manifests written before provenance was recorded have none
+        summary["label_provenance"] = {cls: dict(sorted(row.items())) for cls, row in sorted(provenance.items())}
     (out_dir / "prepared.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 

@@ -27,8 +27,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "crux.verdict",
         ),
     ),
-    ("label", ("crux.label",)),
+    # Datasets (manifest, provenance, agreement) are what labelling produces: the label stage writes and reviews them.
     ("data", ("crux.data",)),
+    ("label", ("crux.label",)),
     ("train", ("crux.train",)),
     ("ship", ("crux.ship",)),
     ("edge", ("crux.edge",)),

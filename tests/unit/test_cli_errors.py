@@ -100,6 +100,8 @@ BAD_INPUT: dict[str, tuple[str, list[str], str]] = {
     "stations revoke": ("line", ["stations", "revoke", "nosuchstation"], "nosuchstation"),
     "webhooks serve": ("typo", ["webhooks", "serve"], "trian"),
     "console serve": ("typo", ["console", "serve"], "trian"),
+    "review": ("line", ["review", "nosuchline"], "nosuchline"),
+    "data agreement": ("line", ["data", "agreement", "nosuchline"], "nosuchline"),
 }
 
 
