@@ -8,8 +8,6 @@ import contextlib
 import datetime as dt
 import json
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,21 +225,8 @@ def console_config(
 @contextlib.contextmanager
 def running_console(cfg: Any, host: str = "127.0.0.1") -> Iterator[str]:
     """uvicorn with `create_console_app(cfg)` in a thread on a free port; yields the base URL."""
-    import uvicorn
-
+    from crux.collect.ingest_server import running_app
     from crux.console.app import create_console_app
 
-    port = free_port(host)
-    server = uvicorn.Server(uvicorn.Config(create_console_app(cfg), host=host, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name=f"console-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"console on {host}:{port} did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with running_app(create_console_app(cfg), "console", host=host) as url:
+        yield url

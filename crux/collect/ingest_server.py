@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from crux.collect.ingest_settings import IngestSettings
 
@@ -21,19 +22,26 @@ def free_port(host: str = "127.0.0.1") -> int:
 @contextlib.contextmanager
 def running_server(settings: IngestSettings, port: int | None = None, host: str = "127.0.0.1") -> Iterator[str]:
     """Run uvicorn with `create_app(settings)` in a thread; yield its base URL; stop it on exit."""
-    import uvicorn
-
     from crux.collect.ingest_app import create_app
 
+    with running_app(create_app(settings), "ingest server", port, host) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_app(app: Any, name: str, port: int | None = None, host: str = "127.0.0.1") -> Iterator[str]:
+    """Any ASGI app under uvicorn in a thread on `port` (default a free one); yields its base URL."""
+    import uvicorn
+
     port = free_port(host) if port is None else port
-    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"ingest-{port}", daemon=True)
+    thread = threading.Thread(target=server.run, name=f"{name}-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"ingest server on {host}:{port} did not start")
+            raise RuntimeError(f"{name} on {host}:{port} did not start")
         time.sleep(0.01)
     try:
         yield f"http://{host}:{port}"
