@@ -14,7 +14,6 @@ import yaml
 from conftest import copy_neu_subset, neu_stems
 from typer.testing import CliRunner
 
-from crux import importer
 from crux.cli import app
 from crux.config import DatasetConfig, LabelStudioConfig, from_mapping
 from crux.data.agreement import AgreementError
@@ -23,6 +22,7 @@ from crux.data.manifest import read_manifest
 from crux.data.provenance import IMPORT_IDENTITY
 from crux.geometry import PixelBox
 from crux.kinds import Label, get_kind
+from crux.label import importer
 from crux.label.annotators import invite_link
 from crux.label.projects import check_project, sync_project
 from crux.label.review import publish_view

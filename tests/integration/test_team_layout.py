@@ -15,8 +15,8 @@ import pytest
 import yaml
 from conftest import NEU, REPO
 
-from crux import importer
 from crux.config import LabelStudioConfig, from_mapping
+from crux.label import importer
 from crux.label.projects import sync_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
