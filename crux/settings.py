@@ -192,9 +192,8 @@ def params_for_line(params: dict[str, Any], line: str | None) -> dict[str, Any]:
     return params if line is None else line_params(params, line)
 
 
+# Where `crux keys init` writes the signing key pair (outside git: .crux/ is ignored).
 DEFAULT_PRIVATE_KEY = Path(".crux/keys/publish.key")
-
-
 DEFAULT_PUBLIC_KEY = Path(".crux/keys/publish.pub")
 
 
