@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -87,8 +86,6 @@ def main() -> int:
     args = parser.parse_args()
     out = (args.out or ROOT / "bench" / "results" / "anomaly_magnetic-tile.json").resolve()
     keep = args.keep.resolve() if args.keep else None
-
-    import torch
 
     from crux.train.pipeline import evaluate, prepare, train
 
@@ -165,12 +162,10 @@ def main() -> int:
         "val": val_metrics,
         **({"test": metrics} if args.test else {}),
         "onnx": exported,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores",
-        "machine": platform.machine(),
     }
-    print(json.dumps(figures, indent=2))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2) + "\n")
+    from train import report
+
+    report(figures, out)
     return 0
 
 

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -105,8 +106,6 @@ def main() -> int:
     # Absolute before the chdir into the work folder below.
     out = (args.out or ROOT / "bench" / "results" / f"train_{args.dataset}_{args.kind}.json").resolve()
 
-    import torch
-
     from crux.train.pipeline import evaluate, prepare, train
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -158,13 +157,20 @@ def main() -> int:
         "test": headline,
         "misclassified": misclassified,
         "onnx": exported,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores",
-        "machine": platform.machine(),
     }
+    report(figures, out)
+    return 0
+
+
+def report(figures: dict[str, Any], out: Path) -> None:
+    """Print a benchmark's figures with the machine they came from, and write them as JSON to `out`."""
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
+    figures = {**figures, "device": device, "machine": platform.machine()}
     print(json.dumps(figures, indent=2))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
 
 
 if __name__ == "__main__":
