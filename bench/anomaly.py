@@ -108,13 +108,9 @@ def main() -> int:
             "val_every": 5,
         },
     }
-    for assignment in args.set:
-        dotted, _, value = assignment.partition("=")
-        *parents, leaf = dotted.split(".")
-        node = overrides
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = yaml.safe_load(value)
+    from train import apply_sets
+
+    apply_sets(overrides, args.set)
     cfg = load_pipeline_config(merge_params(params, overrides))
     with tempfile.TemporaryDirectory(prefix="crux-bench-anomaly-") as tmp:
         root = Path(tmp)

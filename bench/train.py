@@ -118,13 +118,7 @@ def main() -> int:
             "progress_bar": False,
         },
     }
-    for assignment in args.set:
-        dotted, _, value = assignment.partition("=")
-        *parents, leaf = dotted.split(".")
-        node = overrides
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = yaml.safe_load(value)
+    apply_sets(overrides, args.set)
     cfg = load_pipeline_config(merge_params(params, overrides))
     with tempfile.TemporaryDirectory(prefix="crux-bench-train-") as tmp:
         root = Path(tmp)
@@ -160,6 +154,17 @@ def main() -> int:
     }
     report(figures, out)
     return 0
+
+
+def apply_sets(overrides: dict[str, Any], assignments: list[str]) -> None:
+    """`--set SECTION.KEY=VALUE` (a YAML value) into the nested overrides, in place."""
+    for assignment in assignments:
+        dotted, _, value = assignment.partition("=")
+        *parents, leaf = dotted.split(".")
+        node = overrides
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = yaml.safe_load(value)
 
 
 def report(figures: dict[str, Any], out: Path) -> None:

@@ -134,13 +134,11 @@ def labelstudio_access(ctx: Context) -> LabelStudioAccess:
 
 
 def labelstudio_public_url(ctx: Context) -> str:
-    """The address annotators' browsers use: labelstudio.public_url, else the server's own URL."""
-    cfg = labelstudio_config(ctx)
-    if cfg.public_url:
-        return cfg.public_url.rstrip("/")
-    if os.environ.get("CRUX_LS_URL"):
+    """The address annotators' browsers use: labelstudio.public_url, else an external server's CRUX_LS_URL, else
+    our server's own URL (`ServerSettings.public` covers the first and the last)."""
+    if os.environ.get("CRUX_LS_URL") and not labelstudio_config(ctx).public_url:
         return os.environ["CRUX_LS_URL"].rstrip("/")
-    return str(server_settings(ctx).url)
+    return server_settings(ctx).public
 
 
 def labelstudio_client(ctx: Context) -> LabelStudio:
