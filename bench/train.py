@@ -148,6 +148,8 @@ def main() -> int:
         "epoch_s": round(train_s / args.epochs, 1),
         "train_step_s": summary.get("train_step_s"),
         "best_val": summary.get("best_val"),
+        # Head mode: the L2 search on validation (metric, log-loss) and the feature cache's work.
+        "head": summary.get("head"),
         "test": headline,
         "misclassified": misclassified,
         "onnx": exported,

@@ -51,10 +51,12 @@ def train_command(
     from crux.train.pipeline import train
 
     summary = train(prepared_dir, out_dir, cfg)
-    out.print(
-        f"{summary['monitor']} = {summary['best_val']} after {summary['global_step']} steps "
-        f"({summary['train_step_s']} s/step) → {out_dir}/model.pt"
+    how = (
+        f"head fitted on cached features in {summary['wall_s']} s"
+        if summary["mode"] == "head" and "head" in summary
+        else f"{summary['global_step']} steps ({summary['train_step_s']} s/step)"
     )
+    out.print(f"{summary['monitor']} = {summary['best_val']} after {how} → {out_dir}/model.pt")
 
 
 @app.command("evaluate")

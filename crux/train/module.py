@@ -48,6 +48,31 @@ class InspectionModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def encoder_frozen(self) -> bool:
+        """The encoder's weights are frozen for the first `freeze_epochs` epochs (all of them in head mode)."""
+        return int(self.current_epoch) < int(getattr(self, "optim", {}).get("freeze_epochs", 0))
+
+    def train(self, mode: bool = True) -> InspectionModule:
+        """Lightning switches the module to train mode after every validation; a frozen encoder (and frozen
+        BatchNorm) must stay in eval mode, or its running statistics drift on batches of 16."""
+        super().train(mode)
+        if mode:
+            encoder = getattr(self.model, "backbone", None)
+            if encoder is not None:
+                frozen = self.encoder_frozen()
+                for p in encoder.parameters():
+                    p.requires_grad_(not frozen)
+                if frozen or getattr(self, "optim", {}).get("freeze_bn"):
+                    for m in encoder.modules():
+                        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                            m.eval()
+                            for p in m.parameters():
+                                p.requires_grad_(False)
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        self.train(True)  # re-applies the freeze schedule at the epoch it ends
+
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         if hasattr(self.task, "batch_for"):  # the anomaly kind pastes its synthetic anomalies here
             batch = self.task.batch_for(stage, batch)
@@ -108,18 +133,28 @@ class InspectionModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         o = self.optim
-        decay, no_decay = [], []
+        # Four groups: weight decay or not (no decay on norms, biases and the FPN scales: decaying them only
+        # hurts), encoder or head (a pretrained encoder learns at lr x encoder_lr: it adapts, the head learns).
+        grouped: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
         for name, p in self.model.named_parameters():
-            # No weight decay on norms, biases and the FPN scales: decaying them only hurts.
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-        groups = [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+            decays = not (p.ndim <= 1 or name.endswith(".bias"))
+            grouped.setdefault((decays, name.startswith("backbone.")), []).append(p)
+        encoder_lr = float(o.get("encoder_lr", 1.0))
+        groups = [
+            {
+                "params": params,
+                "weight_decay": o["weight_decay"] if decays else 0.0,
+                "lr": o["lr"] * (encoder_lr if in_encoder else 1.0),
+            }
+            for (decays, in_encoder), params in sorted(grouped.items())
+        ]
         if o["optimizer"] == "sgd":
             opt = torch.optim.SGD(groups, lr=o["lr"], momentum=0.9, nesterov=True)
         else:
             opt = torch.optim.AdamW(groups, lr=o["lr"])
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         if o["schedule"] == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o["lr"], total_steps=total)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=total)
         else:
             steps_per_epoch = max(total // max(int(self.trainer.max_epochs or 1), 1), 1)
             warmup = min(int(o["warmup_epochs"] * steps_per_epoch), total - 1)

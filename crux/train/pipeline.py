@@ -108,8 +108,114 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
     """Train on the prepared train split, choose the checkpoint on val; write `out_dir/model.pt` and logs.
 
     out_dir/model.pt (bundle, best val checkpoint), checkpoints/{best,last}.ckpt, dvclive/ (metrics + plots),
-    train.json (summary, timing). With `train.resume`, continues from checkpoints/last.ckpt.
+    train.json (summary, timing). With `train.resume`, continues from checkpoints/last.ckpt. `train.mode: head`
+    on a classification line fits the linear head on cached encoder features instead (`crux.train.head`).
     """
+    import pytorch_lightning as pl
+    import torch
+
+    from crux.train.models import model_config as model_config_of
+    from crux.train.models.bundle import save_bundle
+    from crux.train.models.common import load_initial_weights
+    from crux.train.models.efficientnet_lite import load_pretrained
+    from crux.train.models.encoders import pretrained_normalisation, pretrained_weights_path
+    from crux.train.module import InspectionModule
+
+    prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
+    prepared = read_prepared(prepared_dir)
+    if cfg.data.kind is None:  # the dataset decides; re-validates the cross-section rules for that kind
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, kind=prepared["kind"]))
+    if prepared["kind"] != cfg.data.kind:
+        raise ConfigError(f"data.kind: params say {cfg.data.kind!r}, {prepared_dir} holds {prepared['kind']!r}")
+    validate_augment(cfg.augment, cfg.data)
+    kind = get_kind(cfg.data.kind)
+    classes, ok_class = list(prepared["classes"]), prepared.get("ok_class")
+    t = cfg.train
+    mean, std = cfg.data.mean, cfg.data.std
+    if t.model.pretrained == "imagenet":
+        # The weights were trained on one normalisation; the card records it, so the edge feeds them the same.
+        mean, std = pretrained_normalisation(t.model.backbone)
+    spec = InputSpec(cfg.data.image_size, cfg.data.channels, mean, std)
+    model_config = model_config_of(kind.name, t.model, len(kind.head_classes(classes, ok_class)), cfg.data.channels)
+    detect_spec = DetectSpec(tuple(t.model.strides), len(classes)).to_dict() if cfg.data.kind == "detect" else None
+    optim = {
+        "optimizer": t.optimizer,
+        "lr": t.lr,
+        "weight_decay": t.weight_decay,
+        "schedule": t.schedule,
+        "warmup_epochs": t.warmup_epochs,
+        "label_smoothing": t.label_smoothing,
+        "anomaly_defect_crops": t.anomaly_defect_crops,
+        # The schedule also anneals by elapsed time when the fit has a wall-clock budget.
+        "max_time_s": max_time_seconds(t.max_time),
+        # Fine-tuning a pretrained encoder: its learning-rate factor, frozen epochs (all of them in head mode)
+        # and frozen BatchNorm (crux.train.module.InspectionModule applies them).
+        "encoder_lr": t.encoder_lr,
+        "freeze_epochs": t.epochs if t.mode == "head" else t.freeze_epochs,
+        "freeze_bn": t.model.freeze_bn or t.mode == "head",
+    }
+
+    threads = training_threads(t.threads, t.num_workers)
+    torch.set_num_threads(threads)
+    pl.seed_everything(t.seed, workers=True, verbose=False)
+    module = InspectionModule(cfg.data.kind, classes, ok_class, spec.to_dict(), model_config, detect_spec, optim)
+    pretrained_report = None
+    if t.model.pretrained == "imagenet":
+        pretrained_report = load_pretrained(
+            module.model.backbone, t.model.backbone, pretrained_weights_path(t.model.backbone)
+        )
+    init_report = None
+    if t.model.init_weights is not None:
+        init_report = load_initial_weights(module.model, t.model.init_weights)
+
+    if t.mode == "head" and kind.name == "classify":
+        from crux.train.head import fit_classifier_head
+
+        fit = fit_classifier_head(
+            module, prepared_dir, out_dir, spec, cfg, (pretrained_report or {}).get("sha256"), kind.monitor
+        )
+    else:
+        fit = _fit_lightning(module, prepared_dir, out_dir, spec, cfg, prepared, kind.monitor)
+    monitor, best_value = f"val/{kind.monitor}", fit.pop("best_val")
+    meta = {
+        "kind": cfg.data.kind,
+        "classes": classes,
+        "ok_class": ok_class,
+        "input": spec.to_dict(),
+        "model_config": model_config,
+        "detect": detect_spec,
+        # The kind's own decoding parameters (the segmenter's), under its name, beside the detector's.
+        **({cfg.data.kind: decode} if (decode := kind.decode_spec(classes, ok_class)) else {}),
+        "info": {
+            "monitor": monitor,
+            "best_val": best_value,
+            "epochs": fit["epochs"],
+            "seed": t.seed,
+            "mode": t.mode,
+            "backbone": t.model.backbone,
+            "pretrained": t.model.pretrained,
+        },
+    }
+    save_bundle(out_dir / "model.pt", module.model, meta)
+    summary = {
+        "monitor": monitor,
+        "best_val": best_value,
+        "mode": t.mode,
+        **fit,
+        "threads": threads,
+        "backbone": t.model.backbone,
+        "pretrained": pretrained_report,
+        "init_weights": init_report,
+        "n_parameters": sum(p.numel() for p in module.model.parameters()),
+    }
+    write_json(out_dir / "train.json", summary)
+    return summary
+
+
+def _fit_lightning(
+    module: Any, prepared_dir: Path, out_dir: Path, spec: InputSpec, cfg: PipelineConfig, prepared: Any, metric: str
+) -> dict[str, Any]:
+    """Epochs over the images with Lightning; loads the best validated weights into `module`."""
     import pytorch_lightning as pl
     import torch
     from dvclive.lightning import DVCLiveLogger
@@ -123,44 +229,8 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
 
     from crux.train.augment import build_augment
     from crux.train.datamodule import InspectionDataModule
-    from crux.train.models import model_config as model_config_of
-    from crux.train.models.bundle import save_bundle
-    from crux.train.models.common import load_initial_weights
-    from crux.train.module import InspectionModule
 
-    prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
-    prepared = read_prepared(prepared_dir)
-    if cfg.data.kind is None:  # the dataset decides; re-validates the cross-section rules for that kind
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, kind=prepared["kind"]))
-    if prepared["kind"] != cfg.data.kind:
-        raise ConfigError(f"data.kind: params say {cfg.data.kind!r}, {prepared_dir} holds {prepared['kind']!r}")
-    validate_augment(cfg.augment, cfg.data)
-    kind = get_kind(cfg.data.kind)
-    classes, ok_class = list(prepared["classes"]), prepared.get("ok_class")
     t = cfg.train
-    spec = InputSpec(cfg.data.image_size, cfg.data.channels, cfg.data.mean, cfg.data.std)
-    model_config = model_config_of(kind.name, t.model, len(kind.head_classes(classes, ok_class)), cfg.data.channels)
-    detect_spec = DetectSpec(tuple(t.model.strides), len(classes)).to_dict() if cfg.data.kind == "detect" else None
-    optim = {
-        "optimizer": t.optimizer,
-        "lr": t.lr,
-        "weight_decay": t.weight_decay,
-        "schedule": t.schedule,
-        "warmup_epochs": t.warmup_epochs,
-        "label_smoothing": t.label_smoothing,
-        "anomaly_defect_crops": t.anomaly_defect_crops,
-        # The schedule also anneals by elapsed time when the fit has a wall-clock budget.
-        "max_time_s": max_time_seconds(t.max_time),
-    }
-
-    threads = training_threads(t.threads, t.num_workers)
-    torch.set_num_threads(threads)
-    pl.seed_everything(t.seed, workers=True, verbose=False)
-    module = InspectionModule(cfg.data.kind, classes, ok_class, spec.to_dict(), model_config, detect_spec, optim)
-    init_report = None
-    if t.model.init_weights is not None:
-        init_report = load_initial_weights(module.model, t.model.init_weights)
-
     augment = (
         build_augment(cfg.augment, cfg.data.kind, spec.image_size, spec.channels) if cfg.augment.transforms else None
     )
@@ -182,7 +252,7 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         # A fresh run must not mix with an earlier run's checkpoints (ModelCheckpoint would write best-v1.ckpt).
         for d in (ckpt_dir, live_dir):
             shutil.rmtree(d, ignore_errors=True)
-    monitor = f"val/{kind.monitor}"
+    monitor = f"val/{metric}"
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="best",
@@ -245,23 +315,9 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         best_path, best_score = Path(checkpoint.best_model_path), checkpoint.best_model_score
     state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
     module.load_state_dict(state)
-    best_value = float(best_score) if best_score is not None else None
-    meta = {
-        "kind": cfg.data.kind,
-        "classes": classes,
-        "ok_class": ok_class,
-        "input": spec.to_dict(),
-        "model_config": model_config,
-        "detect": detect_spec,
-        # The kind's own decoding parameters (the segmenter's), under its name, beside the detector's.
-        **({cfg.data.kind: decode} if (decode := kind.decode_spec(classes, ok_class)) else {}),
-        "info": {"monitor": monitor, "best_val": best_value, "epochs": trainer.current_epoch, "seed": t.seed},
-    }
-    save_bundle(out_dir / "model.pt", module.model, meta)
     steps = int(trainer.global_step)
-    summary = {
-        "monitor": monitor,
-        "best_val": best_value,
+    return {
+        "best_val": float(best_score) if best_score is not None else None,
         "best_checkpoint": best_path.name,
         "global_step": steps,
         "epochs": int(trainer.current_epoch),
@@ -275,12 +331,7 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         # Median training step (forward, backward, optimiser; data loading excluded when workers keep up).
         "train_step_s": timer.median(),
         "batch_size": t.batch_size,
-        "threads": threads,
-        "init_weights": init_report,
-        "n_parameters": sum(p.numel() for p in module.model.parameters()),
     }
-    write_json(out_dir / "train.json", summary)
-    return summary
 
 
 def _stopped_by(trainer: Any, t: Any, early_stop: Any) -> str:

@@ -78,7 +78,7 @@ def test_valid_augment_pipeline_for_detection() -> None:
         ),
         (
             {"data": {"kind": "detect"}, "train": {"model": {"depth": [1, 1, 1], "strides": [8, 32]}}},
-            r"stride 32 not produced by a 3-stage backbone",
+            r"stride 32 not produced by the resnet encoder \(strides 4, 8, 16\)",
         ),
     ],
 )

@@ -1,7 +1,9 @@
 """The models registry: for each task kind (by name), how params become a model config and a config a network.
 
-Plain torch, no torchvision. The network modules (`classifier`, `detector`, `segmenter`) import lazily, so this
-package is cheap to import; `crux.train.models.bundle` rebuilds a saved network through `build_model`.
+Every network is an encoder (`crux.train.models.encoders.ENCODERS`: CRUX's ResNet or an ImageNet-pretrained
+EfficientNet-Lite, by `train.model.backbone`) and a kind's head. Plain torch, no torchvision. The network modules
+(`classifier`, `detector`, `segmenter`) import lazily, so this package is cheap to import;
+`crux.train.models.bundle` rebuilds a saved network through `build_model`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ class ModelFamily:
 def _classifier_config(params: Any, num_classes: int, in_channels: int) -> dict[str, Any]:
     from crux.train.models.classifier import ClassifierConfig
 
-    cfg = ClassifierConfig(num_classes, in_channels, params.width, tuple(params.depth), params.dropout, params.pool)
+    cfg = ClassifierConfig(
+        num_classes, in_channels, params.width, tuple(params.depth), params.dropout, params.pool, params.backbone
+    )
     return cfg.to_dict()
 
 
@@ -41,7 +45,13 @@ def _detector_config(params: Any, num_classes: int, in_channels: int) -> dict[st
     from crux.train.models.detector import DetectorConfig
 
     cfg = DetectorConfig(
-        num_classes, in_channels, params.width, tuple(params.depth), params.neck_width, tuple(params.strides)
+        num_classes,
+        in_channels,
+        params.width,
+        tuple(params.depth),
+        params.neck_width,
+        tuple(params.strides),
+        backbone=params.backbone,
     )
     return cfg.to_dict()
 
@@ -56,7 +66,9 @@ def _segmenter_config(params: Any, num_classes: int, in_channels: int) -> dict[s
     # `num_classes` is the kind's head classes (the defect classes); the segmenter adds the background channel.
     from crux.train.models.segmenter import SegmenterConfig
 
-    cfg = SegmenterConfig(1 + num_classes, in_channels, params.width, tuple(params.depth), params.neck_width)
+    cfg = SegmenterConfig(
+        1 + num_classes, in_channels, params.width, tuple(params.depth), params.neck_width, params.backbone
+    )
     return cfg.to_dict()
 
 

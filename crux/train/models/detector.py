@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from crux.postprocess import anchor_points
-from crux.train.models.common import ConvBNAct, ResNetBackbone
+from crux.train.models.common import ConvBNAct
+from crux.train.models.encoders import build_encoder, encoder_strides
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,10 @@ class DetectorConfig:
     neck_width: int = 64
     strides: tuple[int, ...] = (8, 16, 32)
     head_convs: int = 2
+    backbone: str = "resnet"
 
     def __post_init__(self) -> None:
-        available = [2 ** (i + 2) for i in range(len(self.depth))]
+        available = encoder_strides(self.backbone, self.depth)
         missing = [s for s in self.strides if s not in available]
         if missing:
             raise ValueError(f"strides {missing} not produced by the backbone (available {available})")
@@ -58,7 +60,7 @@ class Detector(nn.Module):
     def __init__(self, cfg: DetectorConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = ResNetBackbone(cfg.in_channels, cfg.width, cfg.depth)
+        self.backbone = build_encoder(cfg.backbone, cfg.in_channels, cfg.width, cfg.depth)
         self.level_idx = [self.backbone.strides.index(s) for s in cfg.strides]
         c = cfg.neck_width
         self.lateral = nn.ModuleList(nn.Conv2d(self.backbone.channels[i], c, 1) for i in self.level_idx)

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crux.train.models.common import ConvBNAct, ResNetBackbone
+from crux.train.models.common import ConvBNAct
+from crux.train.models.encoders import build_encoder
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class SegmenterConfig:
     depth: tuple[int, ...] = (1, 1, 2, 1)
     # Decoder channels at every scale (params train.model.neck_width).
     decoder_width: int = 64
+    # The encoder (crux.train.models.encoders); its stride-4..32 maps feed the decoder.
+    backbone: str = "resnet"
 
     def __post_init__(self) -> None:
         if self.num_outputs < 2:
@@ -49,7 +52,7 @@ class Segmenter(nn.Module):
     def __init__(self, cfg: SegmenterConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = ResNetBackbone(cfg.in_channels, cfg.width, cfg.depth)
+        self.backbone = build_encoder(cfg.backbone, cfg.in_channels, cfg.width, cfg.depth)
         d = cfg.decoder_width
         self.lateral = nn.ModuleList(nn.Conv2d(c, d, 1) for c in self.backbone.channels)
         self.smooth = nn.ModuleList(ConvBNAct(d, d, 3) for _ in self.backbone.channels[:-1])
