@@ -159,6 +159,9 @@ class ProjectSpec:
 
         if self.kind not in KINDS:
             raise ConfigError(f"kind: {self.kind!r} is not a task kind; known: {', '.join(sorted(KINDS))}")
+        if not 1 <= len(self.title.strip()) <= 50:
+            # Label Studio refuses longer titles (a 400 from the API, after half the projects were synced).
+            raise ConfigError(f"title: {self.title!r} must be 1 to 50 characters (Label Studio's limit)")
         if not self.classes:
             raise ConfigError("classes: at least one class is required")
         for name, colour in self.classes.items():

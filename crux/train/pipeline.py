@@ -138,6 +138,7 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
     spec = InputSpec(cfg.data.image_size, cfg.data.channels, mean, std)
     model_config = model_config_of(kind.name, t.model, len(kind.head_classes(classes, ok_class)), cfg.data.channels)
     detect_spec = DetectSpec(tuple(t.model.strides), len(classes)).to_dict() if cfg.data.kind == "detect" else None
+    pretrained = t.model.pretrained != "none"
     optim = {
         "optimizer": t.optimizer,
         "lr": t.lr,
@@ -150,9 +151,10 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         "max_time_s": max_time_seconds(t.max_time),
         # Fine-tuning a pretrained encoder: its learning-rate factor, frozen epochs (all of them in head mode)
         # and frozen BatchNorm (crux.train.module.InspectionModule applies them).
-        "encoder_lr": t.encoder_lr,
-        "freeze_epochs": t.epochs if t.mode == "head" else t.freeze_epochs,
-        "freeze_bn": t.model.freeze_bn or t.mode == "head",
+        # A randomly initialised encoder has nothing to protect: these apply to pretrained ones only.
+        "encoder_lr": t.encoder_lr if pretrained else 1.0,
+        "freeze_epochs": t.epochs if t.mode == "head" else t.freeze_epochs if pretrained else 0,
+        "freeze_bn": (t.model.freeze_bn and pretrained) or t.mode == "head",
     }
 
     threads = training_threads(t.threads, t.num_workers)

@@ -75,6 +75,16 @@ class ClassifyTask:
         targets = np.concatenate(state["targets"]) if state["targets"] else np.zeros(0, np.int64)
         return classification_metrics(probs, targets, self.classes, self.ok_class, ng_threshold, max_false_reject)
 
+    def operating_threshold(self, state: dict[str, list[Any]], max_false_reject: float) -> float:
+        """A line with an OK class rejects when 1 - p(OK) reaches this: the lowest threshold whose false-reject
+        rate on this (validation) state stays within the budget, so the card ships an operating point chosen on
+        validation, never on the split it is measured on. Without an OK class: the arg-max verdict's 0.5."""
+        if self.ok_class not in self.classes or not state["probs"]:
+            return 0.5
+        ok = self.classes.index(self.ok_class)
+        probs, targets = np.concatenate(state["probs"]), np.concatenate(state["targets"])
+        return operating_threshold(1.0 - probs[:, ok], targets != ok, max_false_reject)
+
 
 class DetectTask:
     def __init__(self, classes: Sequence[str], ok_class: str | None, spec: InputSpec, detect: DetectSpec) -> None:

@@ -178,8 +178,11 @@ def test_max_time_early_stop_and_profiles_validate() -> None:
     with pytest.raises(ConfigError, match="early_stop"):
         _load(merge_params(default_params_for("classify"), {"train": {"early_stop_patience": -1}}))
     demo = _load(merge_params(default_params_for("classify"), DEMO_PROFILE))
-    assert demo.train.precision == "fast" and demo.train.max_time is not None
-    assert "train.max_time=00:00:05:00" in profile_overrides("demo")
+    assert demo.train.mode == "head" and demo.train.model.pretrained == "imagenet"
+    assert "train.mode=head" in profile_overrides("demo")
+    # The demo keeps each line's own input size; the quick profile replaces everything.
+    assert "pipeline.overrides={}" not in profile_overrides("demo")
+    assert "pipeline.overrides={}" in profile_overrides("quick")
     with pytest.raises(ConfigError, match="profile"):
         profile_overrides("fastest")
 

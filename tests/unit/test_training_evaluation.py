@@ -140,3 +140,22 @@ def test_confusion_png_and_markdown(tmp_path: Path) -> None:
     assert "per_class.ok.recall" in md and "confusion_matrix" not in md
     assert "No previous metrics" in compare_markdown(current, None)
     json.dumps(current)
+
+
+def test_classify_operating_threshold_is_chosen_within_the_false_reject_budget() -> None:
+    """A line with an OK class ships the lowest 1 - p(OK) threshold whose false-reject rate (on the state it is
+    given: validation) stays within the budget; a line without one keeps the arg-max verdict's 0.5."""
+    from crux.postprocess import InputSpec
+    from crux.train.tasks import ClassifyTask
+
+    task = ClassifyTask(["ok", "dent"], "ok", InputSpec(32, 1))
+    p_ok = np.array([0.99, 0.97, 0.95, 0.9, 0.6, 0.3, 0.2, 0.1])  # five OK items, three NG
+    targets = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    state = {"probs": [np.stack([p_ok, 1 - p_ok], axis=1)], "targets": [targets]}
+    threshold = task.operating_threshold(state, max_false_reject=0.2)  # one of five OK parts may be rejected
+    rejected = (1 - p_ok) >= threshold
+    assert rejected[targets == 0].sum() == 1 and rejected[targets == 1].all()
+    strict = task.operating_threshold(state, max_false_reject=0.0)
+    assert not ((1 - p_ok) >= strict)[targets == 0].any()
+    no_ok = ClassifyTask(["a", "b"], None, InputSpec(32, 1))
+    assert no_ok.operating_threshold(state, 0.02) == 0.5
