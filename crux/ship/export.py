@@ -28,11 +28,11 @@ import numpy as np
 from crux.config import ConfigError
 from crux.data.store import sha256_file
 from crux.errors import CruxError
+from crux.inference import CARD_FORMAT
 from crux.postprocess import DetectSpec, InputSpec, box_iou, load_image, mask_channels, open_image, preprocess
 
 log = logging.getLogger(__name__)
 
-CARD_FORMAT = "crux-model-card/1"
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 CARD_FILE = "card.json"
