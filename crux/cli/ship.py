@@ -134,6 +134,10 @@ def publish_command(
     force: Annotated[bool, typer.Option(help="Publish although the gate refuses; needs --reason.")] = False,
     reason: Annotated[str | None, typer.Option(help="Why the gate is overridden; recorded.")] = None,
     int8: Annotated[bool, typer.Option(help="Publish the INT8 model instead of float32.")] = False,
+    prepared: Annotated[
+        Path | None,
+        typer.Option(help="Prepared data whose val images the model must run on; default build/LINE/prepared."),
+    ] = None,
     key: Annotated[Path | None, typer.Option(help="Private key file.")] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="The decision as JSON: every criterion, published version or refusal.")
@@ -144,11 +148,13 @@ def publish_command(
     pointer last. Exit 1 when the gate refuses; the decision lists every criterion either way."""
     import json
 
-    from crux.ship.publish import GateRefused, publish
+    from crux.ship.export import validation_images
+    from crux.ship.publish import CHECK_IMAGES, GateRefused, publish
 
     ctx = load_context(params)
     gate = gate_config(ctx)
     check_model_fits_line(ctx, line, export_dir)
+    images = validation_images(prepared or ctx.root / "build" / line / "prepared", CHECK_IMAGES)
     try:
         result = publish(
             model_remote(ctx, remote),
@@ -160,6 +166,7 @@ def publish_command(
             reason=reason,
             model_file="model.int8.onnx" if int8 else "model.onnx",
             trusted_keys=trusted_keys(ctx),
+            check_images=images,
         )
     except GateRefused as refused:
         if as_json:

@@ -192,6 +192,14 @@ def _split_records(prepared_dir: Path | None, split: str) -> list[dict[str, Any]
         return []
 
 
+def validation_images(prepared_dir: Path | None, n: int) -> list[Path]:
+    """The first `n` images of a prepared dataset's val split (publish runs a candidate on them), [] without one."""
+    records = (
+        _split_records(prepared_dir, "val")[:n] if prepared_dir is not None and Path(prepared_dir).is_dir() else []
+    )
+    return [Path(prepared_dir) / r["image"] for r in records]  # type: ignore[arg-type]
+
+
 def _load_batch(prepared_dir: Path, records: Sequence[Mapping[str, Any]], spec: InputSpec) -> tuple[np.ndarray, list]:
     xs, sizes = [], []
     for r in records:
