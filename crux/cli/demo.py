@@ -14,7 +14,7 @@ from crux.cli.label import (
     start_labelstudio,
 )
 from crux.cli.root import app
-from crux.cli.terminal import ParamsOption, console, out
+from crux.cli.terminal import ParamsOption, console, escape, out
 from crux.config import ConfigError
 from crux.settings import (
     DEFAULT_PRIVATE_KEY,
@@ -131,12 +131,13 @@ def demo(
     for name, project_spec in cfg.projects.items():
         result = sync_project(client, name, project_spec)
         project_ids[name] = result.project_id
-        console.print(f"Project {name}: {result.action} (id {result.project_id})")
+        console.print(f"Project {escape(name)}: {result.action} (id {result.project_id})")
     project_id = project_ids[line]
     folders = _neu_class_folders(source.resolve(), ctx.root / ".crux" / "demo-sources" / line)
     report = _scan_and_import(client, line, project_id, spec, str(folders), "folders", settings.files_root)
     console.print(
-        f"{line}: {report.created} new task(s) labelled with their defect type, {report.already_present} already there."
+        f"{escape(line)}: {report.created} new task(s) labelled with their defect type, "
+        f"{report.already_present} already there."
     )
 
     train_cfg = DEMO_PROFILE["train"]
@@ -147,16 +148,16 @@ def demo(
         from crux.ship.signing import init_keys
 
         init_keys(private, ctx.path(DEFAULT_PUBLIC_KEY))
-        console.print(f"Signing key created: {private} (0600)")
+        console.print(f"Signing key created: {escape(str(private))} (0600)")
     prefect_defaults(ctx)
     progress = _DemoProgress(ctx.root, line, budget, int(train_cfg["epochs"]))
     done = threading.Event()
     cycle_started = time.perf_counter()
-    with console.status(progress.text()) as status:
+    with console.status(escape(progress.text())) as status:
 
         def tick() -> None:
             while not done.wait(2.0):
-                status.update(f"{progress.text()}  [{time.perf_counter() - cycle_started:.0f} s]")
+                status.update(escape(f"{progress.text()}  [{time.perf_counter() - cycle_started:.0f} s]"))
 
         ticker = threading.Thread(target=tick, daemon=True)
         ticker.start()
@@ -168,7 +169,8 @@ def demo(
             done.set()
             ticker.join()
     dataset, published = result["dataset"], result["published"]
-    console.print(f"Dataset: {dataset['message'].splitlines()[0] if dataset else 'no change since the last version'}")
+    message = dataset["message"].splitlines()[0] if dataset else "no change since the last version"
+    console.print(f"Dataset: {escape(message)}")
     train_json = ctx.root / "models" / line / "candidate" / "train.json"
     if dataset and train_json.is_file():
         summary = json.loads(train_json.read_text())
@@ -193,7 +195,9 @@ def demo(
     remote = f"{model_remote(ctx, None)}/{line}"
     keys = public_keys(ctx)
     if read_pointer(remote, keys) is None:
-        console.print(f"[bold red]No model in production for {line}: the gate refused it (above). Nothing to run.[/]")
+        console.print(
+            f"[bold red]No model in production for {escape(line)}: the gate refused it (above). Nothing to run.[/]"
+        )
         raise typer.Exit(1)
     data_dir = ctx.path(dataset_config(ctx).project_dir(line))
     frames_dir = ctx.root / ".crux" / "demo-frames"
@@ -213,7 +217,7 @@ def demo(
     version = records[0]["model_version"]
     console.print(
         f"{len(records)} test-split frames inspected by model v{version}, "
-        f"median latency {latencies[len(latencies) // 2]:.1f} ms/frame (1 thread) → {log}"
+        f"median latency {latencies[len(latencies) // 2]:.1f} ms/frame (1 thread) → {escape(str(log))}"
     )
 
     console.rule(f"4/5 Verdict: model v{version} on {len(records)} frames it never trained on")

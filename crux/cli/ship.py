@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from crux.cli.root import app
-from crux.cli.terminal import LineOption, ParamsOption, out
+from crux.cli.terminal import LineOption, ParamsOption, json_text, out
 from crux.config import ConfigError, from_mapping
 from crux.settings import (
     DEFAULT_PRIVATE_KEY,
@@ -70,7 +70,7 @@ def export_command(
         postprocess=read(postprocess),
         lineage=lineage,
     )
-    out.print(json.dumps({"parity": card.get("parity"), "quantized": card.get("quantized")}, default=str))
+    out.print(json_text({"parity": card.get("parity"), "quantized": card.get("quantized")}))
 
 
 def _check_tta(cfg: Any, augment: Mapping[str, Any]) -> None:
@@ -146,7 +146,6 @@ def publish_command(
 ) -> None:
     """Gate the candidate (absolute floors, then vs production), then publish it signed: version folder first,
     pointer last. Exit 1 when the gate refuses; the decision lists every criterion either way."""
-    import json
 
     from crux.ship.export import validation_images
     from crux.ship.publish import CHECK_IMAGES, GateRefused, publish
@@ -170,7 +169,7 @@ def publish_command(
         )
     except GateRefused as refused:
         if as_json:
-            print(json.dumps({"line": line, "published": False, "forced": False, "gate": refused.result.to_dict()}))
+            print(json_text({"line": line, "published": False, "forced": False, "gate": refused.result.to_dict()}))
         else:
             _print_criteria(refused.result.to_dict())
         raise
@@ -185,7 +184,7 @@ def publish_command(
             "reason": reason if result.forced else None,
             "gate": result.gate.to_dict(),
         }
-        print(json.dumps(doc))
+        print(json_text(doc))
         return
     _print_criteria(result.gate.to_dict())
     out.print(f"{line} v{result.version} published — {result.gate.report()}{' (FORCED)' if result.forced else ''}")

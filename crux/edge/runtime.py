@@ -678,28 +678,33 @@ class LiveView:
 
     def render(self) -> Any:
         from rich.table import Table
+        from rich.text import Text
 
         lat = sorted(self.latencies)
         p50 = lat[len(lat) // 2] if lat else 0.0
+        # Cells are Text, never markup: file names, class names and error messages may hold "[...]".
         table = Table(
-            title=f"crux edge — {self.counts['frames']} frames, NG {self.counts['NG']}, "
-            f"uncertain {self.counts['uncertain']}, kept {self.counts['kept']}, p50 {p50:.1f} ms",
-            caption=f"last NG overlay: {self.overlay_path} ({self.overlay_of})" if self.overlay_of else None,
+            title=Text(
+                f"crux edge — {self.counts['frames']} frames, NG {self.counts['NG']}, "
+                f"uncertain {self.counts['uncertain']}, kept {self.counts['kept']}, p50 {p50:.1f} ms"
+            ),
+            caption=Text(f"last NG overlay: {self.overlay_path} ({self.overlay_of})") if self.overlay_of else None,
         )
         for col in ("image", "verdict", "label", "score", "boxes / regions", "model", "ms"):
             table.add_column(col)
         for r in self.last:
+            name, version = Text(Path(r["image"]).name), Text(str(r.get("model_version")))
             if "error" in r:
-                table.add_row(Path(r["image"]).name, "ERROR", r["error"][:40], "", "", str(r.get("model_version")), "")
+                table.add_row(name, Text("ERROR", style="bold red"), Text(r["error"][:40]), "", "", version, "")
                 continue
             style = "bold red" if r["verdict"] == "NG" else "green"
             table.add_row(
-                Path(r["image"]).name,
-                f"[{style}]{r['verdict']}[/]",
-                r["label"],
+                name,
+                Text(r["verdict"], style=style),
+                Text(str(r["label"])),
                 f"{r['score']:.3f}",
-                _findings(r),
-                str(r["model_version"]),
+                Text(_findings(r)),
+                version,
                 f"{r['latency_ms']:.1f}",
             )
         return table

@@ -126,8 +126,8 @@ class GateConfig:
     def __post_init__(self) -> None:
         from crux.kinds import KINDS
 
-        if self.tolerance < 0:
-            raise ConfigError(f"gate.tolerance: {self.tolerance} must be >= 0")
+        if not math.isfinite(self.tolerance) or self.tolerance < 0:
+            raise ConfigError(f"gate.tolerance: {self.tolerance} must be a finite number >= 0")
         if self.metric is not None and not METRIC_KEY.match(self.metric):
             raise ConfigError(f"gate.metric: {self.metric!r} is not a dotted metric key")
         for section in ("min", "max"):

@@ -329,12 +329,15 @@ def test_live_view_renders(tmp_path: Path) -> None:
         }
     )
     view.update({"image": "b.png", "error": "OSError: x", "model_version": 1})
+    # Names and messages are shown as they are: "[/x]" neither crashes the view nor vanishes.
+    view.update({"image": "[/x].png", "error": "ImageError: [/x].png: [b]bad", "verdict": "error", "model_version": 1})
     from rich.console import Console
 
-    console = Console(file=io.StringIO(), width=120)
+    console = Console(file=io.StringIO(), width=160)
     console.print(view.render())
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "a.png" in text and "ERROR" in text and view.counts["NG"] == 1
+    assert "[/x].png" in text and "[b]bad" in text
 
 
 def test_segmenter_frames_carry_regions_to_the_outbox_and_the_overlay(

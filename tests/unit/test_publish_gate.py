@@ -108,6 +108,8 @@ def test_limits_merge_kind_defaults_gate_min_and_line_overrides() -> None:
         {"lines": {"neu-det": {"mim": {"map50": 0.5}}}},
         {"metric": "map 50"},
         {"floors": {}},
+        {"tolerance": float("nan")},  # made `publish --json` print invalid JSON
+        {"tolerance": float("inf")},
     ],
 )
 def test_gate_config_is_validated(gate: dict) -> None:
