@@ -429,7 +429,10 @@ class OnnxModel:
         """A model folder (`crux export` output or a release): card.json checked against the schema, the model file
         a plain name inside the folder that matches the card's sha256. Opens nothing outside `folder`."""
         folder = Path(folder)
-        card = read_card(folder / CARD_FILE)
+        card_path = folder / CARD_FILE
+        if card_path.is_symlink() and card_path.resolve().parent != folder.resolve():
+            raise ModelError(f"{card_path}: a link to a file outside {folder}; a model folder holds its own card")
+        card = read_card(card_path)
         return cls(model_file_in(folder, card, model_file), card, version=version, threads=threads)
 
     def warm_up(self) -> None:

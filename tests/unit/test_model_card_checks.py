@@ -201,6 +201,10 @@ DAMAGED: dict[str, tuple[Callable[[Path], None], str]] = {
         lambda f: ((f / "model.onnx").unlink(), (f / "model.onnx").symlink_to("/etc/hostname")),
         "not a regular file inside",
     ),
+    "card.json linked outside": (
+        lambda f: ((f / "card.json").unlink(), (f / "card.json").symlink_to("/etc/hostname")),
+        "card.json: a link to a file outside",
+    ),
     "missing model.onnx": (lambda f: (f / "model.onnx").unlink(), "model.onnx: model file missing"),
     "garbage model.onnx": (_model_bytes(lambda b: b"garbage" * 100), "ONNX Runtime cannot load it"),
     "empty model.onnx": (_model_bytes(lambda b: b""), "ONNX Runtime cannot load it"),
