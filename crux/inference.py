@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,8 +57,19 @@ class ModelError(CruxError, ValueError):
     """A model folder whose card and network do not agree (the message names the folder or the mismatch)."""
 
 
+class ModelOutputError(ModelError):
+    """The network's output for a frame cannot be trusted: non-finite values or the wrong shape. Never an OK part:
+    `crux predict` reports it as an error record, the edge as an "error" verdict the line rejects."""
+
+
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
+CARD_FORMAT = "crux-model-card/1"
+# Input sizes a card may ask for: below 16 px no network of crux.train.models has a feature map left; above 4096 px
+# one float32 frame is already 200 MB (a card saying 200000 would have ONNX Runtime allocate until the kernel kills it).
+IMAGE_SIZE_LIMITS = (16, 4096)
+INPUT_CHANNELS = (1, 3)
+MAX_CARD_BYTES = 16 << 20  # cards are kilobytes; more is not a card of `crux export`
 NO_DEFECT_LABEL = "OK"  # the detector's label when it finds no box (the contract)
 CONTRACT_KEYS = ("image", "label", "score", "scores", "boxes", "model_version")
 # Segmentation models add "regions" (the contract's one extra field; the keys above keep their meaning).
@@ -121,19 +133,258 @@ def box_threshold_of(card: Mapping[str, Any]) -> float:
     return float((card.get("postprocess") or {}).get("box_threshold", 0.3))
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The model card: one schema that `crux predict`, `crux publish` and the edge all load (`crux export` writes it)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model card checked field by field: whatever passes can be fed and decoded as the edge does it."""
+
+    kind: str
+    classes: tuple[str, ...]
+    ok_class: str | None
+    input: InputSpec
+    detect: DetectSpec | None
+    segment: SegmentSpec | None
+    box_threshold: float
+    ng_threshold: float
+    onnx_file: str
+    # sha256 of every model file the card vouches for: the float32 `onnx.file`, and `quantized.file` when present.
+    files: Mapping[str, str]
+    # The card as read (metrics, lineage, parity, …: what publish copies and nothing here interprets).
+    data: Mapping[str, Any]
+
+    @classmethod
+    def parse(cls, data: Any, where: str = CARD_FILE) -> ModelCard:
+        """The card, or a ModelError naming `where` and every field that is out of range."""
+        from crux.kinds import KINDS
+
+        if not isinstance(data, Mapping):
+            raise ModelError(
+                f"{where}: not a model card of `crux export` (a JSON {type(data).__name__}, not an object)"
+            )
+        problems: list[str] = []
+        if data.get("format") != CARD_FORMAT:
+            problems.append(f"format {data.get('format')!r} is not {CARD_FORMAT!r}")
+        kind = data.get("kind")
+        if not isinstance(kind, str) or kind not in KINDS:
+            problems.append(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+        raw_classes = data.get("classes")
+        classes: tuple[str, ...] = ()
+        if not isinstance(raw_classes, list) or not raw_classes:
+            problems.append(f"classes {raw_classes!r} is not a non-empty list of class names")
+        elif not all(isinstance(c, str) and c.strip() for c in raw_classes):
+            problems.append(f"classes {raw_classes!r}: every class must be a non-empty string")
+        elif len(set(raw_classes)) != len(raw_classes):
+            problems.append(f"classes {raw_classes!r} name a class twice")
+        else:
+            classes = tuple(raw_classes)
+        ok_class = data.get("ok_class")
+        if ok_class is not None and (not isinstance(ok_class, str) or (classes and ok_class not in classes)):
+            problems.append(f"ok_class {ok_class!r} is not one of its classes")
+        spec = _input_spec(data.get("input"), problems)
+        post = data.get("postprocess")
+        if post is None:
+            post = {}
+        if not isinstance(post, Mapping):
+            problems.append("postprocess is not an object")
+            post = {}
+        box_threshold = _probability(post, "box_threshold", 0.3, problems)
+        ng_threshold = _probability(post, "ng_threshold", 0.5, problems)
+        detect = _detect_spec(post.get("detect"), classes, problems) if kind == "detect" else None
+        segment = _segment_spec(post.get("segment"), classes, problems) if kind in ("segment", "anomaly") else None
+        files: dict[str, str] = {}
+        onnx_file = _file_entry(data.get("onnx"), "onnx", files, problems)
+        if data.get("quantized") is not None:
+            _file_entry(data.get("quantized"), "quantized", files, problems)
+        if data.get("metrics") is not None and not isinstance(data.get("metrics"), Mapping):
+            problems.append("metrics is not an object")
+        if problems or spec is None or onnx_file is None:
+            raise ModelError(f"{where}: not a model card of `crux export`: {'; '.join(problems)}")
+        return cls(
+            kind=str(kind),
+            classes=classes,
+            ok_class=ok_class,
+            input=spec,
+            detect=detect,
+            segment=segment,
+            box_threshold=box_threshold,
+            ng_threshold=ng_threshold,
+            onnx_file=onnx_file,
+            files=files,
+            data=dict(data),
+        )
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_card(path: Path) -> ModelCard:
+    """card.json → ModelCard; a ModelError naming the file when it is unreadable, not JSON or out of range."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_CARD_BYTES:
+            raise ModelError(f"{path}: {path.stat().st_size} bytes, not a model card (at most {MAX_CARD_BYTES})")
+        # NaN and Infinity parse in Python but are no JSON (and cannot be signed): refuse them here.
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no model card here (a model folder holds card.json and model.onnx)") from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ModelError(f"{path}: not a model card of `crux export` ({type(exc).__name__}: {exc})") from None
+    return ModelCard.parse(data, str(path))
+
+
+def model_file_in(folder: Path, card: ModelCard, name: str | None = None) -> Path:
+    """The model file `name` (default the card's `onnx.file`) inside `folder`, after checking it is a plain file
+    name the card vouches for, a regular file that stays inside the folder (no symlink out) and matches its sha256."""
+    folder = Path(folder)
+    name = name or card.onnx_file
+    if not _plain_name(name):
+        raise ModelError(f"{folder}: model file {name!r} is not a plain file name inside the folder")
+    if name not in card.files:
+        raise ModelError(f"{folder / CARD_FILE}: vouches for no model file named {name!r} ({', '.join(card.files)})")
+    path = folder / name
+    try:
+        inside = path.resolve(strict=True).parent == folder.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise ModelError(f"{path}: model file missing") from None
+    if not inside or not path.is_file():
+        raise ModelError(f"{path}: not a regular file inside {folder}")
+    if _sha256(path) != card.files[name]:
+        raise ModelError(f"{path}: does not match the sha256 in its card (damaged, truncated or replaced)")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    # Here, not crux.data.store's: this module is below the data layer (and the edge reads no datasets).
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _plain_name(name: Any) -> bool:
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 255
+        and not name.startswith(".")
+        and not any(c in name for c in "/\\\0:")
+    )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _probability(section: Mapping[str, Any], key: str, default: float, problems: list[str]) -> float:
+    value = section.get(key, default)
+    if value is None:
+        return default
+    if not _number(value) or not 0.0 <= value <= 1.0:
+        problems.append(f"postprocess.{key} {value!r} is not a number in 0..1")
+        return default
+    return float(value)
+
+
+def _input_spec(raw: Any, problems: list[str]) -> InputSpec | None:
+    if not isinstance(raw, Mapping):
+        problems.append(f"input {raw!r} is not an object")
+        return None
+    lo, hi = IMAGE_SIZE_LIMITS
+    size, channels = raw.get("image_size"), raw.get("channels")
+    mean, std = raw.get("mean"), raw.get("std")
+    before = len(problems)
+    if not _integer(size) or not lo <= size <= hi:
+        problems.append(f"input.image_size {size!r} is not an integer in {lo}..{hi}")
+    if not _integer(channels) or channels not in INPUT_CHANNELS:
+        problems.append(f"input.channels {channels!r} is not 1 or 3")
+    if not _number(mean):
+        problems.append(f"input.mean {mean!r} is not a finite number")
+    if not _number(std) or not std > 0:
+        # std 0 divides every pixel by zero: the network sees NaN and inf, and its scores are NaN.
+        problems.append(f"input.std {std!r} is not a finite number > 0")
+    if len(problems) > before:
+        return None
+    return InputSpec(int(size), int(channels), float(mean), float(std))  # type: ignore[arg-type]
+
+
+def _detect_spec(raw: Any, classes: Sequence[str], problems: list[str]) -> DetectSpec | None:
+    if not isinstance(raw, Mapping):
+        problems.append("postprocess.detect: a detector card needs its decoding parameters")
+        return None
+    try:
+        spec = DetectSpec.from_dict(dict(raw))
+    except (KeyError, TypeError, ValueError) as exc:
+        problems.append(f"postprocess.detect: {type(exc).__name__}: {exc}")
+        return None
+    if not spec.strides or any(s < 1 for s in spec.strides):
+        problems.append(f"postprocess.detect.strides {list(spec.strides)} are not positive")
+    elif classes and spec.num_classes != len(classes):
+        problems.append(f"postprocess.detect.num_classes {spec.num_classes} is not the {len(classes)} classes")
+    elif not (0 <= spec.score_threshold <= 1 and 0 <= spec.nms_iou <= 1) or spec.max_detections < 1:
+        problems.append("postprocess.detect: score_threshold and nms_iou must be in 0..1, max_detections >= 1")
+    else:
+        return spec
+    return None
+
+
+def _segment_spec(raw: Any, classes: Sequence[str], problems: list[str]) -> SegmentSpec | None:
+    if not isinstance(raw, Mapping):
+        problems.append("postprocess.segment: a segmentation or anomaly card needs its decoding parameters")
+        return None
+    try:
+        spec = SegmentSpec.from_dict(dict(raw))
+    except (KeyError, TypeError, ValueError) as exc:
+        problems.append(f"postprocess.segment: {type(exc).__name__}: {exc}")
+        return None
+    if not spec.defect_classes or (classes and not set(spec.defect_classes) <= set(classes)):
+        problems.append(f"postprocess.segment.defect_classes {list(spec.defect_classes)} are not among its classes")
+    elif not 0 <= spec.pixel_threshold <= 1 or spec.smooth < 1 or spec.min_region_px < 0:
+        problems.append("postprocess.segment: pixel_threshold must be in 0..1, smooth >= 1, min_region_px >= 0")
+    else:
+        return spec
+    return None
+
+
+def _file_entry(raw: Any, section: str, files: dict[str, str], problems: list[str]) -> str | None:
+    if not isinstance(raw, Mapping):
+        problems.append(f"{section} {raw!r} is not an object with file and sha256")
+        return None
+    name, digest = raw.get("file"), raw.get("sha256")
+    if not _plain_name(name):
+        problems.append(f"{section}.file {name!r} is not a plain file name inside the model folder")
+        return None
+    if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        problems.append(f"{section}.sha256 {digest!r} is not a sha256 hex digest")
+        return None
+    files[name] = digest
+    return str(name)
+
+
 class OnnxModel:
     """An ONNX Runtime session plus the model card that says how to feed it and read its output."""
 
     def __init__(
         self,
         model_path: Path,
-        card: Mapping[str, Any],
+        card: Mapping[str, Any] | ModelCard,
         version: int | None = None,
         threads: int = 1,
         box_threshold: float | None = None,
     ) -> None:
         import onnxruntime as ort  # ~0.3 s: only when a model is actually loaded
 
+        self.path = Path(model_path)
+        parsed = card if isinstance(card, ModelCard) else ModelCard.parse(card, f"card of {self.path}")
         opts = ort.SessionOptions()
         # One frame at a time on a small box: intra-op threads = the cores we may use, no inter-op parallelism.
         opts.intra_op_num_threads = threads
@@ -141,54 +392,85 @@ class OnnxModel:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        self.path = Path(model_path)
-        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.card = dict(card)
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ONNX Runtime's own exception types: garbage, empty, truncated, unsupported ops
+            raise ModelError(f"{self.path}: ONNX Runtime cannot load it ({_first_line(exc)})") from None
+        self.card = dict(parsed.data)
+        self.model_card = parsed
         self.version = version
-        self.kind: str = card["kind"]
-        self.classes: list[str] = list(card["classes"])
-        self.ok_class: str | None = card.get("ok_class")
-        self.spec = InputSpec.from_dict(card["input"])
-        detect = (card.get("postprocess") or {}).get("detect")
-        self.detect: DetectSpec | None = DetectSpec.from_dict(detect) if detect else None
-        if self.kind == "detect" and self.detect is None:
-            raise ModelError(f"{model_path}: detector card has no postprocess.detect parameters")
-        segment = (card.get("postprocess") or {}).get("segment")
-        self.segment: SegmentSpec | None = SegmentSpec.from_dict(segment) if segment else None
-        if self.kind in ("segment", "anomaly") and self.segment is None:
-            raise ModelError(f"{model_path}: segmentation card has no postprocess.segment parameters")
-        self.box_threshold = box_threshold_of(card) if box_threshold is None else float(box_threshold)
-        self.ng_threshold = ng_threshold_of(card)
+        self.kind: str = parsed.kind
+        self.classes: list[str] = list(parsed.classes)
+        self.ok_class: str | None = parsed.ok_class
+        self.spec = parsed.input
+        self.detect: DetectSpec | None = parsed.detect
+        self.segment: SegmentSpec | None = parsed.segment
+        self.box_threshold = parsed.box_threshold if box_threshold is None else float(box_threshold)
+        self.ng_threshold = parsed.ng_threshold
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(f"{self.path}: {len(inputs)} inputs; a crux model takes one image batch")
+        self.input_name = inputs[0].name
+        shape = list(inputs[0].shape)
+        want = [None, self.spec.channels, self.spec.image_size, self.spec.image_size]
+        # Symbolic dimensions (a dynamic batch) are strings or None; a fixed one must be what the card feeds.
+        fixed = len(shape) == 4 and all(
+            not isinstance(d, int) or w is None or d == w for d, w in zip(shape, want, strict=True)
+        )
+        if not fixed:
+            raise ModelError(
+                f"{self.path}: input shape {shape} does not take the card's (B, {want[1]}, {want[2]}, {want[3]})"
+            )
 
     @classmethod
     def from_dir(
         cls, folder: Path, version: int | None = None, threads: int = 1, model_file: str | None = None
     ) -> OnnxModel:
+        """A model folder (`crux export` output or a release): card.json checked against the schema, the model file
+        a plain name inside the folder that matches the card's sha256. Opens nothing outside `folder`."""
         folder = Path(folder)
-        card = json.loads((folder / CARD_FILE).read_text())
-        name = model_file or (card.get("onnx") or {}).get("file") or MODEL_FILE
-        return cls(folder / name, card, version=version, threads=threads)
+        card_path = folder / CARD_FILE
+        if card_path.is_symlink() and card_path.resolve().parent != folder.resolve():
+            raise ModelError(f"{card_path}: a link to a file outside {folder}; a model folder holds its own card")
+        card = read_card(card_path)
+        return cls(model_file_in(folder, card, model_file), card, version=version, threads=threads)
 
     def warm_up(self) -> None:
-        """One inference on zeros: proves the session runs and the output matches the card before a swap."""
-        s = self.spec
-        raw = self.run_raw(np.zeros((1, s.channels, s.image_size, s.image_size), np.float32))
-        self._check_raw(raw)
+        """One synthetic frame through the whole path (preprocess → ONNX Runtime → checks → decoding): proves the
+        session runs and its output has the card's shape and finite values before a model is swapped in or
+        published."""
+        self.predict_array(synthetic_image(self.spec))
 
-    def _check_raw(self, raw: np.ndarray) -> None:
-        if self.kind == "classify" and raw.shape[1:] != (len(self.classes),):
-            raise ModelError(f"model output {raw.shape} does not match {len(self.classes)} classes of its card")
-        if self.kind == "detect" and raw.shape[2] != 5 + len(self.classes):
-            raise ModelError(f"model output {raw.shape} does not match {len(self.classes)} classes of its card")
-        if self.segment is not None and raw.shape[1] != 1 + len(self.segment.defect_classes):
-            raise ModelError(f"model output {raw.shape} does not match the card's background + defect classes")
+    def check_raw(self, raw: np.ndarray, batch: int) -> None:
+        """ModelOutputError unless `raw` has the card's output layout for `batch` images and only finite values."""
+        n = len(self.classes)
+        if self.kind == "classify":
+            want: tuple[int | None, ...] = (batch, n)
+        elif self.detect is not None:
+            from crux.postprocess import anchor_points
+
+            want = (batch, len(anchor_points(self.spec.image_size, self.detect.strides)[1]), 5 + n)
+        else:
+            assert self.segment is not None
+            want = (batch, 1 + len(self.segment.defect_classes), None, None)
+        if raw.ndim != len(want) or any(w is not None and d != w for d, w in zip(raw.shape, want, strict=True)):
+            layout = ", ".join("*" if w is None else str(w) for w in want)
+            raise ModelOutputError(f"{self.path}: output shape {tuple(raw.shape)} is not the card's ({layout})")
+        if raw.size == 0 or not np.isfinite(raw).all():
+            bad = int(raw.size - np.isfinite(raw).sum())
+            raise ModelOutputError(f"{self.path}: output has {bad} non-finite value(s) (NaN or inf) of {raw.size}")
 
     def run_raw(self, x: np.ndarray) -> np.ndarray:
         """Raw model output for a preprocessed float32 batch (B, C, S, S)."""
-        return np.asarray(self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0])
+        try:
+            out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        except Exception as exc:  # ONNX Runtime's own types (a shape the graph cannot take, a failing kernel)
+            raise ModelOutputError(f"{self.path}: ONNX Runtime failed on this input ({_first_line(exc)})") from None
+        return np.asarray(out)
 
     def results_from_raw(self, raw: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[Result]:
+        """Decoded results, after `check_raw`: an output of the wrong shape or with NaN/inf is never decoded."""
+        self.check_raw(raw, len(sizes))
         if self.kind == "classify":
             return [self._classify_result(p) for p in postprocess_classify(raw)]
         if self.segment is not None:  # a segmenter, or an anomaly model (a one-class segmenter)
@@ -252,6 +534,18 @@ class OnnxModel:
 
     def predict_file(self, path: Path) -> Result:
         return self.predict_array(load_image(path, self.spec.channels))
+
+
+def synthetic_image(spec: InputSpec) -> np.ndarray:
+    """A deterministic uint8 test frame of the card's size and channels (a diagonal gradient: every pixel value,
+    no constant plane), for checking a model where no validation image is at hand."""
+    ramp = np.add.outer(np.arange(spec.image_size), np.arange(spec.image_size)) * 255 // max(2 * spec.image_size - 2, 1)
+    return np.repeat(ramp.astype(np.uint8)[:, :, None], spec.channels, axis=2)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
 
 def contract_record(image: str, result: Result, model_version: int | None) -> dict[str, Any]:

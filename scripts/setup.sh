@@ -44,3 +44,6 @@ else
   pip_quiet .venv-ls/bin/python -m pip install -q "$LS_SPEC"
   echo "$ls_stamp" > .venv-ls/.crux-stamp
 fi
+
+# Not a Python package: the browser the console's tests drive (says so and goes on when it cannot install it).
+scripts/ensure-chromium.sh

@@ -34,6 +34,17 @@ CHROMIUM_ARGS = [
 ]
 
 
+def chromium_missing(chromium: str | Path = CHROMIUM) -> str | None:
+    """Why the browser tests cannot run here, or None when they can. scripts/ensure-chromium.sh (run by `make test`)
+    installs Debian's chromium and, when it cannot, leaves its reason in .crux/chromium-missing: the tests skip with
+    it rather than fail on a machine where the set-up could not install a browser."""
+    if Path(chromium).exists():
+        return None
+    reason_file = Path(__file__).resolve().parents[1] / ".crux" / "chromium-missing"
+    reason = reason_file.read_text().strip() if reason_file.is_file() else "run scripts/setup.sh to install it"
+    return f"{chromium} missing: {reason}"
+
+
 @dataclass(frozen=True)
 class Plant:
     root: Path

@@ -101,3 +101,68 @@ def exported(
     out = root / (name or f"export-{kind}-{seed}")
     export(bundle, out, ExportConfig(exporter=exporter, parity_images=4, box_threshold=0.3), metrics=metrics)
     return out
+
+
+def onnx_graph_model(
+    path: Path, channels: int, image_size: int, logits: list[float], *, nan_above: float | None = None
+) -> Path:
+    """A hand-built ONNX classifier (onnx.helper, no torch): constant `logits` for every frame, or NaN for frames whose
+    mean normalised pixel is above `nan_above` (bright frames) — a model that passes a check on one image and outputs
+    NaN on others, as a real network with a broken layer can."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [
+        numpy_helper.from_array(np.asarray([logits], np.float32), "logits"),
+        numpy_helper.from_array(np.asarray(0.0, np.float32), "zero"),
+        numpy_helper.from_array(np.asarray([1], np.int64), "axis1"),
+    ]
+    nodes = [helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1, 2, 3], keepdims=0)]
+    if nan_above is None:
+        nodes.append(helper.make_node("Mul", ["mean", "zero"], ["poison"]))  # 0 for every frame
+    else:
+        # sqrt(nan_above - mean) * 0: 0 for darker frames, NaN (sqrt of a negative) for brighter ones.
+        inits.append(numpy_helper.from_array(np.asarray(nan_above, np.float32), "limit"))
+        nodes += [
+            helper.make_node("Sub", ["limit", "mean"], ["room"]),
+            helper.make_node("Sqrt", ["room"], ["root"]),
+            helper.make_node("Mul", ["root", "zero"], ["poison"]),
+        ]
+    nodes += [
+        helper.make_node("Unsqueeze", ["poison", "axis1"], ["column"]),
+        helper.make_node("Add", ["column", "logits"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "crux-test",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", channels, image_size, image_size])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", len(logits)])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def with_model(like: Path, dest: Path, model: bytes | Path, changes: dict[str, Any] | None = None) -> Path:
+    """A copy of the export folder `like` whose model.onnx is `model` (bytes or a file) and whose card's onnx entry
+    vouches for it (sha256, size), with `changes` set on top (dotted keys: {"input.std": 0})."""
+    import hashlib
+    import json
+
+    dest.mkdir(parents=True, exist_ok=True)
+    data = model.read_bytes() if isinstance(model, Path) else model
+    (dest / "model.onnx").write_bytes(data)
+    card = json.loads((like / "card.json").read_text())
+    card["onnx"] = {**card["onnx"], "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    card.pop("quantized", None)
+    for key, value in (changes or {}).items():
+        node = card
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    (dest / "card.json").write_text(json.dumps(card))
+    return dest

@@ -23,12 +23,16 @@ for _stage in STAGES:
 
 def main() -> None:
     """The console script: a CruxError is one red line and exit code 1, never a traceback."""
+    from rich.markup import escape
+
     from crux.errors import CruxError
 
     try:
         app()
     except CruxError as exc:
-        terminal.console.print(f"[bold red]error:[/] {exc}")
+        # The message quotes user input (names, paths, values): escaped, it is printed as given, whatever its
+        # brackets; soft_wrap keeps it one line however narrow the terminal.
+        terminal.console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(1)
 
 

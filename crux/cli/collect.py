@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from crux.cli.root import app
-from crux.cli.terminal import ParamsOption, console, out
+from crux.cli.terminal import ParamsOption, console, escape, out
 from crux.settings import (
     ingest_engine,
     ingest_settings,
@@ -83,7 +83,7 @@ def stations_add(
     labelstudio_config(ctx).project(line)  # a station of a line that is not a project would upload into nothing
     token = add_station(ingest_engine(ctx), name, line)
     out.print(token, soft_wrap=True)
-    console.print(f"Station {name} on line {line}: keep this token now, it cannot be shown again.")
+    console.print(f"Station {escape(name)} on line {escape(line)}: keep this token now, it cannot be shown again.")
 
 
 @stations_app.command("revoke")

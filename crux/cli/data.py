@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from crux.cli.root import app
-from crux.cli.terminal import ParamsOption, console, out
+from crux.cli.terminal import ParamsOption, console, escape, out
 from crux.config import ConfigError
 from crux.settings import (
     Context,
@@ -35,7 +35,7 @@ def snapshot_command(
     ctx = load_context(params)
     spec = labelstudio_config(ctx).project(project)
     with console.status(
-        f"Snapshotting {project} (export, new images, {'dvc add/push, git commit' if commit else ''})…"
+        f"Snapshotting {escape(project)} (export, new images, {'dvc add/push, git commit' if commit else ''})…"
     ):
         outcome = snapshot_project(
             labelstudio_access(ctx),
@@ -53,7 +53,7 @@ def snapshot_command(
         f"{summary.fetched} images fetched, {summary.reused} reused"
     )
     for excluded in summary.excluded:
-        console.print(f"[yellow]excluded[/] task {excluded.task_id}: {excluded.reason}")
+        console.print(f"[yellow]excluded[/] task {excluded.task_id}: {escape(str(excluded.reason))}")
     if commit:
         version = outcome.version
         out.print(

@@ -14,7 +14,7 @@ from crux.cli.label import (
     start_labelstudio,
 )
 from crux.cli.root import app
-from crux.cli.terminal import ParamsOption, console, out
+from crux.cli.terminal import ParamsOption, console, escape, out
 from crux.config import ConfigError
 from crux.settings import (
     DEFAULT_PRIVATE_KEY,
@@ -142,7 +142,7 @@ def demo(
     for name, project_spec in cfg.projects.items():
         result = sync_project(client, name, project_spec)
         project_ids[name] = result.project_id
-        console.print(f"Project {name}: {result.action} (id {result.project_id})")
+        console.print(f"Project {escape(name)}: {result.action} (id {result.project_id})")
     sources = {
         "neu-cls": _neu_class_folders(neu_source.resolve(), ctx.root / ".crux" / "demo-sources" / "neu-cls"),
         # Magnetic Tile's folders are its classes already (params.yaml aliases: MT_Free → OK, …).
@@ -153,7 +153,7 @@ def demo(
             client, line, project_ids[line], cfg.project(line), str(sources[line]), "folders", settings.files_root
         )
         console.print(
-            f"{line}: {report.created} new task(s) labelled with their class, {report.already_present} there."
+            f"{escape(line)}: {report.created} new task(s) labelled with their class, {report.already_present} there."
         )
 
     console.rule("2/4 The cycles (Prefect flows, demo profile: ImageNet encoder, head fitted on cached features)")
@@ -162,21 +162,21 @@ def demo(
         from crux.ship.signing import init_keys
 
         init_keys(private, ctx.path(DEFAULT_PUBLIC_KEY))
-        console.print(f"Signing key created: {private} (0600)")
+        console.print(f"Signing key created: {escape(str(private))} (0600)")
     prefect_defaults(ctx)
     refused = []
     for line in DEMO_LINES:
-        console.print(f"[bold]{line}[/]")
+        console.print(f"[bold]{escape(line)}[/]")
         progress = _DemoProgress(ctx.root, line, None, 1)
         done = threading.Event()
         cycle_started = time.perf_counter()
-        with console.status(progress.text()) as status:
+        with console.status(escape(progress.text())) as status:
 
             def tick(
                 status: Any = status, progress: Any = progress, since: float = cycle_started, done: Any = done
             ) -> None:
                 while not done.wait(2.0):
-                    status.update(f"{progress.text()}  [{time.perf_counter() - since:.0f} s]")
+                    status.update(escape(f"{progress.text()}  [{time.perf_counter() - since:.0f} s]"))
 
             ticker = threading.Thread(target=tick, daemon=True)
             ticker.start()
@@ -194,7 +194,7 @@ def demo(
         _edge_and_verdict(ctx, line, cfg.project(line))
     _where_to_look(ctx, settings, credentials, project_ids, started)
     if refused:
-        console.print(f"[bold red]The gate refused {', '.join(refused)}: see its criteria above.[/]")
+        console.print(f"[bold red]The gate refused {escape(', '.join(refused))}: see its criteria above.[/]")
         raise typer.Exit(1)
 
 
@@ -203,7 +203,8 @@ def _cycle_report(ctx: Any, line: str, result: dict[str, Any], wall_s: float) ->
     import json
 
     dataset, published = result["dataset"], result["published"]
-    console.print(f"Dataset: {dataset['message'].splitlines()[0] if dataset else 'no change since the last version'}")
+    message = dataset["message"].splitlines()[0] if dataset else "no change since the last version"
+    console.print(f"Dataset: {escape(message)}")
     train_json = ctx.root / "models" / line / "candidate" / "train.json"
     if dataset and train_json.is_file():
         summary = json.loads(train_json.read_text())
@@ -242,7 +243,9 @@ def _edge_and_verdict(ctx: Any, line: str, spec: Any) -> None:
     remote = f"{model_remote(ctx, None)}/{line}"
     keys = public_keys(ctx)
     if read_pointer(remote, keys) is None:
-        console.print(f"[bold red]No model in production for {line}: the gate refused it (above). Nothing to run.[/]")
+        console.print(
+            f"[bold red]No model in production for {escape(line)}: the gate refused it (above). Nothing to run.[/]"
+        )
         return
     data_dir = ctx.path(dataset_config(ctx).project_dir(line))
     frames_dir = ctx.root / ".crux" / "demo-frames" / line
@@ -265,7 +268,7 @@ def _edge_and_verdict(ctx: Any, line: str, spec: Any) -> None:
     version = records[0]["model_version"]
     console.print(
         f"{len(records)} test-split frames inspected by model v{version}, "
-        f"median latency {latencies[len(latencies) // 2]:.1f} ms/frame (1 thread) → {log}"
+        f"median latency {latencies[len(latencies) // 2]:.1f} ms/frame (1 thread) → {escape(str(log))}"
     )
 
     console.rule(f"Verdict: {line} model v{version} on {len(records)} frames it never trained on")

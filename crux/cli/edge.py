@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from crux.cli.root import app
-from crux.cli.terminal import ParamsOption, console, out
+from crux.cli.terminal import ParamsOption, console, escape, json_text, out
 from crux.settings import (
     edge_config,
     load_context,
@@ -30,7 +30,6 @@ def predict_command(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Inspect images with the edge's own code path; `--json` prints the stable contract."""
-    import json
 
     from crux.edge.predict import open_model
     from crux.inference import predict_paths
@@ -41,7 +40,7 @@ def predict_command(
     model = open_model(model_or_remote, public_keys=keys)
     for record in predict_paths(model, images):
         if as_json:
-            print(json.dumps(record), flush=True)
+            print(json_text(record), flush=True)
         else:
             out.print(f"{record['image']}: {record.get('label', record.get('error'))} {record.get('score', '')}")
 
@@ -56,7 +55,6 @@ def edge_run(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Inspect frames (watched folder, glob, or paths on stdin) as JSON lines; hot-swap published models."""
-    import json
     import threading
 
     from crux.edge.heartbeat import start_heartbeat
@@ -78,7 +76,7 @@ def edge_run(
         public_keys(ctx),
         ctx.path(Path(cfg.state_dir)),
         outbox=outbox,
-        on_event=lambda name, detail: console.print(f"[yellow]{name}[/] {detail}"),
+        on_event=lambda name, detail: console.print(f"[yellow]{name}[/] {escape(str(detail))}"),
     )
     heartbeat = start_heartbeat(cfg, token, runtime, outbox)  # best effort: never blocks a frame
     stop = threading.Event()
@@ -91,7 +89,7 @@ def edge_run(
     live_view = LiveView(overlay_path=ctx.path(Path(cfg.state_dir)) / "last-ng-overlay.png" if view else None)
 
     def emit(record: dict[str, Any]) -> None:
-        print(json.dumps(record), flush=True)
+        print(json_text(record), flush=True)
         live_view.update(record)
 
     try:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from crux.cli.root import app
-from crux.cli.terminal import ParamsOption, console, out, progress_bar
+from crux.cli.terminal import ParamsOption, console, escape, out, progress_bar
 from crux.config import ConfigError
 from crux.settings import (
     Context,
@@ -42,14 +42,19 @@ def start_labelstudio(ctx: Context, host: str | None = None, port: int | None = 
     settings = server_settings(ctx, host, port)
     credentials, written = labelstudio_credentials(settings)
     if written:
-        console.print(f"Admin login and API token stored in [bold]{settings.credentials_path}[/] (mode 0600).")
+        console.print(
+            f"Admin login and API token stored in [bold]{escape(str(settings.credentials_path))}[/] (mode 0600)."
+        )
     with console.status("Starting Label Studio (first start runs migrations, about a minute)…") as spinner:
 
         def on_wait(elapsed: float) -> None:
             spinner.update(f"Waiting for Label Studio at {settings.url}/health … {elapsed:.0f} s")
 
         state = server.start(settings, credentials, os.environ, on_wait=on_wait)
-    console.print(f"Label Studio is up at [bold]{settings.public}[/] (pid {state.pid}, log {state.log_path}).")
+    console.print(
+        f"Label Studio is up at [bold]{escape(settings.public)}[/] "
+        f"(pid {state.pid}, log {escape(str(state.log_path))})."
+    )
     return settings, credentials
 
 
@@ -126,7 +131,7 @@ def _register_webhook(ctx: Context, client: Any, name: str, project_id: int) -> 
     try:
         ensure_webhook(client, project_id, url, webhook_secret(ctx))
     except WebhookRegistrationError as exc:
-        console.print(f"[yellow]warning:[/] {name}: webhook to {url} not registered: {exc}")
+        console.print(f"[yellow]warning:[/] {escape(f'{name}: webhook to {url} not registered: {exc}')}")
 
 
 @annotators_app.command("add")

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from crux.cli.root import app
-from crux.cli.terminal import LineOption, ParamsOption, out
+from crux.cli.terminal import LineOption, ParamsOption, json_text, out
 from crux.config import ConfigError, from_mapping
 from crux.settings import (
     DEFAULT_PRIVATE_KEY,
@@ -70,7 +70,7 @@ def export_command(
         postprocess=read(postprocess),
         lineage=lineage,
     )
-    out.print(json.dumps({"parity": card.get("parity"), "quantized": card.get("quantized")}, default=str))
+    out.print(json_text({"parity": card.get("parity"), "quantized": card.get("quantized")}))
 
 
 def _check_tta(cfg: Any, augment: Mapping[str, Any]) -> None:
@@ -134,6 +134,10 @@ def publish_command(
     force: Annotated[bool, typer.Option(help="Publish although the gate refuses; needs --reason.")] = False,
     reason: Annotated[str | None, typer.Option(help="Why the gate is overridden; recorded.")] = None,
     int8: Annotated[bool, typer.Option(help="Publish the INT8 model instead of float32.")] = False,
+    prepared: Annotated[
+        Path | None,
+        typer.Option(help="Prepared data whose val images the model must run on; default build/LINE/prepared."),
+    ] = None,
     key: Annotated[Path | None, typer.Option(help="Private key file.")] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="The decision as JSON: every criterion, published version or refusal.")
@@ -142,13 +146,14 @@ def publish_command(
 ) -> None:
     """Gate the candidate (absolute floors, then vs production), then publish it signed: version folder first,
     pointer last. Exit 1 when the gate refuses; the decision lists every criterion either way."""
-    import json
 
-    from crux.ship.publish import GateRefused, publish
+    from crux.ship.export import validation_images
+    from crux.ship.publish import CHECK_IMAGES, GateRefused, publish
 
     ctx = load_context(params)
     gate = gate_config(ctx)
     check_model_fits_line(ctx, line, export_dir)
+    images = validation_images(prepared or ctx.root / "build" / line / "prepared", CHECK_IMAGES)
     try:
         result = publish(
             model_remote(ctx, remote),
@@ -160,10 +165,11 @@ def publish_command(
             reason=reason,
             model_file="model.int8.onnx" if int8 else "model.onnx",
             trusted_keys=trusted_keys(ctx),
+            check_images=images,
         )
     except GateRefused as refused:
         if as_json:
-            print(json.dumps({"line": line, "published": False, "forced": False, "gate": refused.result.to_dict()}))
+            print(json_text({"line": line, "published": False, "forced": False, "gate": refused.result.to_dict()}))
         else:
             _print_criteria(refused.result.to_dict())
         raise
@@ -178,7 +184,7 @@ def publish_command(
             "reason": reason if result.forced else None,
             "gate": result.gate.to_dict(),
         }
-        print(json.dumps(doc))
+        print(json_text(doc))
         return
     _print_criteria(result.gate.to_dict())
     out.print(f"{line} v{result.version} published — {result.gate.report()}{' (FORCED)' if result.forced else ''}")

@@ -90,6 +90,8 @@ station_heartbeats = sa.Table(
     sa.Column("outbox_pending", sa.Integer, nullable=True),
     sa.Column("outbox_bytes", sa.BigInteger, nullable=True),
     sa.Column("interval_s", sa.Float, nullable=True),
+    # Migration 0003: frames the model could not judge (NaN/inf or misshapen output); null from older edges.
+    sa.Column("model_errors", sa.Integer, nullable=True),
 )
 
 

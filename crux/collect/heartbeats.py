@@ -30,6 +30,9 @@ class HeartbeatIn(BaseModel):
     outbox_pending: int | None = Field(None, ge=0, le=2**62, description="captures waiting in the outbox")
     outbox_bytes: int | None = Field(None, ge=0, le=2**62, description="bytes waiting in the outbox")
     interval_s: float | None = Field(None, gt=0, le=86400, allow_inf_nan=False, description="seconds to the next")
+    model_errors: int | None = Field(
+        None, ge=0, le=2**62, description="frames since start whose model output was NaN/inf or misshapen (rejected)"
+    )
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Heartbeat:
     outbox_pending: int | None
     outbox_bytes: int | None
     interval_s: float | None
+    model_errors: int | None = None
 
 
 def record_heartbeat(engine: Engine, station: Station, beat: HeartbeatIn, now: dt.datetime | None = None) -> None:

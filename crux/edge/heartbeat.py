@@ -38,6 +38,7 @@ def heartbeat_payload(runtime: EdgeRuntime, outbox: Outbox | None, interval_s: f
         "frames": runtime.frames,
         "ng": runtime.ng,
         "errors": runtime.errors,
+        "model_errors": runtime.model_errors,  # of `errors`: the model's, not the frame's (the edge rejected them)
         "fps": round(len(window) / FPS_WINDOW_S, 3),
         "latency_p50_ms": round(statistics.median(r[1] for r in recent), 3) if recent else None,
         "ng_rate": round(sum(r[2] for r in recent) / len(recent), 4) if recent else None,

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from crux.inference import CARD_FILE, OnnxModel
+from crux.inference import CARD_FILE, ModelError, OnnxModel
 
 
 def open_model(
@@ -27,11 +27,9 @@ def open_model(
     release is downloaded and verified (sha256 always; signature when `public_keys` are given)."""
     local = Path(ref)
     if (local / CARD_FILE).is_file():
-        version = None
-        manifest = local / "manifest.json"
-        if manifest.is_file():
-            version = int(json.loads(manifest.read_text())["version"])
-        return OnnxModel.from_dir(local, version=version, threads=threads)
+        # The card, the model file it names (inside this folder, matching its sha256) and the network are all
+        # checked by OnnxModel.from_dir: a damaged folder is one ModelError naming what is wrong.
+        return OnnxModel.from_dir(local, version=_folder_version(local), threads=threads)
     import tempfile
 
     if cache_dir is not None:
@@ -39,6 +37,20 @@ def open_model(
     # ONNX Runtime holds the model in memory once the session exists: the download folder goes right away.
     with tempfile.TemporaryDirectory(prefix="crux-predict-") as tmp:
         return _open_release(ref, Path(tmp), public_keys, storage_options, threads)
+
+
+def _folder_version(folder: Path) -> int | None:
+    """The published version of a release folder (its manifest.json), None for a plain `crux export` folder."""
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        version = json.loads(manifest.read_text(encoding="utf-8"))["version"]
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ValueError(f"version {version!r} is not a version number")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{manifest}: not a release manifest ({type(exc).__name__}: {exc})") from None
+    return version
 
 
 def _open_release(

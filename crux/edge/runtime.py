@@ -9,6 +9,11 @@
   pointer of the running one, so a restart resumes it and still refuses anything older.
 - Frames: a watched folder, a glob or paths on stdin. Per frame one JSON record: the `crux predict` contract
   plus verdict (OK/NG), uncertain, kept (why it went to the outbox), latency_ms and the time.
+- Fail closed: a frame whose model output has NaN/inf or the wrong shape (`crux.inference.ModelOutputError`) is
+  never OK: its record has verdict "error" (the line rejects it), it goes to the outbox for labelling, and the
+  heartbeat counts it (`model_errors`). After `edge.rollback_after_model_errors` such frames in a row the edge goes
+  back to the previous verified release it keeps on disk and refuses the faulty one from then on (refused.json).
+  A frame that cannot be read at all also gets verdict "error" (nothing to keep).
 - Outbox: NG frames, uncertain frames and a random sample of OK frames go to `crux.edge.outbox.Outbox`.
 
 Imports only numpy, Pillow, onnxruntime, fsspec and cryptography (no torch, lightning or prefect).
@@ -32,9 +37,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 from crux.config import ConfigError
 from crux.data.store import sha256_file
-from crux.inference import NO_DEFECT_LABEL, OnnxModel, Result, contract_record
+from crux.inference import NO_DEFECT_LABEL, ModelOutputError, OnnxModel, Result, contract_record
 from crux.postprocess import ImageError, open_image
-from crux.ship.publish import ReleaseError, fetch_release
+from crux.ship.publish import ReleaseError, fetch_release, read_pointer, verify_release
 
 if TYPE_CHECKING:
     from crux.edge.outbox import Outbox
@@ -43,6 +48,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 INSTALLED = "installed.json"
+REFUSED = "refused.json"  # releases this box rolled back from: never installed again, restarts included
+ERROR_VERDICT = "error"  # the model could not judge the frame: the line treats it as a reject
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,8 @@ class EdgeConfig:
     outbox_quota_mb: int = 2048
     ingest_url: str | None = None
     heartbeat_interval_s: float = 30.0
+    # Model-error frames in a row (NaN/inf or misshapen output) before falling back to the previous verified model.
+    rollback_after_model_errors: int = 3
 
     def __post_init__(self) -> None:
         if self.poll_interval_s <= 0 or self.watch_interval_s <= 0 or self.heartbeat_interval_s <= 0:
@@ -79,6 +88,8 @@ class EdgeConfig:
             raise ConfigError("edge.uncertain_margin and edge.ok_sample_rate must be in 0..1")
         if self.outbox_quota_mb < 1:
             raise ConfigError("edge.outbox_quota_mb must be >= 1")
+        if self.rollback_after_model_errors < 1:
+            raise ConfigError(f"edge.rollback_after_model_errors: {self.rollback_after_model_errors} must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -236,6 +247,10 @@ class EdgeRuntime:
         # For the heartbeat (crux.edge.heartbeat): counters since start and the recent frames' (time, latency, NG).
         self.ng = 0
         self.errors = 0
+        # Frames the model could not judge (NaN/inf or misshapen output), and how many of them came in a row.
+        self.model_errors = 0
+        self._model_errors_in_a_row = 0
+        self._refused: dict[str, str] = {}  # release identity → why this box rolled back from it
         self.started_at = dt.datetime.now(dt.UTC)
         self.recent: deque[tuple[float, float, bool]] = deque(maxlen=1000)
         self._last_rejection: str | None = None
@@ -258,6 +273,7 @@ class EdgeRuntime:
             for partial in self.models_dir.glob(".incoming-*"):
                 shutil.rmtree(partial, ignore_errors=True)
                 log.info("removed %s (a download interrupted by a restart)", partial)
+        self._refused = _read_refused(self.state_dir / REFUSED)
         path = self.state_dir / INSTALLED
         if not path.is_file():
             return False
@@ -291,6 +307,10 @@ class EdgeRuntime:
         """One poll: True when a new release was installed; a rejected release keeps the running model."""
         with self._update_lock:
             running = self._running
+            refused = self._refused_reason()
+            if refused is not None:  # the remote still points at a release this box rolled back from
+                self._rejected(refused, running)
+                return False
             try:
                 release = fetch_release(
                     self.line_url,
@@ -321,6 +341,60 @@ class EdgeRuntime:
             log.info("model %s installed (%s)", release.version, release.action)
             self._event("model_swapped", version=release.version, action=release.action, sequence=release.sequence)
             return True
+
+    def _refused_reason(self) -> str | None:
+        """Why the remote's current release is refused on this box, or None (also when it cannot be read: then
+        fetch_release reports that)."""
+        if not self._refused:
+            return None
+        try:
+            pointer = read_pointer(self.line_url, self.public_keys, self.storage_options)
+        except (ReleaseError, OSError):
+            return None
+        if pointer is None or _identity(pointer) not in self._refused:
+            return None
+        return f"release {pointer['version']} was rolled back on this box: {self._refused[_identity(pointer)]}"
+
+    def _fall_back(self, running: Running, reason: str) -> None:
+        """Go back to the previous verified release kept under models/ and refuse `running`'s from now on."""
+        with self._update_lock:
+            if self._running is not running:
+                return  # the poller swapped models meanwhile: the faulty one is gone already
+            self._refused[_identity(running.pointer)] = reason
+            _write_json(self.state_dir / REFUSED, self._refused)  # first: a crash now must not bring it back
+            self._model_errors_in_a_row = 0
+            for folder in self._previous_releases(running):
+                try:
+                    pointer, _ = verify_release(
+                        (folder / "pointer.json").read_bytes(),
+                        (folder / "manifest.json").read_bytes(),
+                        self.public_keys,
+                        self.line,
+                        where=str(folder),
+                    )
+                    self._install(folder, pointer)
+                except Exception as exc:  # a previous release that does not load is skipped, not fatal
+                    log.warning("cannot fall back to %s: %s", folder, exc)
+                    continue
+                _write_json(self.state_dir / INSTALLED, {"path": str(folder), "pointer": pointer})
+                log.error("model %s rolled back to %s: %s", running.version, pointer["version"], reason)
+                self._event("model_rolled_back", version=running.version, to=pointer["version"], reason=reason)
+                return
+            log.error("model %s fails (%s) and no previous verified release is kept: frames stay rejected",
+                      running.version, reason)  # fmt: skip
+            self._event("rollback_impossible", version=running.version, reason=reason)
+
+    def _previous_releases(self, running: Running) -> list[Path]:
+        """Verified release folders other than the running one, newest pointer first (fetch_release names them
+        <version>-<sequence>)."""
+        if not self.models_dir.is_dir():
+            return []
+        found = [
+            d
+            for d in self.models_dir.iterdir()
+            if d.is_dir() and not d.name.startswith(".") and d != running.path and (d / "pointer.json").is_file()
+        ]
+        return sorted(found, key=lambda d: d.name.rsplit("-", 1)[-1], reverse=True)
 
     def _rejected(self, reason: str, running: Running | None) -> None:
         """Log and report a rejected release once: the same rejection on every poll is not news."""
@@ -377,11 +451,17 @@ class EdgeRuntime:
         try:
             data = Path(image).read_bytes()
             result = running.model.predict_bytes(data)
+            if not _finite(result):  # check_raw makes this unreachable; a NaN must still never be an OK part
+                raise ModelOutputError(f"{running.model.path}: a non-finite score after decoding")
+        except ModelOutputError as exc:  # the model, not the frame: fail closed and keep the frame
+            return self._model_error(name, data, Path(image), str(exc), running, started)
         except (OSError, ValueError, ImageError) as exc:  # this frame only: inspection goes on
             self.frames += 1
             self.errors += 1
-            return {"image": name, "error": f"{type(exc).__name__}: {exc}", "model_version": running.version}
+            error = f"{type(exc).__name__}: {exc}"
+            return {"image": name, "error": error, "verdict": ERROR_VERDICT, "model_version": running.version}
         latency_ms = (time.perf_counter() - started) * 1000.0
+        self._model_errors_in_a_row = 0
         decision = decide(running.model, result, self.cfg)
         record = contract_record(name, result, running.version)
         kept = self._keep_reason(decision)
@@ -398,6 +478,34 @@ class EdgeRuntime:
         self.frames += 1
         self.ng += decision.verdict == "NG"
         self.recent.append((time.monotonic(), latency_ms, decision.verdict == "NG"))  # deque.append: thread-safe
+        return record
+
+    def _model_error(
+        self, name: str, data: bytes, path: Path, error: str, running: Running, started: float
+    ) -> dict[str, Any]:
+        """A frame the model could not judge: rejected ("error" verdict), kept for labelling, counted; after
+        `rollback_after_model_errors` in a row, the previous verified model takes over."""
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        at = dt.datetime.now(dt.UTC)
+        self.frames += 1
+        self.errors += 1
+        self.model_errors += 1
+        self._model_errors_in_a_row += 1
+        self.recent.append((time.monotonic(), latency_ms, True))  # a reject, like an NG part
+        record: dict[str, Any] = {
+            "image": name,
+            "error": error,
+            "verdict": ERROR_VERDICT,
+            "kept": "model_error" if self.outbox is not None else None,
+            "model_version": running.version,
+            "latency_ms": round(latency_ms, 3),
+            "at": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
+        if self.outbox is not None:
+            empty = {"label": None, "scores": {}, "boxes": []}
+            self._enqueue(data, path, empty, Decision("NG", True), running, at)
+        if self._model_errors_in_a_row >= self.cfg.rollback_after_model_errors:
+            self._fall_back(running, f"{self._model_errors_in_a_row} frames in a row without a usable output: {error}")
         return record
 
     def _keep_reason(self, decision: Decision) -> str | None:
@@ -429,7 +537,7 @@ class EdgeRuntime:
             "captured_at": at.isoformat().replace("+00:00", "Z"),
             "model_version": f"{self.line}.v{running.version}",
             "prediction": None
-            if record["label"] == NO_DEFECT_LABEL and running.model.kind != "classify"
+            if record["label"] is None or (record["label"] == NO_DEFECT_LABEL and running.model.kind != "classify")
             else record["label"],
             "verdict": decision.verdict.lower(),
             "scores": record["scores"],
@@ -469,6 +577,29 @@ class EdgeRuntime:
         finally:
             self.stop()
         return n
+
+
+def _identity(pointer: Mapping[str, Any]) -> str:
+    """One release event: its version, sequence and manifest hash (a later re-publish of the same bytes is a new
+    event the box may try again)."""
+    return f"{pointer.get('version')}-{pointer.get('sequence')}-{pointer.get('manifest_sha256')}"
+
+
+def _read_refused(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("%s unreadable (%s): no release is refused", path, exc)
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _finite(result: Result) -> bool:
+    import math
+
+    return math.isfinite(result.score) and all(math.isfinite(v) for v in result.scores.values())
 
 
 def _describe(running: Running | None) -> str:
@@ -547,28 +678,33 @@ class LiveView:
 
     def render(self) -> Any:
         from rich.table import Table
+        from rich.text import Text
 
         lat = sorted(self.latencies)
         p50 = lat[len(lat) // 2] if lat else 0.0
+        # Cells are Text, never markup: file names, class names and error messages may hold "[...]".
         table = Table(
-            title=f"crux edge — {self.counts['frames']} frames, NG {self.counts['NG']}, "
-            f"uncertain {self.counts['uncertain']}, kept {self.counts['kept']}, p50 {p50:.1f} ms",
-            caption=f"last NG overlay: {self.overlay_path} ({self.overlay_of})" if self.overlay_of else None,
+            title=Text(
+                f"crux edge — {self.counts['frames']} frames, NG {self.counts['NG']}, "
+                f"uncertain {self.counts['uncertain']}, kept {self.counts['kept']}, p50 {p50:.1f} ms"
+            ),
+            caption=Text(f"last NG overlay: {self.overlay_path} ({self.overlay_of})") if self.overlay_of else None,
         )
         for col in ("image", "verdict", "label", "score", "boxes / regions", "model", "ms"):
             table.add_column(col)
         for r in self.last:
+            name, version = Text(Path(r["image"]).name), Text(str(r.get("model_version")))
             if "error" in r:
-                table.add_row(Path(r["image"]).name, "ERROR", r["error"][:40], "", "", str(r.get("model_version")), "")
+                table.add_row(name, Text("ERROR", style="bold red"), Text(r["error"][:40]), "", "", version, "")
                 continue
             style = "bold red" if r["verdict"] == "NG" else "green"
             table.add_row(
-                Path(r["image"]).name,
-                f"[{style}]{r['verdict']}[/]",
-                r["label"],
+                name,
+                Text(r["verdict"], style=style),
+                Text(str(r["label"])),
                 f"{r['score']:.3f}",
-                _findings(r),
-                str(r["model_version"]),
+                Text(_findings(r)),
+                version,
                 f"{r['latency_ms']:.1f}",
             )
         return table

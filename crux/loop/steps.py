@@ -188,7 +188,8 @@ def publish_candidate(
 ) -> PublishResult:
     """Gate the line's exported candidate against production and publish it (raises GateRefused); production is
     verified against `trusted_keys` (edge.public_keys) and the signing key."""
-    from crux.ship.publish import publish
+    from crux.ship.export import validation_images
+    from crux.ship.publish import CHECK_IMAGES, publish
 
     return publish(
         remote,
@@ -200,4 +201,6 @@ def publish_candidate(
         reason=reason,
         storage_options=storage_options,
         trusted_keys=trusted_keys,
+        # The candidate runs on the val images of the data it was trained from before it may ship.
+        check_images=validation_images(root / "build" / line / "prepared", CHECK_IMAGES),
     )

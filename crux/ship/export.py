@@ -28,11 +28,11 @@ import numpy as np
 from crux.config import ConfigError
 from crux.data.store import sha256_file
 from crux.errors import CruxError
+from crux.inference import CARD_FORMAT
 from crux.postprocess import DetectSpec, InputSpec, box_iou, load_image, mask_channels, open_image, preprocess
 
 log = logging.getLogger(__name__)
 
-CARD_FORMAT = "crux-model-card/1"
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 CARD_FILE = "card.json"
@@ -190,6 +190,14 @@ def _split_records(prepared_dir: Path | None, split: str) -> list[dict[str, Any]
         return read_split(Path(prepared_dir), split)
     except ValueError:
         return []
+
+
+def validation_images(prepared_dir: Path | None, n: int) -> list[Path]:
+    """The first `n` images of a prepared dataset's val split (publish runs a candidate on them), [] without one."""
+    records = (
+        _split_records(prepared_dir, "val")[:n] if prepared_dir is not None and Path(prepared_dir).is_dir() else []
+    )
+    return [Path(prepared_dir) / r["image"] for r in records]  # type: ignore[arg-type]
 
 
 def _load_batch(prepared_dir: Path, records: Sequence[Mapping[str, Any]], spec: InputSpec) -> tuple[np.ndarray, list]:

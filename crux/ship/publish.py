@@ -34,12 +34,15 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crux.config import ConfigError
 from crux.data.store import sha256_file
 from crux.errors import CruxError
 from crux.ship.signing import SignatureError, canonical_json, sign, verify
+
+if TYPE_CHECKING:
+    from crux.inference import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +126,8 @@ class GateConfig:
     def __post_init__(self) -> None:
         from crux.kinds import KINDS
 
-        if self.tolerance < 0:
-            raise ConfigError(f"gate.tolerance: {self.tolerance} must be >= 0")
+        if not math.isfinite(self.tolerance) or self.tolerance < 0:
+            raise ConfigError(f"gate.tolerance: {self.tolerance} must be a finite number >= 0")
         if self.metric is not None and not METRIC_KEY.match(self.metric):
             raise ConfigError(f"gate.metric: {self.metric!r} is not a dotted metric key")
         for section in ("min", "max"):
@@ -560,6 +563,7 @@ def publish(
     storage_options: Mapping[str, Any] | None = None,
     now: dt.datetime | None = None,
     trusted_keys: Sequence[Any] = (),
+    check_images: Sequence[Path] = (),
 ) -> PublishResult:
     """Publish `export_dir` (model + card.json from `crux export`) as the next version of `line`.
 
@@ -567,7 +571,9 @@ def publish(
     `production_metrics` when the caller re-evaluated production on the current test split). A refused gate
     raises GateRefused unless `force`, which needs a `reason`; both are recorded in the manifest and the event.
     Production is verified against `trusted_keys` (the edges' `edge.public_keys`) plus the signing key's own public
-    key, so the first publish after a key rotation accepts production signed by the previous key.
+    key, so the first publish after a key rotation accepts production signed by the previous key, and its files
+    against their sha256 in its manifest. Before anything is compared, the candidate must run as the edge runs it
+    (`check_model_runs`, on a synthetic frame and the `check_images`); neither check can be forced.
     """
     if not LINE_NAME.match(line) or ".." in line:
         raise PublishError(f"line {line!r}: use 1-64 letters, digits, '_', '.', '-' (it becomes a folder name)")
@@ -578,23 +584,27 @@ def publish(
     if not card_path.is_file() or not (export_dir / model_file).is_file():
         raise PublishError(f"{export_dir} has no card.json and {model_file}: run `crux export` first")
     card = _read_card(card_path)
+    check_model_runs(export_dir, card, model_file, check_images)
     keys = _trusted(private_key, trusted_keys)
     fs, line_path = _fs(_join(root_url, line), storage_options)
 
     production = _production(fs, line_path, line, keys)
+    if production is not None:
+        # The release the gate compares with must be intact: a damaged production model is news, not a baseline.
+        _verify_files(fs, line_path, line, production[1])
     pointer = production[0] if production else None
     prod_version = int(pointer["version"]) if pointer else None
     prod_metrics = production_metrics
     if production is not None and prod_metrics is None:
         prod_metrics = production[1].get("metrics")
     gate = gate_check(
-        card.get("metrics"),
+        card.data.get("metrics"),
         prod_metrics,
         gate_cfg,
-        card["kind"],
+        card.kind,
         prod_version,
         line=line,
-        ok_line=bool(card.get("ok_class")),
+        ok_line=bool(card.ok_class),
     )
     if not gate.passed and not force:
         raise GateRefused(gate)
@@ -607,7 +617,11 @@ def publish(
     if fs.exists(_join(vpath, MANIFEST)):
         raise PublishError(f"{vpath} already exists: versions are immutable")
 
-    files = sorted({model_file, "card.json"} | {p.name for p in export_dir.glob("*.onnx")})
+    # The card and the model files it vouches for (float32 and INT8), each checked like the one that ran above.
+    from crux.inference import model_file_in
+
+    present = {name for name in card.files if (export_dir / name).exists()}
+    files = sorted({"card.json"} | {model_file_in(export_dir, card, name).name for name in present | {model_file}})
     entries: dict[str, dict[str, Any]] = {}
     for name in files:
         local = export_dir / name
@@ -621,10 +635,10 @@ def publish(
             "version": version,
             "model_file": model_file,
             "files": entries,
-            "kind": card["kind"],
-            "classes": card["classes"],
-            "metrics": card.get("metrics"),
-            "lineage": card.get("lineage"),
+            "kind": card.kind,
+            "classes": list(card.classes),
+            "metrics": card.data.get("metrics"),
+            "lineage": card.data.get("lineage"),
             "gate": gate.to_dict(),
             "forced": bool(force and not gate.passed),
             "reason": reason,
@@ -653,34 +667,55 @@ def publish(
     return PublishResult(line, version, sequence, vpath, gate, bool(force and not gate.passed))
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _read_card(card_path: Path) -> dict[str, Any]:
-    """The model card `crux export` wrote, with the fields publish copies into the signed manifest checked."""
-    from crux.kinds import KINDS
+def _read_card(card_path: Path) -> ModelCard:
+    """The model card `crux export` wrote, checked against the one schema predict and the edge load
+    (crux.inference.ModelCard: ranges, classes, format, the model file's name and sha256)."""
+    from crux.inference import ModelError, read_card
 
     try:
-        # NaN and Infinity parse in Python but cannot be signed (canonical JSON is strict): refuse them here.
-        card = json.loads(card_path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
-    except (OSError, ValueError) as exc:
-        raise PublishError(f"{card_path}: not a model card of `crux export` ({type(exc).__name__}: {exc})") from None
-    problems = []
-    if not isinstance(card, dict):
-        raise PublishError(f"{card_path}: not a model card of `crux export` (not a JSON object)")
-    if not isinstance(card.get("kind"), str) or card["kind"] not in KINDS:
-        problems.append(f"kind {card.get('kind')!r} is not one of {', '.join(KINDS)}")
-    classes = card.get("classes")
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        problems.append(f"classes {classes!r} is not a list of class names")
-    if card.get("metrics") is not None and not isinstance(card["metrics"], dict):
-        problems.append("metrics is not an object")
-    if card.get("ok_class") is not None and card["ok_class"] not in (classes if isinstance(classes, list) else ()):
-        problems.append(f"ok_class {card['ok_class']!r} is not one of its classes")
-    if problems:
-        raise PublishError(f"{card_path}: not a model card of `crux export`: {'; '.join(problems)}")
-    return card
+        return read_card(card_path)
+    except ModelError as exc:
+        raise PublishError(str(exc)) from None
+
+
+# Validation images publish runs a candidate on (besides the synthetic frame): a few prove the path, many cost time.
+CHECK_IMAGES = 4
+
+
+def check_model_runs(export_dir: Path, card: ModelCard, model_file: str, images: Sequence[Path] = ()) -> None:
+    """Refuse a model that cannot run as the edge runs it: its file must be a plain name in `export_dir` matching the
+    card's sha256, load in ONNX Runtime with the card's input, and give finite outputs of the card's shape through the
+    shared preprocessing and decoding, on a synthetic frame and on the given validation images."""
+    from crux.inference import OnnxModel, model_file_in
+
+    try:
+        model = OnnxModel(model_file_in(export_dir, card, model_file), card)
+        model.warm_up()  # the synthetic frame: every model, whether or not validation images are at hand
+        for image in list(images)[:CHECK_IMAGES]:
+            model.predict_file(Path(image))
+    except CruxError as exc:  # ModelError, ModelOutputError, an unreadable validation image
+        raise PublishError(f"{export_dir}: refused, the model does not run as the edge runs it: {exc}") from None
+
+
+def _verify_files(fs: Any, line_path: str, line: str, manifest: Mapping[str, Any]) -> None:
+    """Every file of a release on the remote matches the size and sha256 its signed manifest lists."""
+    version = int(manifest["version"])
+    for name, entry in sorted(dict(manifest.get("files") or {}).items()):
+        path = _join(line_path, _version_dir(version), name)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with fs.open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            raise PublishError(f"{line}: v{version}'s {name} is missing on the remote") from None
+        if size != int(entry.get("bytes", -1)) or digest.hexdigest() != entry.get("sha256"):
+            raise PublishError(
+                f"{line}: v{version}'s {name} does not match the sha256 in its signed manifest (damaged or tampered); "
+                f"restore it or roll production back (`crux rollback {line} --to VERSION --reason ...`) first"
+            )
 
 
 def _trusted(private_key: Any, trusted_keys: Sequence[Any]) -> list[Any]:
@@ -728,11 +763,14 @@ def rollback(
 ) -> dict[str, Any]:
     """Point production at an earlier (or any existing) version with a signed rollback record.
 
-    Default target: the version that was in production before the current one. Returns the new pointer.
+    Default target: the version that was in production before the current one; `reason` is required (recorded).
+    Returns the new pointer.
     Releases are verified against `trusted_keys` plus the signing key's own public key (see `publish`).
     """
     if not LINE_NAME.match(line) or ".." in line:
         raise PublishError(f"line {line!r}: use 1-64 letters, digits, '_', '.', '-' (it becomes a folder name)")
+    if not (reason and reason.strip()):
+        raise PublishError("rollback needs --reason: like --force, it is recorded in the model history")
     keys = _trusted(private_key, trusted_keys)
     fs, line_path = _fs(_join(root_url, line), storage_options)
     production = _production(fs, line_path, line, keys)
@@ -752,6 +790,7 @@ def rollback(
     target = _read_manifest(fs, line_path, to_version, keys, None)  # exists and is genuinely ours
     if target.get("line") != line:
         raise PublishError(f"{line}: version {to_version} is a release of line {target.get('line')!r}")
+    _verify_files(fs, line_path, line, target)  # edges would refuse a damaged target: refuse it here first
     sequence = max([*_list_events(fs, line_path), int(pointer["sequence"])]) + 1
     new_pointer = sign(
         {
@@ -762,7 +801,7 @@ def rollback(
             "action": "rollback",
             "manifest_sha256": hashlib.sha256(manifest_raw).hexdigest(),
             "previous_version": cur_version,
-            "reason": reason or f"rollback from {cur_version} to {to_version}",
+            "reason": reason,
             "at": _now(now),
         },
         private_key,

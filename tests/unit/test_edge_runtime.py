@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from edge_support import exported
+from edge_support import exported, onnx_graph_model, with_model
 from PIL import Image
 
 from crux.config import ConfigError, from_mapping
@@ -265,7 +265,8 @@ def test_detector_decision_and_error_frames(tmp_path: Path, exports: dict[str, P
         assert r["label"] == (r["boxes"][0]["label"] if r["boxes"] else "OK")
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
-    assert "error" in rt.process(bad)
+    broken = rt.process(bad)
+    assert "error" in broken and broken["verdict"] == "error"  # never OK: the line rejects what was not judged
     from crux.collect.schemas import CaptureMetadata
 
     for _, meta, _ in outbox.items:
@@ -328,12 +329,15 @@ def test_live_view_renders(tmp_path: Path) -> None:
         }
     )
     view.update({"image": "b.png", "error": "OSError: x", "model_version": 1})
+    # Names and messages are shown as they are: "[/x]" neither crashes the view nor vanishes.
+    view.update({"image": "[/x].png", "error": "ImageError: [/x].png: [b]bad", "verdict": "error", "model_version": 1})
     from rich.console import Console
 
-    console = Console(file=io.StringIO(), width=120)
+    console = Console(file=io.StringIO(), width=160)
     console.print(view.render())
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "a.png" in text and "ERROR" in text and view.counts["NG"] == 1
+    assert "[/x].png" in text and "[b]bad" in text
 
 
 def test_segmenter_frames_carry_regions_to_the_outbox_and_the_overlay(
@@ -368,3 +372,97 @@ def test_segmenter_frames_carry_regions_to_the_outbox_and_the_overlay(
     console = Console(file=io.StringIO(), width=160)
     console.print(view.render())
     assert "overlay.png" in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def _bright_and_dark(tmp_path: Path) -> tuple[Path, Path]:
+    """A white frame (normalised mean 2.0: the NaN model's NaN) and a dark one (its finite output)."""
+    bright, dark = tmp_path / "bright.png", tmp_path / "dark.png"
+    Image.fromarray(np.full((40, 48), 255, np.uint8)).save(bright)
+    Image.fromarray(np.full((40, 48), 20, np.uint8)).save(dark)
+    return bright, dark
+
+
+def _nan_export(tmp_path: Path, like: Path) -> Path:
+    """A classifier of `like`'s card that passes every check on a synthetic frame but outputs NaN on bright ones."""
+    model = onnx_graph_model(tmp_path / "nan.onnx", 1, 32, [3.0, 0.0, 0.0], nan_above=1.0)
+    return with_model(like, tmp_path / "nan-export", model)
+
+
+def test_nan_output_is_rejected_kept_counted_and_rolled_back(
+    tmp_path: Path, exports: dict[str, Path], frames: list[Path]
+) -> None:
+    from crux.collect.schemas import CaptureMetadata
+    from crux.edge.heartbeat import heartbeat_payload
+
+    key = generate_private_key()
+    remote = str(tmp_path / "remote")
+    publish(remote, LINE, exports["v1"], key, GateConfig())
+    bright, dark = _bright_and_dark(tmp_path)
+    outbox = FakeOutbox()
+    cfg = EdgeConfig(poll_interval_s=0.05, rollback_after_model_errors=3, ok_sample_rate=0.0)
+    rt, events = make_runtime(tmp_path, key, cfg, outbox=outbox)
+    assert rt.wait_for_model(timeout_s=5).version == 1
+    publish(remote, LINE, _nan_export(tmp_path, exports["v1"]), key, GateConfig(tolerance=1.0))
+    assert rt.check_update() and rt.running.version == 2  # type: ignore[union-attr]
+    assert rt.process(dark)["verdict"] == "OK"  # the faulty model is fine on some frames
+    for n in (1, 2):
+        record = rt.process(bright)
+        assert record["verdict"] == "error" and record["kept"] == "model_error" and "NaN" in record["error"]
+        assert json.loads(json.dumps(record, allow_nan=False)) == record  # valid JSON: no NaN score anywhere
+        assert rt.model_errors == n and rt.running.version == 2  # type: ignore[union-attr]
+    assert len(outbox.items) == 2 and all(ng for _, _, ng in outbox.items)  # kept for labelling, never evicted
+    for _, meta, _ in outbox.items:
+        assert meta["verdict"] == "ng" and meta["prediction"] is None
+        CaptureMetadata.model_validate(meta)  # the ingest service takes it
+    rt.process(dark)  # a finite frame in between: the run of errors starts again
+    for _ in range(3):
+        assert rt.process(bright)["verdict"] == "error"
+    assert rt.running.version == 1  # type: ignore[union-attr]  # the third in a row: back to v1, verified again
+    rolled = [d for n, d in events if n == "model_rolled_back"]
+    assert (
+        rolled == [{"version": 2, "to": 1, "reason": rolled[0]["reason"]}]
+        and "3 frames in a row" in rolled[0]["reason"]
+    )
+    assert rt.process(bright)["verdict"] in ("OK", "NG")  # v1 judges the frame
+    assert heartbeat_payload(rt, None, 30.0)["model_errors"] == 5
+    # The remote still points at v2: the box does not take it again, nor after a restart.
+    assert not rt.check_update() and rt.running.version == 1  # type: ignore[union-attr]
+    assert "rolled back on this box" in [d for n, d in events if n == "update_rejected"][-1]["reason"]
+    again, _ = make_runtime(tmp_path, key, cfg)
+    assert again.resume() and again.running.version == 1  # type: ignore[union-attr]
+    assert not again.check_update() and again.running.version == 1  # type: ignore[union-attr]
+    # A new release is a new decision: it is installed.
+    publish(remote, LINE, exports["v2"], key, GateConfig(tolerance=1.0))
+    assert again.check_update() and again.running.version == 3  # type: ignore[union-attr]
+
+
+def test_without_a_previous_model_every_nan_frame_stays_rejected(tmp_path: Path, exports: dict[str, Path]) -> None:
+    key = generate_private_key()
+    publish(str(tmp_path / "remote"), LINE, _nan_export(tmp_path, exports["v1"]), key, GateConfig())
+    bright, _ = _bright_and_dark(tmp_path)
+    rt, events = make_runtime(tmp_path, key, EdgeConfig(rollback_after_model_errors=2))
+    rt.wait_for_model(timeout_s=5)
+    assert [rt.process(bright)["verdict"] for _ in range(4)] == ["error"] * 4
+    assert rt.running.version == 1 and rt.model_errors == 4  # type: ignore[union-attr]
+    assert [n for n, _ in events].count("rollback_impossible") == 2
+
+
+def test_output_checks_refuse_nan_inf_and_wrong_shapes(exports: dict[str, Path]) -> None:
+    from crux.inference import ModelOutputError
+
+    model = OnnxModel.from_dir(exports["v1"])
+    model.check_raw(np.zeros((2, 3), np.float32), 2)
+    for raw in (np.array([[0.0, np.nan, 1.0]]), np.array([[np.inf, 0.0, 0.0]])):
+        with pytest.raises(ModelOutputError, match="non-finite"):
+            model.check_raw(raw, 1)
+    for raw in (np.zeros((1, 4)), np.zeros((1, 3, 1)), np.zeros((2, 3)), np.zeros(3)):
+        with pytest.raises(ModelOutputError, match="output shape"):
+            model.check_raw(raw, 1)
+    with pytest.raises(ModelOutputError):
+        model.results_from_raw(np.full((1, 3), np.nan, np.float32), [(32, 32)])
+
+
+def test_rollback_setting_is_validated() -> None:
+    assert from_mapping(EdgeConfig, {"rollback_after_model_errors": 5}, "edge").rollback_after_model_errors == 5
+    with pytest.raises(ConfigError, match="rollback_after_model_errors"):
+        from_mapping(EdgeConfig, {"rollback_after_model_errors": 0}, "edge")

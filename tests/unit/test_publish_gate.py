@@ -108,6 +108,8 @@ def test_limits_merge_kind_defaults_gate_min_and_line_overrides() -> None:
         {"lines": {"neu-det": {"mim": {"map50": 0.5}}}},
         {"metric": "map 50"},
         {"floors": {}},
+        {"tolerance": float("nan")},  # made `publish --json` print invalid JSON
+        {"tolerance": float("inf")},
     ],
 )
 def test_gate_config_is_validated(gate: dict) -> None:
@@ -315,14 +317,14 @@ def test_rollback_and_history(tmp_path: Path, exports: dict[str, Path], key) -> 
     back = rollback(root, "line-a", key, reason="scratches missed")
     assert back["version"] == 1 and back["action"] == "rollback" and back["sequence"] == 3
     assert back["previous_version"] == 2 and back["reason"] == "scratches missed"
-    forward = rollback(root, "line-a", key, to_version=2)
+    forward = rollback(root, "line-a", key, to_version=2, reason="fixed")
     assert forward["version"] == 2 and forward["sequence"] == 4
     with pytest.raises(PublishError, match="already"):
-        rollback(root, "line-a", key, to_version=2)
+        rollback(root, "line-a", key, to_version=2, reason="again")
     with pytest.raises(PublishError, match="does not exist"):
-        rollback(root, "line-a", key, to_version=9)
+        rollback(root, "line-a", key, to_version=9, reason="x")
     with pytest.raises(PublishError, match="nothing published"):
-        rollback(root, "line-z", key)
+        rollback(root, "line-z", key, reason="x")
     history = list_models(root, "line-a", [key.public_key()])
     assert [v["version"] for v in history["versions"]] == [1, 2]
     assert all(v["verified"] for v in history["versions"])

@@ -88,7 +88,7 @@ def test_another_lines_signed_release_is_refused_by_edge_predict_and_publish(
     with pytest.raises(ReleaseError, match="line 'line-a', not 'line-b'"):
         publish(str(remote), "line-b", exports["v2"], key, GateConfig())
     with pytest.raises(ReleaseError, match="line 'line-a', not 'line-b'"):
-        rollback(str(remote), "line-b", key, to_version=1)
+        rollback(str(remote), "line-b", key, to_version=1, reason="test")
 
 
 def test_manifest_of_another_line_under_a_matching_pointer_is_refused(tmp_path: Path, exports: dict[str, Path]) -> None:
@@ -197,7 +197,7 @@ def test_key_rotation_publish_with_the_new_key_over_production_signed_by_the_old
     events: list = []
     rt = runtime(tmp_path, "line-a", trusted, events)
     assert rt.check_update() and rt.running.version == 2  # type: ignore[union-attr]
-    assert rollback(remote, "line-a", new_key, to_version=1, trusted_keys=trusted)["version"] == 1
+    assert rollback(remote, "line-a", new_key, to_version=1, reason="test", trusted_keys=trusted)["version"] == 1
     assert rt.check_update() and rt.running.version == 1  # type: ignore[union-attr]
 
 
