@@ -88,7 +88,8 @@ def main() -> int:
                     "head": result["summary"].get("head"),
                 }
             )
-    print(f"{'line':28} {'recipe':9} {'wall s':>7} {'CPU min':>8}  val acc / F1      test acc / F1     test NG recall @2% FR")
+    columns = "val acc / F1      test acc / F1     test NG recall @2% FR"
+    print(f"{'line':28} {'recipe':9} {'wall s':>7} {'CPU min':>8}  {columns}")
     for r in rows:
         v, t = r["val"], r["test"]
         ng = t.get("ng_recall_at_2pct_fr")

@@ -29,7 +29,9 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     return out.stdout
 
 
-def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
+def _repo(tmp_path: Path, overrides: dict) -> tuple[Path, dict, dict[str, str], str]:
+    """A git + DVC repository with the project's dvc.yaml, its crux sources, one synthetic classification line and
+    params.yaml with `overrides` merged over the shipped one."""
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
@@ -39,7 +41,7 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     (repo / "data").mkdir()
     shutil.move(tmp_path / "synthetic" / "data", repo / "data" / "line-a")
     shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params = merge_params(shipped, {**QUICK_PROFILE, "pipeline": {"lines": ["line-a"]}, "export": {"parity_images": 4}})
+    params = merge_params(shipped, {**overrides, "pipeline": {"lines": ["line-a"]}, "export": {"parity_images": 4}})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **os.environ,
@@ -57,7 +59,11 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     _run([dvc, "add", "-q", "data"], repo, env)
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "init"], repo, env)  # dvclive needs a commit to read the baseline revision
+    return repo, params, env, dvc
 
+
+def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
+    repo, params, env, dvc = _repo(tmp_path, dict(QUICK_PROFILE))
     _run([dvc, "repro"], repo, env)
     metrics = json.loads((repo / "metrics" / "line-a" / "metrics.json").read_text())
     assert metrics["n_images"] == 8 and "accuracy" in metrics
@@ -74,10 +80,29 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     assert "threshold_curve" in shown_plots and "confusion" in shown_plots and "dvclive" in shown_plots
 
     # One evaluate key changes: only `evaluate` (and the export that reads its metrics) is stale.
-    params["evaluate"] = {**params["evaluate"], "ng_threshold": 0.7}
+    # (The false-reject budget: a line with an OK class ships the threshold calibrated on val for it.)
+    params["evaluate"] = {**params["evaluate"], "max_false_reject": 0.25}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = json.loads(_run([dvc, "status", "--json"], repo, env))
     assert set(status) == {"evaluate@line-a"}
     out = _run([dvc, "repro"], repo, env)
     assert "Stage 'train@line-a' didn't change" in out and "Running stage 'evaluate@line-a'" in out
-    assert json.loads((repo / "metrics" / "line-a" / "metrics.json").read_text())["inspection"]["threshold"] == 0.7
+    metrics = json.loads((repo / "metrics" / "line-a" / "metrics.json").read_text())
+    assert metrics["inspection"]["max_false_reject"] == 0.25
+
+
+def test_dvc_repro_head_mode_on_the_pretrained_encoder(tmp_path: Path) -> None:
+    """The shipped default (ImageNet Lite0, head fitted on cached features) through `dvc repro`: the train stage's
+    declared outs, metrics and plots exist, the card records the weights' normalisation, and a second run of the
+    stage (forced) encodes nothing again."""
+    repo, _, env, dvc = _repo(tmp_path, {"data": {"image_size": 64}, "train": {"num_workers": 0}})
+    _run([dvc, "repro"], repo, env)
+    summary = json.loads((repo / "models" / "line-a" / "candidate" / "train.json").read_text())
+    assert summary["mode"] == "head" and summary["head"]["features_computed"] == 24
+    card = json.loads((repo / "models" / "line-a" / "export" / "card.json").read_text())
+    assert card["parity"]["passed"] and abs(card["input"]["mean"] - 127 / 255) < 1e-9
+    plots = json.loads(_run([dvc, "plots", "show", "--json"], repo, env))
+    assert not plots.get("errors"), plots.get("errors")
+    _run([dvc, "repro", "--force", "train@line-a"], repo, env)
+    again = json.loads((repo / "models" / "line-a" / "candidate" / "train.json").read_text())
+    assert again["head"]["features_computed"] == 0 and again["best_val"] == summary["best_val"]

@@ -7,7 +7,6 @@ edge inference.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import pickle
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from crux.data.store import sha256_file
 from crux.errors import CruxError, PretrainedWeightsError
 
 # EfficientNet-B0's block table: (kernel, stride, expand ratio, in channels, out channels, repeats).
@@ -122,14 +122,6 @@ _LITE_HEAD_KEYS = (
 )
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_pretrained(encoder: nn.Module, name: str, path: Path) -> dict[str, object]:
     """Load encoder `name`'s ImageNet weights into `encoder`, strictly: every tensor of the file is either loaded
     (same name, same shape) or one of the ImageNet head's tensors the encoder leaves out; anything missing,
@@ -173,4 +165,4 @@ def load_pretrained(encoder: nn.Module, name: str, path: Path) -> dict[str, obje
             f"{path}: not {name} weights: missing {', '.join(result.missing_keys[:5]) or 'none'}, "
             f"unexpected {', '.join(result.unexpected_keys[:5]) or 'none'}"
         )
-    return {"file": str(path), "sha256": file_sha256(path), "stem_folded_to_gray": folded, "tensors": len(state)}
+    return {"file": str(path), "sha256": sha256_file(path), "stem_folded_to_gray": folded, "tensors": len(state)}
