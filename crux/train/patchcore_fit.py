@@ -116,7 +116,7 @@ def fit_patchcore(
     # Score scale from the OK patches' own distances (a random 20k of them: the quantiles are stable by then).
     sample = patches[torch.randperm(len(patches), generator=g)[:20000]]
     with torch.inference_mode():
-        dist = model.distances(sample[None])[0].numpy().astype(np.float64)
+        dist = model.distances((sample - model.mean.flatten())[None])[0].numpy().astype(np.float64)
     median, centre = float(np.quantile(dist, 0.5)), float(np.quantile(dist, p.centre_quantile))
     scale = max(centre - median, 1e-6)
     model.centre.fill_(centre)

@@ -73,6 +73,10 @@ class PatchCore(nn.Module):
         self.dim = sum(self.backbone.channels[i] for i in self.taps)
         # The bank as MatMul wants it: -2 * bank^T (D, M) and ||b||^2 (M,), so a patch's squared distance is
         # ||a||^2 + a @ bank_t + bank_sq: one MatMul and two Adds, no transposes or scalings in the graph.
+        # Features are centred on the bank's mean before the distances: ||a||^2 - 2ab + ||b||^2 then subtracts
+        # numbers of the size of the distances, not of the raw norms, and float32 (torch vs ONNX Runtime, INT8)
+        # loses far less to the cancellation.
+        self.register_buffer("mean", torch.zeros(self.dim, 1, 1))
         self.register_buffer("bank_t", torch.zeros(self.dim, cfg.bank_size))
         self.register_buffer("bank_sq", torch.zeros(cfg.bank_size))
         # Score calibration from the OK train patches' own distances (crux.train.patchcore_fit.fit_patchcore).
@@ -80,17 +84,21 @@ class PatchCore(nn.Module):
         self.register_buffer("scale", torch.ones(()))
 
     def set_bank(self, bank: torch.Tensor) -> None:
-        """Install a (bank_size, D) bank of patch features."""
+        """Install a (bank_size, D) bank of patch features (as `patch_features` gave them before any bank: with
+        a zero mean)."""
         if tuple(bank.shape) != (self.cfg.bank_size, self.dim):
             raise CruxError(
                 f"patchcore: bank of shape {tuple(bank.shape)}, expected ({self.cfg.bank_size}, {self.dim})"
             )
         bank = bank.detach().float()
+        mean = bank.mean(dim=0)
+        self.mean.copy_(mean[:, None, None])
+        bank = bank - mean
         self.bank_t.copy_(-2.0 * bank.T)
         self.bank_sq.copy_((bank * bank).sum(dim=1))
 
     def patch_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, D, h, w) locally averaged features at the finest chosen stride."""
+        """(B, D, h, w) locally averaged features at the finest chosen stride, minus the bank's mean."""
         maps = self.backbone(x, max(self.taps) + 1)
         k = self.cfg.neighbourhood
         feats = []
@@ -102,7 +110,7 @@ class PatchCore(nn.Module):
             if i != self.taps[0]:  # every other map is coarser (taps are finest first)
                 f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
             feats.append(f)
-        return torch.cat(feats, dim=1)
+        return torch.cat(feats, dim=1) - self.mean
 
     def distances(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, N, D) patch features → (B, N) Euclidean distance to the nearest bank row."""
