@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/anomaly.py [--epochs 60] [--image-size 224] [--width 16]
         [--max-time 00:00:30:00] [--set train.lr=0.003 ...] [--subset 0] [--export] [--test]
+        [--method synthesis|patchcore]  (patchcore: --set train.patchcore.bank_size=4096 ...)
         [--out bench/results/anomaly_magnetic-tile.json]
 
 The dataset version is Magnetic Tile as an OK/NG line (`OK` = MT_Free, every defect folder = `NG`, each tile's
@@ -72,6 +73,12 @@ def make_anomaly_dataset(src: Path, dst: Path, every: int = 5, subset: int = 0) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "datasets" / "magnetic-tile")
+    parser.add_argument(
+        "--method",
+        choices=("synthesis", "patchcore"),
+        default="synthesis",
+        help="train.anomaly_method: synthesis trains the segmenter; patchcore fills a memory bank (no training)",
+    )
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--width", type=int, default=16)
@@ -108,6 +115,10 @@ def main() -> int:
             "val_every": 5,
         },
     }
+    if args.method == "patchcore":
+        # Pretrained Lite0 features, no epochs (the synthesis knobs above are then unused).
+        overrides["train"]["anomaly_method"] = "patchcore"
+        overrides["train"]["model"] = {"backbone": "efficientnet-lite0", "pretrained": "imagenet"}
     from train import apply_sets
 
     apply_sets(overrides, args.set)
@@ -146,6 +157,8 @@ def main() -> int:
     figures = {
         "dataset": "magnetic-tile (OK/NG)",
         "kind": "anomaly",
+        "method": args.method,
+        "patchcore": summary.get("patchcore"),
         "split_counts": counts,
         "epochs_run": summary.get("epochs"),
         "stopped_by": summary.get("stopped_by"),

@@ -109,7 +109,8 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
 
     out_dir/model.pt (bundle, best val checkpoint), checkpoints/{best,last}.ckpt, dvclive/ (metrics + plots),
     train.json (summary, timing). With `train.resume`, continues from checkpoints/last.ckpt. `train.mode: head`
-    on a classification line fits the linear head on cached encoder features instead (`crux.train.head`).
+    on a classification line fits the linear head on cached encoder features instead (`crux.train.head`);
+    `train.anomaly_method: patchcore` on an anomaly line fills a PatchCore memory bank (`crux.train.patchcore_fit`).
     """
     import pytorch_lightning as pl
     import torch
@@ -175,6 +176,13 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
 
         fit = fit_classifier_head(
             module, prepared_dir, out_dir, spec, cfg, (pretrained_report or {}).get("sha256"), kind.monitor
+        )
+    elif t.anomaly_method == "patchcore" and kind.name == "anomaly":
+        from crux.train.patchcore_fit import fit_patchcore
+
+        # No training: a memory bank of the OK parts' pretrained patch features replaces the segmenter.
+        module.model, model_config, fit = fit_patchcore(
+            prepared_dir, out_dir, spec, cfg, classes, ok_class, kind.monitor
         )
     else:
         fit = _fit_lightning(module, prepared_dir, out_dir, spec, cfg, prepared, kind.monitor)

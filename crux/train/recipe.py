@@ -136,6 +136,43 @@ class ModelParams:
             raise ConfigError(f"train.model.pool: {self.pool!r} is not one of avg, avgmax, pyramid")
 
 
+@dataclass(frozen=True)
+class PatchCoreParams:
+    """The PatchCore anomaly method (`train.anomaly_method: patchcore`, crux.train.patchcore_fit): no training, a memory
+    bank of the OK train parts' patch features."""
+
+    # Encoder maps whose features are concatenated per patch (the coarser upsampled to the finest stride).
+    strides: tuple[int, ...] = (8, 16)
+    # Memory bank rows (greedy coreset of the OK patches): the kNN's cost on the edge grows with it.
+    bank_size: int = 4096
+    # Side of the local average over each feature map (PatchCore's 3x3 neighbourhood; 1 = none).
+    neighbourhood: int = 3
+    # The coreset is chosen among at most this many patches drawn at random from the train split's OK items
+    # (greedy k-centre is O(candidates x bank_size)).
+    candidates: int = 200000
+    # Dimension of the random projection the coreset's distances are computed in (as in the paper); 0 = none.
+    projection: int = 128
+    # The score is (distance - centre) / scale with centre = this quantile of the OK train patches' distances and
+    # scale = centre - their median: 0 sits at the rare end of normal patches.
+    centre_quantile: float = 0.99
+
+    def __post_init__(self) -> None:
+        if not self.strides or any(s not in (4, 8, 16, 32) for s in self.strides):
+            raise ConfigError(f"train.patchcore.strides: {list(self.strides)} must be values from 4, 8, 16, 32")
+        if list(self.strides) != sorted(set(self.strides)):
+            raise ConfigError(f"train.patchcore.strides: {list(self.strides)} must be increasing and distinct")
+        if not 16 <= self.bank_size <= 1_000_000:
+            raise ConfigError(f"train.patchcore.bank_size: {self.bank_size} must be in 16..1000000")
+        if self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
+            raise ConfigError(f"train.patchcore.neighbourhood: {self.neighbourhood} must be odd and >= 1")
+        if self.candidates < self.bank_size:
+            raise ConfigError(f"train.patchcore.candidates: {self.candidates} must be >= bank_size ({self.bank_size})")
+        if self.projection < 0:
+            raise ConfigError(f"train.patchcore.projection: {self.projection} must be >= 0 (0 = none)")
+        if not 0.5 < self.centre_quantile < 1.0:
+            raise ConfigError(f"train.patchcore.centre_quantile: {self.centre_quantile} must be in (0.5, 1)")
+
+
 PRETRAINED = ("none", "imagenet")
 # full: train every weight. head: freeze the encoder and train only what sits on it (classification: on pooled
 # features computed once per image and cached, minutes on 2 cores).
@@ -211,6 +248,10 @@ class TrainConfig:
     # Anomaly kind: also paste crops of the train split's labelled NG regions (items with masks) among the
     # synthetic anomalies. Off: the model learns from OK items only.
     anomaly_defect_crops: bool = False
+    # Anomaly kind: "synthesis" trains the segmenter on synthetic anomalies (epochs); "patchcore" fills a memory
+    # bank of pretrained patch features of the OK train items (no training; needs model.pretrained: imagenet).
+    anomaly_method: str = "synthesis"
+    patchcore: PatchCoreParams = field(default_factory=PatchCoreParams)
     seed: int = 42
     accelerator: str = "auto"
     precision: str = "auto"
@@ -279,6 +320,26 @@ class TrainConfig:
             raise ConfigError(f"train.val_every: {self.val_every} must be >= 1")
         if self.grad_clip < 0:
             raise ConfigError(f"train.grad_clip: {self.grad_clip} must be >= 0 (0 disables)")
+        from crux.train.models import ANOMALY_METHODS
+        from crux.train.models.encoders import encoder_strides
+
+        if self.anomaly_method not in ANOMALY_METHODS:
+            raise ConfigError(
+                f"train.anomaly_method: {self.anomaly_method!r} is not one of {', '.join(ANOMALY_METHODS)}"
+            )
+        if self.anomaly_method == "patchcore":
+            if self.model.pretrained != "imagenet":
+                raise ConfigError(
+                    "train.anomaly_method: patchcore scores patches by pretrained features; set "
+                    f"train.model.pretrained: imagenet (and an encoder that has them), not {self.model.pretrained!r}"
+                )
+            available = encoder_strides(self.model.backbone, self.model.depth)
+            missing = [s for s in self.patchcore.strides if s not in available]
+            if missing:
+                raise ConfigError(
+                    f"train.patchcore.strides: {missing} not produced by the {self.model.backbone} encoder "
+                    f"(strides {', '.join(map(str, available))})"
+                )
 
 
 @dataclass(frozen=True)

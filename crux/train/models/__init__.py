@@ -1,7 +1,8 @@
 """The models registry: for each task kind (by name), how params become a model config and a config a network.
 
 Every network is an encoder (`crux.train.models.encoders.ENCODERS`: CRUX's ResNet or an ImageNet-pretrained
-EfficientNet-Lite, by `train.model.backbone`) and a kind's head. Plain torch, no torchvision. The network modules
+EfficientNet-Lite, by `train.model.backbone`) and a kind's head; the anomaly kind has two methods
+(ANOMALY_METHODS). Plain torch, no torchvision. The network modules
 (`classifier`, `detector`, `segmenter`) import lazily, so this package is cheap to import;
 `crux.train.models.bundle` rebuilds a saved network through `build_model`.
 """
@@ -78,12 +79,38 @@ def _segmenter(config: Mapping[str, Any]) -> nn.Module:
     return Segmenter(SegmenterConfig.from_dict(dict(config)))
 
 
+def _patchcore(config: Mapping[str, Any]) -> nn.Module:
+    from crux.train.models.patchcore import PatchCore, PatchCoreConfig
+
+    return PatchCore(PatchCoreConfig.from_dict(dict(config)))
+
+
+# The anomaly kind's methods (params `train.anomaly_method`), by the `method` key of the bundle's model config
+# (absent in a synthesis model's: the segmenter's config, as before methods existed).
+ANOMALY_METHODS: Mapping[str, Callable[[Mapping[str, Any]], nn.Module]] = {
+    # A segmenter with one defect channel (the line's NG class) trained on synthetic anomalies.
+    "synthesis": _segmenter,
+    # A memory bank of pretrained patch features of the OK parts (crux.train.models.patchcore): no training.
+    "patchcore": _patchcore,
+}
+
+
+def _anomaly(config: Mapping[str, Any]) -> nn.Module:
+    method = config.get("method", "synthesis")
+    try:
+        build = ANOMALY_METHODS[method]
+    except KeyError:
+        raise CruxError(f"anomaly model method {method!r} unknown (known: {', '.join(ANOMALY_METHODS)})") from None
+    return build(config)
+
+
 MODELS: Mapping[str, ModelFamily] = {
     "classify": ModelFamily(_classifier_config, _classifier),
     "detect": ModelFamily(_detector_config, _detector),
     "segment": ModelFamily(_segmenter_config, _segmenter),
-    # An anomaly model is a segmenter with one defect channel (the line's NG class) trained on synthetic anomalies.
-    "anomaly": ModelFamily(_segmenter_config, _segmenter),
+    # The config side is the synthesis model's; a PatchCore model's config is made by its fit
+    # (crux.train.patchcore_fit), which fills the bank whose size the config records.
+    "anomaly": ModelFamily(_segmenter_config, _anomaly),
 }
 
 

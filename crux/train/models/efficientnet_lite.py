@@ -98,13 +98,18 @@ class EfficientNetLite(nn.Module):
         self.channels = [_round_filters(_B0_BLOCKS[r][4], width) for r in _LITE_OUT_ROWS]
         self.strides = list(LITE_OUT_STRIDES)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, maps: int | None = None) -> list[torch.Tensor]:
+        """The feature maps, finest first; with `maps`, only the first `maps` of them, and the blocks after the
+        last one are not run (PatchCore stops at stride 16: a third of Lite0's compute is after it)."""
         x = self.act(self._bn0(self._conv_stem(x)))
         feats: list[torch.Tensor] = []
+        wanted = len(self.channels) if maps is None else maps
         for i, block in enumerate(self._blocks):
             x = block(x)
             if i in self._taps:
                 feats.append(x)
+                if len(feats) == wanted:
+                    break
         return feats
 
 
