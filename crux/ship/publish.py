@@ -122,9 +122,15 @@ class GateConfig:
     max: Mapping[str, Mapping[str, float | None]] = field(default_factory=lambda: types.MappingProxyType({}))
     # Per line (the project name): its own floors and ceilings.
     lines: Mapping[str, GateLineConfig] = field(default_factory=lambda: types.MappingProxyType({}))
+    # true: this plant sets no floors of its own, only the kinds' defaults apply. Required for an empty `gate:` in
+    # params.yaml, which would otherwise drop every floor without a word (crux.settings refuses it).
+    defaults_only: bool = False
 
     def __post_init__(self) -> None:
         from crux.kinds import KINDS
+
+        if self.defaults_only and (self.min or self.max or self.lines):
+            raise ConfigError("gate.defaults_only: true contradicts the floors set in gate.min, gate.max or gate.lines")
 
         if not math.isfinite(self.tolerance) or self.tolerance < 0:
             raise ConfigError(f"gate.tolerance: {self.tolerance} must be a finite number >= 0")

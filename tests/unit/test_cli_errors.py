@@ -145,7 +145,7 @@ def test_bad_input_exits_1_with_one_error_line_and_no_traceback(
 
 # Issue #23: user text is printed as given, brackets included, and never crashes the printing (rich markup).
 BRACKETED: dict[str, tuple[list[str], str]] = {
-    "data check": (["data", "check", "[/x]"], "data/[/x]: no dataset"),
+    "data check": (["data", "check", "[/x]"], "project '[/x]' is not declared"),
     "stations add": (["stations", "add", "[b]cam[/b]", "--line", "line-a"], "station '[b]cam[/b]'"),
     "publish": (["publish", "[/x]", "{tmp}/none"], "'[/x]' is not declared"),
     "predict": (["predict", "{tmp}/[b]model", "{tmp}/frame.png"], "[b]model/card.json: not a model card"),
