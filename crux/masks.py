@@ -367,31 +367,16 @@ def coco_segmentation(segmentation: Any, width: int, height: int) -> np.ndarray:
 
 
 def _rle_counts_from_string(text: str) -> list[int]:
-    """COCO's compressed RLE string → run lengths (pycocotools' rleFrString, in Python so that a malformed string is
-    a MaskError and never undefined behaviour): 5 bits a character from '0', a continuation bit, a sign bit on the
-    last character, and each count after the second stored as the difference from the count two before."""
+    """COCO's compressed RLE string → run lengths (crux.postprocess.rle_runs: one parser for the edge's masks and
+    imported ones), a malformed string a MaskError."""
+    from crux.postprocess import rle_runs
+
     if not text.isascii():
         raise MaskError("compressed RLE counts must be an ASCII string")
-    counts: list[int] = []
-    p = 0
-    while p < len(text):
-        x, k, more = 0, 0, True
-        while more:
-            if p >= len(text):
-                raise MaskError("compressed RLE counts end in the middle of a value")
-            c = ord(text[p]) - 48
-            if not 0 <= c < 64:
-                raise MaskError(f"compressed RLE counts hold {text[p]!r}, outside '0'..'o'")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
+    try:
+        return rle_runs(text)
+    except ValueError as exc:
+        raise MaskError(f"compressed RLE counts: {exc}") from exc
 
 
 def _rle_decode(counts: list[int], h: int, w: int) -> np.ndarray:

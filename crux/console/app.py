@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crux import __version__
 from crux.collect.offline_docs import mount_offline_docs
+from crux.collect.schemas import DB_INT_MAX
 from crux.console import plots
 from crux.console.sources import (
     COMMIT,
@@ -354,6 +355,8 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
 
     @app.get("/captures/{capture_id}/overlay.png", summary="A capture with its prediction drawn over it")
     def capture_overlay(capture_id: int, size: Annotated[int, Query(ge=32, le=2048)] = 320) -> Response:
+        if not 0 <= capture_id <= DB_INT_MAX:  # no such row can exist; the driver would overflow (read as a 503)
+            raise PageError(404, f"no capture {capture_id}")
         if cfg.ingest is None:
             raise PageError(503, "no ingest database configured")
         record = fetch("ingest database", lambda: cfg.ingest.capture(capture_id), cfg.timeout_s)  # type: ignore[union-attr]

@@ -471,6 +471,20 @@ def read_pointer(
     return _parse_pointer(raw, public_keys, verify_sig)
 
 
+def published_lines(root: str, storage_options: Mapping[str, Any] | None = None) -> list[str] | None:
+    """The lines with a production pointer under the remote `root`, or None when the remote cannot be listed now
+    (offline: an edge keeps running its installed model, so only a successful listing may say a line is absent)."""
+    try:
+        fs, path = _fs(root, storage_options)
+        if not fs.exists(path):
+            return []
+        folders = [str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p)]
+        return sorted(f for f in folders if LINE_NAME.match(f) and fs.exists(_join(path, f, CURRENT)))
+    except Exception:  # fsspec backends raise their own types for an unreachable remote
+        log.debug("cannot list %s", root, exc_info=True)
+        return None
+
+
 def _parse_pointer(raw: bytes, public_keys: Sequence[Any], verify_sig: bool) -> dict[str, Any]:
     try:
         doc = json.loads(raw)

@@ -159,3 +159,13 @@ def test_overlay_draws_boxes_and_masks() -> None:
     assert tuple(out[10, 25]) == (255, 40, 40)  # the first box's top edge
     assert out[60, 75, 0] > 100 and out[60, 75, 1] < 60  # inside the mask: tinted red
     assert tuple(out[5, 95]) == (40, 40, 40)  # elsewhere untouched
+
+
+def test_a_capture_id_beyond_the_database_integer_is_404_not_503(tmp_path: Path) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path}/i.db")
+    migrate(engine)
+    cfg = ConsoleConfig(lines=LINES, ingest=IngestReader(engine, str(tmp_path / "images")))
+    client = TestClient(create_console_app(cfg))
+    for capture in ("12345678901234567890123", "9223372036854775808", "-1"):
+        assert client.get(f"/captures/{capture}/overlay.png").status_code == 404, capture
+    assert client.get("/captures/9223372036854775807/overlay.png").status_code == 404

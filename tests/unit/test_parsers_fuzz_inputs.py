@@ -283,3 +283,53 @@ def test_label_studio_export_tasks_parse_or_give_a_snapshot_error_naming_the_tas
         assert "task" in str(exc) or "export item #3" in str(exc), str(exc)
         return
     assert parsed in ("skipped", "unlabeled") or isinstance(parsed, ParsedTask)
+
+
+HEARTBEAT = {"model_version": 3, "frames": 10, "ng": 1, "errors": 0, "fps": 2.5, "latency_p50_ms": 3.0,
+             "ng_rate": 0.1, "outbox_pending": 0, "outbox_bytes": 0, "interval_s": 30, "model_errors": 0}  # fmt: skip
+BIG = st.one_of(
+    st.integers(-(2**80), 2**80), st.sampled_from(["NaN", "Infinity", "-Infinity", "1e400", "-0", "1" * 31, "true"])
+)
+
+
+@pytest.fixture(scope="module")
+def ingest_client(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from fastapi.testclient import TestClient
+
+    from crux.collect import IngestSettings, add_station, create_app, create_db_engine, migrate
+
+    tmp = tmp_path_factory.mktemp("ingest-fuzz")
+    settings = IngestSettings(database_url=f"sqlite:///{tmp}/i.db", storage_url=str(tmp / "images"))
+    engine = create_db_engine(settings.database_url)
+    migrate(engine)
+    token = add_station(engine, "cam-1", "line-a")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client, {"Authorization": f"Bearer {token}"}
+
+
+@FUZZ
+@given(
+    st.dictionaries(st.sampled_from(sorted(HEARTBEAT)), BIG.map(str), max_size=4),
+    # One path segment: no separators or dots a client would normalise into another route.
+    st.one_of(
+        BIG.map(str),
+        st.text(
+            st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="/?#%.\\"), min_size=1, max_size=12
+        ),
+    ),
+)
+def test_ingest_fields_are_a_2xx_or_a_4xx_never_a_500(ingest_client: Any, fields: dict[str, str], capture: str) -> None:
+    """Heartbeat fields and capture ids as a hostile client sends them (raw JSON numbers: NaN, 31 digits, 1e400):
+    the service answers 204/404/422, and its error bodies are strict JSON."""
+    client, auth = ingest_client
+    body = (
+        "{"
+        + ", ".join(f'"{k}": {v}' for k, v in {**{k: json.dumps(v) for k, v in HEARTBEAT.items()}, **fields}.items())
+        + "}"
+    )
+    r = client.post("/v1/heartbeat", content=body, headers={**auth, "content-type": "application/json"})
+    assert r.status_code in (204, 400, 422), (body, r.status_code, r.text)
+    if r.content:
+        json.loads(r.text)
+    r = client.get(f"/v1/captures/{capture}", headers=auth)
+    assert r.status_code in (404, 422), (capture, r.status_code, r.text)
