@@ -26,6 +26,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # edge_support: the tiny real models the tests publish
 
 from crux.collect import create_db_engine, migrate  # noqa: E402
 from crux.collect.ingest_server import free_port, make_jpeg  # noqa: E402
@@ -146,23 +147,19 @@ def fill(tmp: Path, n_captures: int, n_stations: int, lines: list[str]) -> dict[
 
 
 def publish_lines(tmp: Path, lines: list[str], versions: int) -> None:
-    """`versions` signed releases per line (a model file of bytes: the console reads manifests, never models)."""
+    """`versions` signed releases per line. `publish` runs each model before it signs it, so every version is a real,
+    tiny exported classifier (tests/edge_support.py: ~0.3 s an export); the console reads manifests and cards only."""
+    from edge_support import exported
+
     from crux.ship.publish import GateConfig, publish
     from crux.ship.signing import generate_private_key, public_key_pem
 
     key = generate_private_key()
     (tmp / "publish.pub").write_bytes(public_key_pem(key.public_key()))
     for v in range(versions):
-        export = tmp / f"export-{v}"
-        export.mkdir()
-        (export / "model.onnx").write_bytes(b"not a model: the console never loads it" + bytes([v]))
         acc = round(0.9 + 0.009 * v, 4)
-        card = {
-            "kind": "classify", "classes": ["ok", "scratch", "spot"], "ok_class": "ok",
-            "metrics": {"accuracy": acc, "macro_f1": acc, "inspection": {"ng_recall": 0.95, "false_reject_rate": 0.02},
-                        "confusion_matrix": [[30, 1, 0], [1, 25, 2], [0, 1, 28]]},
-        }  # fmt: skip
-        (export / "card.json").write_text(json.dumps(card))
+        metrics = {"accuracy": acc, "macro_f1": acc, "confusion_matrix": [[30, 1, 0], [1, 25, 2], [0, 1, 28]]}
+        export = exported(tmp, "classify", seed=v, metrics=metrics)
         for line in lines:
             publish(str(tmp / "remote"), line, export, key, GateConfig())
 

@@ -7,6 +7,7 @@ rejected with the dotted path of the offending key, so a typo never silently fal
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -27,6 +28,15 @@ CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,62}\Z")
 
 class ConfigError(CruxError, ValueError):
     """A configuration value is missing, unknown or impossible; the message names the key."""
+
+
+def unknown_name(what: str, name: str, known: Sequence[str]) -> ConfigError:
+    """The error for a name that matches nothing declared: the closest declared name, or the list of them."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(known)) or 'none'}"
+    return ConfigError(f"{what} {name!r} is not declared in labelstudio.projects ({hint})")
 
 
 def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
@@ -87,6 +97,9 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            # Every range check passes NaN (NaN < 0 is False) and JSON has no NaN: refuse it here, the one place.
+            raise ConfigError(f"{where}: {value!r} is not a finite number")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -219,8 +232,7 @@ class LabelStudioConfig:
         try:
             return self.projects[name]
         except KeyError:
-            known = ", ".join(sorted(self.projects)) or "none"
-            raise ConfigError(f"project {name!r} is not declared in labelstudio.projects (known: {known})") from None
+            raise unknown_name("project", name, list(self.projects)) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,6 +249,7 @@ class HealthOptions:
     near_duplicate_bits: int = 4  # dHash Hamming distance (of 64 bits) at or below which images are near duplicates
     near_duplicates: bool = True  # needs every image decoded once; off for a quick check
     speck_px: int = 10  # segmentation: connected mask regions smaller than this (pixels) are flagged
+    verify_hashes: bool = True  # hash every image against the manifest's sha256 (what `prepare` checks); off: quicker
 
 
 class SplitError(CruxError, ValueError):

@@ -171,13 +171,21 @@ def binary_source_mask(array: np.ndarray, mode: str) -> np.ndarray:
     values = np.unique(array)
     if mode == "1" or set(values.tolist()) <= {0, 1}:
         return array.astype(bool)
+    others = [int(v) for v in values.tolist() if v not in (0, 255)]
+    if others and len(values) == 2 and values[0] == 0:
+        # Two values, the defect one neither 1 nor 255 (a 0/7 mask): binarising at BINARY_THRESHOLD would keep or
+        # drop the whole defect depending on its value. Which one the source meant is not ours to guess.
+        raise MaskError(f"a 0/{others[0]} mask: defect pixels must be 255 (or 1), background 0")
     grey = int(np.count_nonzero((array > 0) & (array < 255)))
     if grey > MAX_GREY_FRACTION * array.size:
         raise MaskError(
             f"not a 0/255 mask: {100 * grey / array.size:.1f}% of its pixels are grey "
             f"(at most {100 * MAX_GREY_FRACTION:.0f}% of edge pixels are tolerated and binarised at {BINARY_THRESHOLD})"
         )
-    return array >= BINARY_THRESHOLD
+    region = array >= BINARY_THRESHOLD
+    if not region.any() and others:
+        raise MaskError(f"pixel values {others[:5]} but none >= {BINARY_THRESHOLD}: binarising would drop the defect")
+    return region
 
 
 def read_image_array(data: bytes) -> tuple[np.ndarray, str]:
@@ -231,23 +239,25 @@ def rasterize_polygon(points: Sequence[tuple[float, float]], width: int, height:
         out |= np.cumsum(diff[:, :width], axis=1) > 0
     # Centres exactly on an edge (horizontal edges and vertices the scanlines miss): walk each edge.
     for ax, ay, bx, by in zip(x0.tolist(), y0.tolist(), x1.tolist(), y1.tolist(), strict=True):
-        for i, j in _centres_on_segment(ax, ay, bx, by):
+        for i, j in _centres_on_segment(ax, ay, bx, by, width, height):
             if 0 <= i < width and 0 <= j < height:
                 out[j, i] = True
     return out
 
 
-def _centres_on_segment(ax: float, ay: float, bx: float, by: float) -> list[tuple[int, int]]:
-    """Pixels (i, j) whose centre (i + 0.5, j + 0.5) lies on the segment a-b (to 1e-6 px)."""
-    import math
-
+def _centres_on_segment(ax: float, ay: float, bx: float, by: float, width: int, height: int) -> list[tuple[int, int]]:
+    """Pixels (i, j) of the width x height image whose centre (i + 0.5, j + 0.5) lies on the segment a-b (to 1e-6
+    px). The walk is clipped to the image: a vertex at 1e9 must cost the image's size, not a billion steps."""
     swap = abs(by - ay) > abs(bx - ax)  # walk along the longer axis, one pixel centre at a time
     if swap:
         ax, ay, bx, by = ay, ax, by, bx
     if ax > bx:
         ax, ay, bx, by = bx, by, ax, ay
+    if not all(math.isfinite(v) for v in (ax, ay, bx, by)):
+        return []
+    limit = height if swap else width
     found = []
-    for k in range(math.ceil(ax - 0.5 - 1e-6), math.floor(bx - 0.5 + 1e-6) + 1):
+    for k in range(max(0, math.ceil(ax - 0.5 - 1e-6)), min(limit - 1, math.floor(bx - 0.5 + 1e-6)) + 1):
         c = k + 0.5
         other = ay if bx == ax else ay + (c - ax) * (by - ay) / (bx - ax)
         m = round(other - 0.5)
@@ -289,39 +299,94 @@ def coco_rle(region: np.ndarray) -> dict[str, Any]:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
+# A polygon point may sit this far outside its image (pixels, relative to the image's larger side) and still count as
+# on its border: the importers' tolerance for boxes (crux.label.importer.COORD_TOLERANCE) in pixel units.
+POLYGON_TOLERANCE = 1e-6
+
+
+def _number(value: Any, what: str) -> float:
+    """A finite JSON number; bool (a subclass of int) and strings are refused, not coerced."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MaskError(f"{what} {value!r} is not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise MaskError(f"{what} must be finite numbers (NaN or inf found)")
+    return number
+
+
+def coco_polygon(poly: Any, width: int, height: int) -> np.ndarray:
+    """One COCO polygon `[x1, y1, x2, y2, …]` (pixel coordinates) → its bool region, MaskError when it has fewer than
+    3 points or a point outside the image."""
+    if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+        size = len(poly) if isinstance(poly, list) else type(poly).__name__
+        raise MaskError(f"a polygon is a list of at least 3 x,y pairs, got {size}")
+    coords = [_number(v, "polygon coordinate") for v in poly]
+    pts = list(zip(coords[0::2], coords[1::2], strict=True))
+    tol = POLYGON_TOLERANCE * max(width, height) + 1e-3
+    outside = [(x, y) for x, y in pts if not (-tol <= x <= width + tol and -tol <= y <= height + tol)]
+    if outside:
+        x, y = outside[0]
+        raise MaskError(f"polygon point ({x:g}, {y:g}) is outside the {width}x{height} image")
+    # No area check: the contour of a one-pixel-wide region (crux.masks.polygons) runs through pixel centres on one
+    # line and covers exactly those pixels. A polygon covering no pixel at all is the callers' to report.
+    return rasterize_polygon(pts, width, height)
+
+
 def coco_segmentation(segmentation: Any, width: int, height: int) -> np.ndarray:
-    """A COCO `segmentation` (compressed or uncompressed RLE, or a list of polygons) → bool region H x W."""
+    """A COCO `segmentation` (compressed or uncompressed RLE, or a list of polygons) → bool region H x W. Every
+    malformed value (negative or non-integer counts, counts that do not cover the image, non-ASCII compressed counts,
+    polygons outside the image) is a MaskError saying what, never a pycocotools exception."""
     import numpy as np
-    from pycocotools import mask as coco_mask
 
     if isinstance(segmentation, list):
         if not segmentation:
             raise MaskError("empty segmentation")
         region = np.zeros((height, width), dtype=bool)
         for poly in segmentation:
-            if len(poly) < 6 or len(poly) % 2:
-                raise MaskError(f"a polygon needs at least 3 x,y pairs, got {len(poly)} numbers")
-            try:
-                coords = [float(v) for v in poly]
-            except (TypeError, ValueError) as exc:
-                raise MaskError(f"polygon coordinates are not numbers: {exc}") from exc
-            if not all(math.isfinite(v) for v in coords):
-                raise MaskError("polygon coordinates must be finite numbers (NaN or inf found)")
-            pts = list(zip(coords[0::2], coords[1::2], strict=True))
-            region |= rasterize_polygon(pts, width, height)
+            region |= coco_polygon(poly, width, height)
         return region
     if not isinstance(segmentation, dict) or "counts" not in segmentation or "size" not in segmentation:
         raise MaskError("segmentation is neither RLE {size, counts} nor a list of polygons")
-    h, w = (int(v) for v in segmentation["size"])
+    size = segmentation["size"]
+    if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and v > 0 for v in size)):
+        raise MaskError(f"RLE size {size!r} is not [height, width]")
+    h, w = size
     if (w, h) != (width, height):
         raise MaskError(f"segmentation size {w}x{h} differs from the image's {width}x{height}")
     counts = segmentation["counts"]
-    rle = (
-        coco_mask.frPyObjects(segmentation, h, w)
-        if isinstance(counts, list)
-        else {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    )
-    return coco_mask.decode(rle).astype(bool)
+    if isinstance(counts, str):
+        counts = _rle_counts_from_string(counts)
+    if not isinstance(counts, list):
+        raise MaskError("RLE counts are neither a list of integers nor a compressed string")
+    if not all(type(v) is int and v >= 0 for v in counts):
+        bad = next(v for v in counts if not (type(v) is int and v >= 0))
+        raise MaskError(f"RLE counts hold {bad!r}: counts are non-negative integers")
+    if sum(counts) != h * w:
+        raise MaskError(f"RLE counts sum to {sum(counts)}, the {w}x{h} image has {h * w} pixels")
+    return _rle_decode(counts, h, w)
+
+
+def _rle_counts_from_string(text: str) -> list[int]:
+    """COCO's compressed RLE string → run lengths (crux.postprocess.rle_runs: one parser for the edge's masks and
+    imported ones), a malformed string a MaskError."""
+    from crux.postprocess import rle_runs
+
+    if not text.isascii():
+        raise MaskError("compressed RLE counts must be an ASCII string")
+    try:
+        return rle_runs(text)
+    except ValueError as exc:
+        raise MaskError(f"compressed RLE counts: {exc}") from exc
+
+
+def _rle_decode(counts: list[int], h: int, w: int) -> np.ndarray:
+    """Uncompressed COCO RLE (alternating background/foreground runs, column-major) → bool region, in numpy."""
+    import numpy as np
+
+    values = np.zeros(len(counts), dtype=bool)
+    values[1::2] = True
+    flat = np.repeat(values, counts)
+    return flat.reshape((w, h)).T.copy()
 
 
 __all__ = [
@@ -330,6 +395,7 @@ __all__ = [
     "bbox",
     "binary_source_mask",
     "class_pixels",
+    "coco_polygon",
     "coco_rle",
     "coco_segmentation",
     "component_sizes",

@@ -490,14 +490,21 @@ def rle_encode(mask: np.ndarray) -> str:
     return "".join(out)
 
 
-def rle_decode(counts: str, height: int, width: int) -> np.ndarray:
-    """A COCO compressed RLE string (`rle_encode`) back to a bool (height, width) mask."""
+def rle_runs(counts: str) -> list[int]:
+    """A COCO compressed RLE string → its run lengths (pycocotools' rleFrString): 5 bits a character from '0', a
+    continuation bit, a sign bit on a value's last character, and each run after the second stored as the difference
+    from the run two before. ValueError for a character outside '0'..'o' or a string cut in the middle of a value
+    (outside input: the ingest API and `crux import` read these)."""
     runs: list[int] = []
     p = 0
     while p < len(counts):
         x, k, more = 0, 0, True
         while more:
+            if p >= len(counts):
+                raise ValueError("the RLE ends in the middle of a value")
             c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"the RLE holds {counts[p]!r}, outside '0'..'o'")
             x |= (c & 0x1F) << (5 * k)
             more = bool(c & 0x20)
             p += 1
@@ -507,6 +514,12 @@ def rle_decode(counts: str, height: int, width: int) -> np.ndarray:
         if len(runs) > 2:
             x += runs[-2]
         runs.append(x)
+    return runs
+
+
+def rle_decode(counts: str, height: int, width: int) -> np.ndarray:
+    """A COCO compressed RLE string (`rle_encode`) back to a bool (height, width) mask."""
+    runs = rle_runs(counts)
     if sum(runs) != height * width or any(r < 0 for r in runs):
         raise ValueError(f"RLE does not describe a {height}x{width} mask")
     values = np.zeros(len(runs), bool)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crux.config import ConfigError, DatasetConfig, LabelStudioConfig, from_mapping
+from crux.config import ConfigError, DatasetConfig, LabelStudioConfig, from_mapping, unknown_name
 
 if TYPE_CHECKING:  # the stages' config types; their modules load lazily, so `crux --help` stays fast
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -85,7 +86,41 @@ def load_context(params_path: Path) -> Context:
             close = difflib.get_close_matches(str(name), PARAMS_SECTIONS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(PARAMS_SECTIONS)})"
             raise ConfigError(f"{params_path}: unknown top-level section {name!r}{hint}")
+    _check_line_names(params, params_path)
     return Context(root=params_path.resolve().parent, params=params)
+
+
+# Sections keyed by line name (the project names of labelstudio.projects): an entry naming no line would be ignored
+# without a word (a typo in `gate.lines.neu-cls` drops that line's bar), so each must name a declared line.
+LINE_KEYED = (("gate", "lines"), ("pipeline", "overrides"))
+
+
+def declared_lines(params: Mapping[str, Any]) -> list[str]:
+    labelstudio = params.get("labelstudio")
+    projects = labelstudio.get("projects") if isinstance(labelstudio, Mapping) else None
+    return [str(name) for name in projects] if isinstance(projects, Mapping) else []
+
+
+def _check_line_names(params: Mapping[str, Any], params_path: Path) -> None:
+    lines = declared_lines(params)
+    for section, key in LINE_KEYED:
+        block = params.get(section)
+        entries = block.get(key) if isinstance(block, Mapping) else None
+        for name in entries if isinstance(entries, Mapping) else ():
+            if str(name) not in lines:
+                raise unknown_name(f"{params_path}: {section}.{key}.{name}: line", str(name), lines)
+    pipeline = params.get("pipeline")
+    listed = pipeline.get("lines") if isinstance(pipeline, Mapping) else None
+    for name in listed if isinstance(listed, list) else ():
+        if str(name) not in lines:
+            raise unknown_name(f"{params_path}: pipeline.lines: line", str(name), lines)
+    gate = params.get("gate", ...)  # absent: nothing was written, so nothing was dropped
+    if gate is None or (isinstance(gate, Mapping) and not gate):
+        # `gate:` with nothing under it replaces every plant floor and ceiling with the kinds' blind-model defaults.
+        raise ConfigError(
+            f"{params_path}: gate is empty, which drops every floor of this plant (only the kinds' defaults would "
+            "apply); write `gate: {defaults_only: true}` to mean that"
+        )
 
 
 def labelstudio_config(ctx: Context) -> LabelStudioConfig:
@@ -187,7 +222,12 @@ def s3_fetch_options() -> dict[str, Any]:
 def params_for_line(params: dict[str, Any], line: str | None) -> dict[str, Any]:
     from crux.train.recipe import line_params
 
-    return params if line is None else line_params(params, line)
+    if line is None:
+        return params
+    lines = declared_lines(params)
+    if line not in lines:  # line_params would merge no overrides and train with the shared defaults, silently
+        raise unknown_name("--line", line, lines)
+    return line_params(params, line)
 
 
 # Where `crux keys init` writes the signing key pair (outside git: .crux/ is ignored).

@@ -59,7 +59,7 @@ def collect_command(
 @ingest_app.command("serve")
 def ingest_serve(
     host: Annotated[str, typer.Option(help="Bind address; loopback unless you mean otherwise.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8700,
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8700,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Serve POST /v1/captures for edge stations (FastAPI + uvicorn)."""

@@ -24,7 +24,7 @@ def console_serve(
     host: Annotated[
         str, typer.Option(help="Bind address; anything but loopback requires the admin token.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = DEFAULT_PORT,
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = DEFAULT_PORT,
     timeout: Annotated[float, typer.Option(help="Seconds each store may take before it shows as unavailable.")] = 2.0,
     params: Annotated[
         Path, typer.Option("--params", help="The params file; relative paths in it are from its folder.")

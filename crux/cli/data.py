@@ -79,6 +79,7 @@ def export_dataset_command(
     from crux.data.manifest import read_classes, read_manifest
 
     ctx = load_context(params)
+    labelstudio_config(ctx).project(project)  # a ConfigError naming the declared projects
     data_rel = str(dataset_config(ctx).project_dir(project))
     with tempfile.TemporaryDirectory(prefix="crux-export-") as tmp:
         src = versioning.materialize(ctx.root, rev, Path(tmp), data_rel)
@@ -168,6 +169,7 @@ def data_check(
     from crux.data.provenance import provenance_markdown, provenance_mix
 
     ctx = load_context(params)
+    labelstudio_config(ctx).project(project)  # a ConfigError naming the declared projects ("did you mean")
     cfg = dataset_config(ctx)
     data_rel = str(cfg.project_dir(project))
     with tempfile.TemporaryDirectory(prefix="crux-check-") as tmp:

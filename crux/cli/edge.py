@@ -10,6 +10,7 @@ import typer
 
 from crux.cli.root import app
 from crux.cli.terminal import ParamsOption, console, escape, json_text, out
+from crux.config import ConfigError
 from crux.settings import (
     edge_config,
     load_context,
@@ -45,6 +46,30 @@ def predict_command(
             out.print(f"{record['image']}: {record.get('label', record.get('error'))} {record.get('score', '')}")
 
 
+def _require_line(ctx: Any, line: str, remote: str, state_dir: Path) -> None:
+    """`edge run` on a line it can never get a model for would wait forever: a line this params file does not declare,
+    or one the remote has no release of while this box has none installed, is an error naming what is there."""
+    import json
+
+    from crux.config import unknown_name
+    from crux.settings import declared_lines, s3_fetch_options
+    from crux.ship.publish import published_lines
+
+    declared = declared_lines(ctx.params)
+    if declared and line not in declared:
+        raise unknown_name("line", line, declared)
+    try:
+        installed = json.loads((state_dir / "installed.json").read_text()).get("pointer", {}).get("line")
+    except (OSError, ValueError, AttributeError):
+        installed = None
+    if installed == line:
+        return  # runs its installed model while the remote is empty or away
+    lines = published_lines(remote, s3_fetch_options() if remote.startswith("s3://") else None)
+    if lines is not None and line not in lines:
+        there = ", ".join(lines) or "none"
+        raise ConfigError(f"no model of line {line!r} published at {remote} (lines there: {there}); `crux publish` one")
+
+
 @edge_app.command("run")
 def edge_run(
     line: Annotated[str, typer.Argument(help="Inspection line whose published model to run.")],
@@ -62,6 +87,7 @@ def edge_run(
 
     ctx = load_context(params)
     cfg = edge_config(ctx)
+    _require_line(ctx, line, model_remote(ctx, None), ctx.path(Path(cfg.state_dir)))
     outbox, token = None, None
     if cfg.ingest_url:
         from crux.edge.outbox import Outbox

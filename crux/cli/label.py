@@ -62,7 +62,7 @@ def start_labelstudio(ctx: Context, host: str | None = None, port: int | None = 
 def labelstudio_up(
     params: ParamsOption = Path("params.yaml"),
     host: Annotated[str | None, typer.Option(help="Bind address; default loopback from params.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port; default from params.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port; default from params.", min=1, max=65535)] = None,
 ) -> None:
     """Start Label Studio in the background (idempotent) and wait until it is healthy."""
     ctx = load_context(params)

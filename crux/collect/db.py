@@ -13,6 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
+from crux.errors import CruxError
+
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 metadata = sa.MetaData()
@@ -123,9 +125,33 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+class DatabaseUrlError(CruxError, ValueError):
+    """`ingest.database_url` is not a URL of a database the ingest service can use."""
+
+
+# The schemes the migrations are written and tested for; another dialect may parse but would fail at the first query.
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+
+
 def create_db_engine(database_url: str) -> Engine:
     """An engine for `database_url`; SQLite files get their folder created and WAL pragmas set."""
-    url = make_url(database_url)
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(database_url)
+    except ArgumentError as exc:
+        raise DatabaseUrlError(f"ingest.database_url {database_url!r} is not a database URL ({exc})") from None
+    if url.get_backend_name() not in SUPPORTED_BACKENDS:
+        raise DatabaseUrlError(
+            f"ingest.database_url: {url.drivername!r} is not supported; use sqlite:///path or postgresql+psycopg://"
+        )
+    try:
+        return _engine(url)
+    except (NoSuchModuleError, ImportError) as exc:  # a driver that is not installed (postgresql+pg8000, …)
+        raise DatabaseUrlError(f"ingest.database_url: driver {url.drivername!r} is not installed ({exc})") from None
+
+
+def _engine(url: Any) -> Engine:
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,9 @@ class HeartbeatIn(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     started_at: AwareDatetime | None = Field(None, description="when this run of `crux edge run` started")
-    model_version: int | None = Field(None, ge=0, description="published version running; null before the first")
+    model_version: int | None = Field(
+        None, ge=0, le=2**62, description="published version running; null before the first"
+    )
     frames: int = Field(0, ge=0, le=2**62, description="frames inspected since start")
     ng: int = Field(0, ge=0, le=2**62, description="NG frames since start")
     errors: int = Field(0, ge=0, le=2**62, description="frames that failed to decode since start")

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import AwareDatetime, ValidationError
 from sqlalchemy.engine import Engine
@@ -35,7 +36,7 @@ from crux.collect.heartbeats import HeartbeatIn, record_heartbeat
 from crux.collect.ingest_settings import CONTENT_TYPE_FORMATS, IngestSettings
 from crux.collect.names import IDEMPOTENCY_KEY
 from crux.collect.offline_docs import mount_offline_docs
-from crux.collect.schemas import CaptureCreated, CaptureMetadata, CaptureOut, CapturePage, Health
+from crux.collect.schemas import DB_INT_MAX, CaptureCreated, CaptureMetadata, CaptureOut, CapturePage, Health
 from crux.collect.stations import Station, station_for_token
 from crux.collect.storage import ImageStore, image_key
 
@@ -121,6 +122,15 @@ def _validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
         {"loc": ["metadata", *e["loc"]], "msg": e["msg"], "type": e["type"]}
         for e in exc.errors(include_url=False, include_input=False, include_context=False)
     ]
+
+
+async def _request_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own 422 echoes each rejected input: a NaN or an infinity there (`{"fps": NaN}`) cannot be written as
+    JSON, so the error response itself failed with a 500. Only where and why, as for the metadata."""
+    assert isinstance(exc, RequestValidationError)
+    detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+              for e in exc.errors()]  # fmt: skip
+    return JSONResponse(status_code=422, content={"detail": detail})
 
 
 _OPENAPI_UPLOAD: dict[str, Any] = {
@@ -404,6 +414,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
     app.state.store = store
     app.state.settings = settings
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, _request_validation_error)
 
     @app.post(
         "/v1/captures",
@@ -435,7 +446,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
         station: str | None = None,
         since: Annotated[AwareDatetime | None, Query(description="captured_at >= since (ISO 8601, offset)")] = None,
         labeled: bool | None = None,
-        after: Annotated[int | None, Query(ge=0, description="id cursor from next_after")] = None,
+        after: Annotated[int | None, Query(ge=0, le=DB_INT_MAX, description="id cursor from next_after")] = None,
         limit: Annotated[int, Query(ge=1, le=settings.max_page_size)] = 100,
     ) -> CapturePage:
         caller = authenticate(engine, request.headers.get("authorization"))
@@ -449,7 +460,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
         return CapturePage(items=items, next_after=items[-1].id if len(items) == limit else None)
 
     @app.get("/v1/captures/{capture_id}", response_model=CaptureOut, summary="One capture of this station")
-    def get_capture(request: Request, capture_id: int) -> Any:
+    def get_capture(request: Request, capture_id: Annotated[int, Path(ge=0, le=DB_INT_MAX)]) -> Any:
         caller = authenticate(engine, request.headers.get("authorization"))
         row = records.get_capture(engine, capture_id)
         if row is None or row.station != caller.name:

@@ -34,6 +34,9 @@ ModelVersion = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9
 Score = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Coord = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
 
+# The largest integer the database stores (SQLite and PostgreSQL BIGINT): ids and counters above it overflowed in the
+# driver (a 500) instead of being refused (a 422, or a 404 for an id that cannot exist).
+DB_INT_MAX = 2**63 - 1
 MAX_CLASSES = 256
 MAX_BOXES = 1000
 # A region mask's RLE: a few hundred characters for a defect; this bounds a hostile one.

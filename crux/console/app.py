@@ -12,7 +12,6 @@ workspace plot one of a fixed list of file names.
 # No `from __future__ import annotations`: FastAPI evaluates the endpoint annotations.
 
 import datetime as dt
-import hashlib
 import hmac
 import time
 from collections.abc import Callable
@@ -29,7 +28,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crux import __version__
 from crux.collect.offline_docs import mount_offline_docs
+from crux.collect.schemas import DB_INT_MAX
 from crux.console import plots
+from crux.console.sessions import LoginLimiter, Sessions
 from crux.console.sources import (
     COMMIT,
     DatasetReader,
@@ -88,11 +89,6 @@ class ConsoleConfig:
         return next((x for x in self.lines if x.name == name), None)
 
 
-def session_value(token: str) -> str:
-    """The cookie proving a login: derived from the token, so it changes when the token does."""
-    return hmac.new(token.encode(), b"crux-console-session", hashlib.sha256).hexdigest()
-
-
 class PageError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -117,12 +113,14 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
     templates.env.filters.update(ago=_ago, pct=_pct, num=_num, metric=_metric_fmt)
     templates.env.tests["unavailable"] = lambda value: isinstance(value, Unavailable)
 
+    sessions, limiter = Sessions(), LoginLimiter()
+
     @app.middleware("http")
     async def timing_and_login(request: Request, call_next: Callable[[Request], Any]) -> Response:
         started = time.perf_counter()
         path = request.url.path
         is_open = path == "/login" or path.startswith("/static/")  # the login page and its stylesheet
-        if cfg.admin_token is not None and not is_open and not _signed_in(request, cfg):
+        if cfg.admin_token is not None and not is_open and not _signed_in(request, cfg, sessions):
             if path.startswith(("/captures/", "/openapi.json", "/_swagger/")) or path.endswith((".png", ".svg")):
                 response: Response = Response("login required", status_code=401)
             else:
@@ -182,7 +180,15 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
     def login(request: Request, token: Annotated[str, Form(max_length=512)]) -> Response:
         if cfg.admin_token is None:
             return RedirectResponse("/", status_code=303)
+        client = request.client.host if request.client else "unknown"
+        wait = limiter.retry_after(client)
+        if wait is not None:
+            response = page(request, "login.html", 429, error=f"Too many failed sign-ins; try again in {wait:.0f} s.",
+                            signing_in=True, title="Sign in")  # fmt: skip
+            response.headers["Retry-After"] = str(max(1, round(wait)))
+            return response
         if not hmac.compare_digest(token.strip().encode(), cfg.admin_token.encode()):
+            limiter.failed(client)
             return page(
                 request,
                 "login.html",
@@ -191,14 +197,19 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
                 signing_in=True,
                 title="Sign in",
             )
+        limiter.succeeded(client)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(SESSION_COOKIE, session_value(cfg.admin_token), httponly=True, samesite="strict")
+        # A random value per login (logout revokes it); Secure when the console is served over TLS, so the browser
+        # never sends it over plain HTTP.
+        secure = request.url.scheme == "https"
+        response.set_cookie(SESSION_COOKIE, sessions.open(), httponly=True, samesite="strict", secure=secure)
         return response
 
     @app.post("/logout", include_in_schema=False)
-    def logout() -> Response:
+    def logout(request: Request) -> Response:
+        sessions.revoke(request.cookies.get(SESSION_COOKIE, ""))
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(SESSION_COOKIE)
+        response.delete_cookie(SESSION_COOKIE, secure=request.url.scheme == "https", httponly=True, samesite="strict")
         return response
 
     # ------------------------------------------------------------------------------------------------ pages
@@ -354,6 +365,8 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
 
     @app.get("/captures/{capture_id}/overlay.png", summary="A capture with its prediction drawn over it")
     def capture_overlay(capture_id: int, size: Annotated[int, Query(ge=32, le=2048)] = 320) -> Response:
+        if not 0 <= capture_id <= DB_INT_MAX:  # no such row can exist; the driver would overflow (read as a 503)
+            raise PageError(404, f"no capture {capture_id}")
         if cfg.ingest is None:
             raise PageError(503, "no ingest database configured")
         record = fetch("ingest database", lambda: cfg.ingest.capture(capture_id), cfg.timeout_s)  # type: ignore[union-attr]
@@ -374,10 +387,9 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
 # View helpers (pure)
 
 
-def _signed_in(request: Request, cfg: ConsoleConfig) -> bool:
+def _signed_in(request: Request, cfg: ConsoleConfig, sessions: Sessions) -> bool:
     assert cfg.admin_token is not None
-    cookie = request.cookies.get(SESSION_COOKIE, "")
-    if cookie and hmac.compare_digest(cookie.encode(), session_value(cfg.admin_token).encode()):
+    if sessions.valid(request.cookies.get(SESSION_COOKIE, "")):
         return True
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), cfg.admin_token.encode())

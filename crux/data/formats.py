@@ -77,6 +77,8 @@ def export_dataset(src: Path, items: Sequence[ManifestItem], info: ClassesInfo, 
     if fmt == "masks" and _geometry(info) != "mask":
         raise FormatError("masks holds pixel masks; only a segment dataset has them")
     dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise FormatError(f"{dest} is a file; export into a new folder")
     if dest.exists() and any(dest.iterdir()):
         raise FormatError(f"{dest} is not empty; export into a new folder")
     dest.mkdir(parents=True, exist_ok=True)

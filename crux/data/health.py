@@ -7,6 +7,8 @@ exits 1 on errors only.
 
 from __future__ import annotations
 
+import math
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from crux.config import HealthOptions
-from crux.data.manifest import ClassesInfo, ManifestItem
+from crux.data.manifest import SPLITS, ClassesInfo, ManifestItem
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,15 @@ class Finding:
 
     def to_json(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "severity": self.severity, "task_ids": list(self.task_ids)}
+
+
+def inside(root: Path, rel: str) -> Path | None:
+    """`root / rel` when it stays inside `root` after resolving `..` and symlinks, else None."""
+    if not rel or os.path.isabs(rel):
+        return None
+    base = root.resolve()
+    path = (base / rel).resolve()
+    return path if path.is_relative_to(base) else None
 
 
 def dhash(path: Path, size: int = 8) -> int:
@@ -81,8 +92,26 @@ def check_dataset(
         if ids:
             findings.append(Finding(severity, code, message, tuple(sorted(set(ids)))))
 
+    # Manifest paths are data, not trusted: one that leaves the dataset folder (`../../etc/passwd`, an absolute
+    # path, a symlink out) is an error and is never opened, hashed or decoded below.
+    escaping = [i.task_id for i in items if inside(root, i.image) is None or (i.mask and inside(root, i.mask) is None)]
+    add("error", "path_outside_dataset", "image or mask path(s) leading outside the dataset folder", escaping)
+    items = [i for i in items if i.task_id not in set(escaping)]
+
     missing = [i.task_id for i in items if not (root / i.image).is_file()]
     add("error", "missing_image", f"{len(missing)} image(s) missing from the store", missing)
+    if opt.verify_hashes:  # what `prepare` refuses: an image whose bytes are not the ones the manifest vouches for
+        from crux.data.store import sha256_file
+
+        edited = [i.task_id for i in items if (root / i.image).is_file() and sha256_file(root / i.image) != i.sha256]
+        add("error", "sha256_mismatch", "image(s) whose bytes do not match their sha256 (corrupt or edited)", edited)
+    bad_split = [i.task_id for i in items if i.split not in SPLITS]
+    add("error", "unknown_split", f"item(s) whose split is not one of {', '.join(SPLITS)}", bad_split)
+    seen_ids: dict[int, int] = defaultdict(int)
+    for item in items:
+        seen_ids[item.task_id] += 1
+    repeated = [t for t, n in seen_ids.items() if n > 1]
+    add("error", "duplicate_item", "task id(s) listed more than once in the manifest", repeated)
 
     known = set(info.classes)
     unknown: dict[str, list[int]] = defaultdict(list)
@@ -97,12 +126,15 @@ def check_dataset(
     if masked:
         findings.extend(_mask_findings(root, items, info, opt))
 
-    degenerate, outside, tiny, multi = [], [], [], []
+    degenerate, outside, tiny, multi, non_finite = [], [], [], [], []
     for item in items:
         boxes = [lb.box for lb in item.labels if lb.box is not None]
         if _geometry(info.kind) == "image" and len(item.classes) > 1:
             multi.append(item.task_id)
         for x1, y1, x2, y2 in boxes:
+            if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):  # NaN passes every comparison below
+                non_finite.append(item.task_id)
+                continue
             if x2 <= x1 or y2 <= y1:
                 degenerate.append(item.task_id)
                 continue
@@ -112,6 +144,7 @@ def check_dataset(
             # Segmentation regions are judged by their pixels (specks), not by their boxes.
             if not masked and (x2 - x1 < opt.tiny_box_px or y2 - y1 < opt.tiny_box_px):
                 tiny.append(item.task_id)
+    add("error", "non_finite_box", "box(es) with NaN or infinite coordinates", non_finite)
     add("error", "degenerate_box", "box(es) with zero or negative width or height", degenerate)
     add("error", "box_out_of_bounds", "box(es) reaching outside the image", outside)
     add("warning", "tiny_box", f"box(es) smaller than {opt.tiny_box_px:g} px", tiny)

@@ -223,8 +223,13 @@ def iter_manifest_lines(lines: Iterable[str], where: str = MANIFEST) -> Iterator
 
 
 def read_manifest(path: Path) -> list[ManifestItem]:
-    with path.open(encoding="utf-8") as f:
-        return list(iter_manifest_lines(f, str(path)))
+    try:
+        with path.open(encoding="utf-8") as f:
+            return list(iter_manifest_lines(f, str(path)))
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text (a binary file?): {exc}") from exc
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
 
 
 def parse_manifest(text: str, where: str = MANIFEST) -> list[ManifestItem]:
@@ -246,8 +251,8 @@ class ClassesInfo:
             return ClassesInfo(
                 kind=str(data["kind"]), classes=tuple(str(c) for c in data["classes"]), ok_class=data.get("ok_class")
             )
-        except (KeyError, TypeError) as exc:
-            raise ManifestError(f"{CLASSES}: {exc!r}") from exc
+        except (KeyError, TypeError, AttributeError) as exc:  # AttributeError: a list or a string, not an object
+            raise ManifestError(f"{CLASSES}: not a classes object ({type(exc).__name__}: {exc})") from exc
 
 
 @dataclass(frozen=True)
@@ -321,8 +326,12 @@ def read_dataset_info(path: Path) -> DatasetInfo:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path}: missing (a dataset folder holds manifest.jsonl and {path.name})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: not JSON ({exc})") from exc
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
 
 
 def count_items(items: Sequence[ManifestItem], classes: Sequence[str]) -> dict[str, Any]:

@@ -13,7 +13,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from crux.data.diff import MASK_RELABEL_IOU, DatasetDiff, commit_message, diff_manifests
-from crux.data.manifest import CLASSES, MANIFEST, ClassesInfo, ManifestItem, parse_manifest, read_manifest
+from crux.data.manifest import (
+    CLASSES,
+    MANIFEST,
+    ClassesInfo,
+    ManifestError,
+    ManifestItem,
+    parse_manifest,
+    read_manifest,
+)
 from crux.errors import CruxError
 from crux.masks import MASKS
 
@@ -116,7 +124,10 @@ def tracked_root(data_rel: str) -> str:
 
 
 def check_revision(repo: Path, rev: str) -> None:
-    """A revision the user named must exist: a typo would otherwise read as "no dataset at that revision"."""
+    """A revision the user named must exist: a typo would otherwise read as "no dataset at that revision". One that
+    starts with '-' would be an option to git, not a revision."""
+    if rev.startswith("-") or not rev.strip():
+        raise VersioningError(f"{rev!r} is not a git revision of {repo}")
     if git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False).returncode != 0:
         raise VersioningError(f"{rev!r} is not a git revision of {repo}")
 
@@ -136,7 +147,10 @@ def read_manifest_at(repo: Path, rev: str | None, data_rel: str = "data") -> lis
         return []
     if not dvc.api.DVCFileSystem(str(repo), rev=rev).exists(f"/{data_rel}/{MANIFEST}"):
         return []  # the version predates this project's dataset
-    text = dvc.api.read(f"{data_rel}/{MANIFEST}", repo=str(repo), rev=rev, mode="r", encoding="utf-8")
+    try:
+        text = dvc.api.read(f"{data_rel}/{MANIFEST}", repo=str(repo), rev=rev, mode="r", encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{rev}:{data_rel}/{MANIFEST}: not UTF-8 text (a binary file?)") from exc
     return parse_manifest(text, where=f"{rev}:{data_rel}/{MANIFEST}")
 
 
@@ -183,10 +197,22 @@ def materialize(repo: Path, rev: str | None, dest: Path, data_rel: str = "data")
 
     if rev is None:
         return Path(repo) / data_rel
+    # Checked here, before DVC: DVC's revision lookup raises its own errors (a traceback for '[/x]'), and a revision
+    # from before the data was versioned has nothing to copy.
+    check_revision(repo, rev)
+    if not _has_version(repo, rev, data_rel):
+        raise VersioningError(f"{rev!r} has no dataset version ({tracked_root(data_rel)}.dvc is not in that commit)")
     fs = DVCFileSystem(str(repo), rev=rev)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    fs.get(f"/{data_rel}/", str(dest), recursive=True)
+    try:
+        if not fs.exists(f"/{data_rel}"):
+            raise VersioningError(f"{rev!r} has no {data_rel} (the dataset of that line came later)")
+        fs.get(f"/{data_rel}/", str(dest), recursive=True)
+    except VersioningError:
+        raise
+    except Exception as exc:  # DVC raises many types for a missing cache/remote object; name the revision
+        raise VersioningError(f"{data_rel} at {rev!r} cannot be read ({type(exc).__name__}: {exc})") from exc
     return dest
 
 

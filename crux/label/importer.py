@@ -97,10 +97,35 @@ class ImportReport:
 def _open_fs(source: str) -> tuple[Any, str]:
     import fsspec
 
-    fs, root = fsspec.core.url_to_fs(source)
-    if not fs.exists(root) or not fs.isdir(root):
+    try:
+        fs, root = fsspec.core.url_to_fs(source)
+        found = fs.exists(root) and fs.isdir(root)
+    except Exception as exc:  # fsspec backends raise their own types (botocore, aiohttp, ValueError for a protocol)
+        raise ImportValidationError([f"{source}: cannot open the source ({type(exc).__name__}: {exc})"]) from exc
+    if not found:
         raise ImportValidationError([f"{source}: source folder does not exist"])
     return fs, root.rstrip("/")
+
+
+def _read_text(fs: Any, path: str, problems: list[str]) -> str | None:
+    """A UTF-8 text file of the source (classes.txt), or None after naming the problem."""
+    try:
+        return str(fs.cat_file(path).decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        problems.append(f"{path}: not UTF-8 text ({exc})")
+        return None
+
+
+def _class_names(fs: Any, path: str, problems: list[str]) -> list[str] | None:
+    """classes.txt: one class a line (blank lines skipped); a name given twice is a problem (ids would be ambiguous)."""
+    text = _read_text(fs, path, problems)
+    if text is None:
+        return None
+    names = [c.strip() for c in text.splitlines() if c.strip()]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        problems.append(f"{path}: class(es) {', '.join(repeated)} listed more than once")
+    return names
 
 
 def _protocol(fs: Any) -> str:
@@ -172,6 +197,14 @@ def _finite(value: Any) -> float:
     return number
 
 
+def _class_name(value: Any) -> str:
+    """A class name in a JSON record: a non-empty string (a list or number would pass `in classes` checks oddly and
+    break set operations later)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"label {value!r} is not a class name")
+    return value
+
+
 def _yolo_labels(
     fs: Any,
     label_path: str,
@@ -228,7 +261,7 @@ def _yolo_polygons(
     problems: list[str],
 ) -> tuple[Label, ...]:
     """YOLO segmentation lines `class x1 y1 x2 y2 …` (≥ 3 points, 0..1): one region per line, rasterised."""
-    from crux.masks import bbox, rasterize_polygon
+    from crux.masks import MaskError, bbox, coco_polygon
 
     labels = []
     for number, line in enumerate(fs.cat_file(label_path).decode("utf-8", "replace").splitlines(), start=1):
@@ -256,11 +289,17 @@ def _yolo_polygons(
         if any(v < -COORD_TOLERANCE or v > 1 + COORD_TOLERANCE for v in coords):
             problems.append(f"{where}: polygon point outside 0..1")
             continue
-        points = [(x * width, y * height) for x, y in zip(coords[0::2], coords[1::2], strict=True)]
-        region = rasterize_polygon(points, width, height)
+        pixels = [v * (width if i % 2 == 0 else height) for i, v in enumerate(coords)]
+        try:
+            region = coco_polygon(pixels, width, height)
+        except MaskError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
         box = bbox(region)
-        if box is not None:
-            labels.append(Label(cls=names[class_id], box=PixelBox(*box), mask=region))
+        if box is None:
+            problems.append(f"{where}: the polygon covers no pixel centre (smaller than a pixel): nothing to label")
+            continue
+        labels.append(Label(cls=names[class_id], box=PixelBox(*box), mask=region))
     return tuple(labels) + _verdict_label(verdict, spec)
 
 
@@ -317,7 +356,9 @@ def _scan_yolo(fs: Any, root: str, spec: ProjectSpec, problems: list[str]) -> di
     if not fs.exists(classes_path):
         problems.append(f"{classes_path}: missing")
         return {}
-    names = [c.strip() for c in fs.cat_file(classes_path).decode().splitlines() if c.strip()]
+    names = _class_names(fs, classes_path, problems)
+    if names is None:
+        return {}
     for number, name in enumerate(names, start=1):
         if _class_for(name, spec) is None:
             problems.append(f"{classes_path}:{number}: class {name!r} is not a class of project {spec.title!r}")
@@ -351,16 +392,24 @@ def _scan_coco(fs: Any, root: str, spec: ProjectSpec, problems: list[str]) -> di
             coco = json.loads(fs.cat_file(ann_path))
             if not isinstance(coco, dict):
                 raise TypeError("the file is not a JSON object")
-            categories = {int(c["id"]): str(c["name"]) for c in coco["categories"]}
-            images = {int(i["id"]): str(i["file_name"]) for i in coco["images"]}
+            category_rows = _coco_table(coco["categories"], "categories", "name", ann_path, problems)
+            image_rows = _coco_table(coco["images"], "images", "file_name", ann_path, problems)
+            images = {image_id: str(row["file_name"]) for image_id, row in image_rows.items()}
             # `verdict`: the image's class, which `crux export-dataset` adds for segment datasets.
-            verdicts = {int(i["id"]): i["verdict"] for i in coco["images"] if i.get("verdict") is not None}
+            verdicts = {i: row["verdict"] for i, row in image_rows.items() if row.get("verdict") is not None}
             annotations = coco.get("annotations", [])
             if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
                 raise TypeError("annotations is not a list of objects")
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
             problems.append(f"{ann_path}: not a COCO annotation file ({type(exc).__name__}: {exc})")
             continue
+        named: dict[str, int] = {}
+        for image_id, file_name in images.items():
+            if file_name in named:  # two ids, one file: whose labels it has would be a guess
+                problems.append(f"{ann_path}: file_name {file_name!r} is listed twice (images {named[file_name]} "
+                                f"and {image_id})")  # fmt: skip
+            named.setdefault(file_name, image_id)
+        categories = {cat_id: str(row["name"]) for cat_id, row in category_rows.items()}
         for cat_id, name in categories.items():
             if _class_for(name, spec) is None:
                 problems.append(f"{ann_path}: category {cat_id} {name!r} is not a class of project {spec.title!r}")
@@ -368,9 +417,9 @@ def _scan_coco(fs: Any, root: str, spec: ProjectSpec, problems: list[str]) -> di
         for index, ann in enumerate(annotations):
             image_id, category_id = ann.get("image_id"), ann.get("category_id")
             if (
-                not isinstance(image_id, int)
+                type(image_id) is not int  # not isinstance: True is an int, and would name image 1
                 or image_id not in by_image
-                or not isinstance(category_id, int)
+                or type(category_id) is not int
                 or category_id not in categories
             ):
                 problems.append(f"{ann_path}: annotations[{index}] names an unknown image or category")
@@ -396,6 +445,25 @@ def _scan_coco(fs: Any, root: str, spec: ProjectSpec, problems: list[str]) -> di
                 _coco_labels, anns, categories, spec, where=where, problems=problems, verdict=verdict
             )
     return readers
+
+
+def _coco_table(rows: Any, table: str, name_key: str, ann_path: str, problems: list[str]) -> dict[int, Any]:
+    """A COCO `images` or `categories` list keyed by id: ids are integers (not booleans, not strings) and unique; a
+    repeated id is a problem (the later row would silently replace the earlier one)."""
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise TypeError(f"{table} is not a list of objects")
+    out: dict[int, Any] = {}
+    for index, row in enumerate(rows):
+        row_id = row["id"]
+        if type(row_id) is not int:
+            problems.append(f"{ann_path}: {table}[{index}] id {row_id!r} is not an integer")
+        elif not isinstance(row[name_key], str) or not row[name_key]:
+            problems.append(f"{ann_path}: {table}[{index}] {name_key} {row[name_key]!r} is not a name")
+        elif row_id in out:
+            problems.append(f"{ann_path}: {table}[{index}] repeats id {row_id}")
+        else:
+            out[row_id] = {**row, name_key: row[name_key]}
+    return out
 
 
 def _coco_labels(
@@ -459,8 +527,10 @@ def _coco_regions(
             problems.append(f"{at}: bad segmentation ({exc})")
             continue
         box = bbox(region)
-        if box is not None:
-            labels.append(Label(cls=cls, box=PixelBox(*box), mask=region))
+        if box is None:
+            problems.append(f"{at}: the segmentation covers no pixel: nothing to label")
+            continue
+        labels.append(Label(cls=cls, box=PixelBox(*box), mask=region))
     return tuple(labels)
 
 
@@ -583,7 +653,9 @@ def _scan_class_masks(
     if not fs.exists(classes_path):
         problems.append(f"{classes_path}: missing (mask value v is the class on line v)")
         return {}
-    names = [c.strip() for c in fs.cat_file(classes_path).decode().splitlines() if c.strip()]
+    names = _class_names(fs, classes_path, problems)
+    if names is None:
+        return {}
     mapped: list[str] = []
     for number, name in enumerate(names, start=1):
         cls = _class_for(name, spec)
@@ -691,7 +763,7 @@ def scan_source(
     paths = sorted(readers)
     decoded = _decode_all(fs, paths, problems, progress)
     items: list[SourceItem] = []
-    seen: dict[str, str] = {}
+    seen: dict[str, int] = {}  # sha256 → index in items
     duplicates: list[str] = []
     for path in paths:
         if path not in decoded:
@@ -699,14 +771,55 @@ def scan_source(
         sha256, width, height = decoded[path]
         rel = posixpath.relpath(path, root)
         labels = _as_kind(readers[path](width, height), spec, path, problems)
+        _check_verdict(labels, spec, path, problems)
         if sha256 in seen:
-            duplicates.append(f"{rel} (same bytes as {seen[sha256]})")
+            first = items[seen[sha256]]
+            if not same_labels(first.labels, labels):  # which of the two is right is the source owner's call
+                problems.append(f"{path}: same image bytes as {first.rel}, with other labels ({describe(labels)} vs "
+                                f"{describe(first.labels)})")  # fmt: skip
+            duplicates.append(f"{rel} (same bytes as {first.rel})")
             continue
-        seen[sha256] = rel
+        seen[sha256] = len(items)
         items.append(SourceItem(_url(fs, path), rel, sha256, width, height, labels))
     if problems:
         raise ImportValidationError(problems)
     return ScanResult(root=_url(fs, root), items=items, duplicates=duplicates)
+
+
+def _check_verdict(labels: tuple[Label, ...] | None, spec: ProjectSpec, where: str, problems: list[str]) -> None:
+    """A segment image whose verdict is the OK class while its mask marks defect pixels contradicts itself: the
+    dataset would keep the verdict (crux.kinds SegmentKind.verdict) and train an OK image with a defect mask."""
+    if not labels or spec.ok_class is None or get_kind(spec.kind).geometry != "mask":
+        return
+    verdicts = [lb.cls for lb in labels if lb.mask is None and lb.box is None]
+    regions = sorted({lb.cls for lb in labels if lb.mask is not None})
+    if verdicts and verdicts[-1] == spec.ok_class and regions:
+        marked = ", ".join(regions)
+        problems.append(f"{where}: verdict {spec.ok_class!r} (OK) contradicts its mask, which marks {marked}")
+
+
+def _label_key(label: Label) -> tuple[Any, ...]:
+    box = None if label.box is None else tuple(round(v, 3) for v in label.box.as_list())
+    mask = None if label.mask is None else hashlib.sha256(label.mask.astype(bool).tobytes()).hexdigest()
+    return (label.cls, box or (), mask or "")
+
+
+def same_labels(a: Sequence[Label] | None, b: Sequence[Label] | None) -> bool:
+    """The same labels, in any order (boxes to 1/1000 px: Label Studio's percent coordinates round-trip within that;
+    masks pixel for pixel). None (not labelled) equals only None."""
+    if a is None or b is None:
+        return a is b
+    return sorted(map(_label_key, a)) == sorted(map(_label_key, b))
+
+
+def describe(labels: Sequence[Label] | None) -> str:
+    """Labels for a message: classes with their counts ("scratch x2, spot"), or "no labels"."""
+    if labels is None:
+        return "not labelled"
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label.cls] = counts.get(label.cls, 0) + 1
+    return ", ".join(f"{c} x{n}" if n > 1 else c for c, n in sorted(counts.items())) or "no labels"
 
 
 def read_predictions(path: Path, spec: ProjectSpec) -> dict[str, Prediction]:
@@ -738,7 +851,11 @@ def read_predictions(path: Path, spec: ProjectSpec) -> dict[str, Prediction]:
             score = _finite(record["score"])
             if geometry == "box":
                 boxes = record.get("boxes") or []
-                labels = tuple(Label(cls=b["label"], box=PixelBox(*map(_finite, b["xyxy"]))) for b in boxes)
+                if not isinstance(boxes, list) or not all(isinstance(b, dict) for b in boxes):
+                    raise TypeError("boxes is not a list of objects")
+                labels = tuple(
+                    Label(cls=_class_name(b["label"]), box=PixelBox(*map(_finite, b["xyxy"]))) for b in boxes
+                )
                 scores = tuple(_finite(b["score"]) for b in boxes)
             elif geometry == "mask":
                 labels = _predicted_regions(path.parent, record, spec, where, problems)
@@ -746,7 +863,7 @@ def read_predictions(path: Path, spec: ProjectSpec) -> dict[str, Prediction]:
                     continue
                 scores = (score,) * len(labels)
             else:
-                labels, scores = (Label(cls=record["label"]),), (score,)
+                labels, scores = (Label(cls=_class_name(record["label"])),), (score,)
         except (KeyError, TypeError, ValueError) as exc:
             problems.append(f"{where}: not a prediction record ({type(exc).__name__}: {exc})")
             continue
@@ -773,7 +890,7 @@ def _predicted_regions(
     from crux.masks import MaskError, read_image_array
 
     label = record.get("label")
-    if label is not None and label not in spec.classes:
+    if label is not None and not (isinstance(label, str) and label in spec.classes):
         problems.append(f"{where}: class {label!r} not in project {spec.title!r}")
         return None
     if not record.get("mask"):

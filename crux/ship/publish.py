@@ -122,9 +122,15 @@ class GateConfig:
     max: Mapping[str, Mapping[str, float | None]] = field(default_factory=lambda: types.MappingProxyType({}))
     # Per line (the project name): its own floors and ceilings.
     lines: Mapping[str, GateLineConfig] = field(default_factory=lambda: types.MappingProxyType({}))
+    # true: this plant sets no floors of its own, only the kinds' defaults apply. Required for an empty `gate:` in
+    # params.yaml, which would otherwise drop every floor without a word (crux.settings refuses it).
+    defaults_only: bool = False
 
     def __post_init__(self) -> None:
         from crux.kinds import KINDS
+
+        if self.defaults_only and (self.min or self.max or self.lines):
+            raise ConfigError("gate.defaults_only: true contradicts the floors set in gate.min, gate.max or gate.lines")
 
         if not math.isfinite(self.tolerance) or self.tolerance < 0:
             raise ConfigError(f"gate.tolerance: {self.tolerance} must be a finite number >= 0")
@@ -463,6 +469,20 @@ def read_pointer(
     if raw is None:
         return None
     return _parse_pointer(raw, public_keys, verify_sig)
+
+
+def published_lines(root: str, storage_options: Mapping[str, Any] | None = None) -> list[str] | None:
+    """The lines with a production pointer under the remote `root`, or None when the remote cannot be listed now
+    (offline: an edge keeps running its installed model, so only a successful listing may say a line is absent)."""
+    try:
+        fs, path = _fs(root, storage_options)
+        if not fs.exists(path):
+            return []
+        folders = [str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p)]
+        return sorted(f for f in folders if LINE_NAME.match(f) and fs.exists(_join(path, f, CURRENT)))
+    except Exception:  # fsspec backends raise their own types for an unreachable remote
+        log.debug("cannot list %s", root, exc_info=True)
+        return None
 
 
 def _parse_pointer(raw: bytes, public_keys: Sequence[Any], verify_sig: bool) -> dict[str, Any]:

@@ -29,6 +29,10 @@ ALG = "ed25519"
 SIGNATURE_KEY = "signature"
 
 
+class KeyFileError(CruxError, FileExistsError):
+    """A key file is in the way (or cannot be written); the message names it and the way out."""
+
+
 class SignatureError(CruxError, ValueError):
     """A document is unsigned, signed by an unknown key, or its signature does not match its content."""
 
@@ -92,9 +96,13 @@ def init_keys(private_path: Path, public_path: Path, overwrite: bool = False) ->
     """
     private_path, public_path = Path(private_path), Path(public_path)
     if private_path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{private_path} exists; pass overwrite to replace it (edges must get the new public key)"
+        raise KeyFileError(
+            f"{private_path} exists: a signing key is already set up (`crux keys rotate` makes a new one and keeps "
+            "the old public key trusted; --overwrite replaces it, and edges must get the new public key)"
         )
+    for path in (private_path, public_path):
+        if path.exists() and not path.is_file():
+            raise KeyFileError(f"{path} is not a file")
     key = generate_private_key()
     private_path.parent.mkdir(parents=True, exist_ok=True)
     public_path.parent.mkdir(parents=True, exist_ok=True)

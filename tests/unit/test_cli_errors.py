@@ -94,7 +94,7 @@ BAD_INPUT: dict[str, tuple[str, list[str], str]] = {
     "keys init": ("typo", ["keys", "init"], "trian"),
     "keys rotate": ("line", ["keys", "rotate"], "publish.key"),
     "models list": ("line", ["models", "list", "nosuchline"], "publish.pub"),
-    "edge run": ("line", ["edge", "run", "nosuchline"], "publish.pub"),
+    "edge run": ("line", ["edge", "run", "nosuchline"], "nosuchline"),
     "ingest serve": ("typo", ["ingest", "serve"], "trian"),
     "stations add": ("line", ["stations", "add", "../etc", "--line", "line-a"], "../etc"),
     "stations revoke": ("line", ["stations", "revoke", "nosuchstation"], "nosuchstation"),
@@ -145,7 +145,7 @@ def test_bad_input_exits_1_with_one_error_line_and_no_traceback(
 
 # Issue #23: user text is printed as given, brackets included, and never crashes the printing (rich markup).
 BRACKETED: dict[str, tuple[list[str], str]] = {
-    "data check": (["data", "check", "[/x]"], "data/[/x]: no dataset"),
+    "data check": (["data", "check", "[/x]"], "project '[/x]' is not declared"),
     "stations add": (["stations", "add", "[b]cam[/b]", "--line", "line-a"], "station '[b]cam[/b]'"),
     "publish": (["publish", "[/x]", "{tmp}/none"], "'[/x]' is not declared"),
     "predict": (["predict", "{tmp}/[b]model", "{tmp}/frame.png"], "[b]model/card.json: not a model card"),
@@ -226,3 +226,67 @@ def test_predict_json_stays_valid_when_the_model_outputs_nan(
     lines = capfd.readouterr().out.splitlines()
     record = json.loads(lines[0], parse_constant=lambda name: pytest.fail(f"{name} in JSON output"))
     assert record["image"] == str(frame) and "non-finite" in record["error"] and "label" not in record  # never OK
+
+
+def _cli(params: Path, tmp_path: Path, args: list[str], monkeypatch: pytest.MonkeyPatch, capfd) -> tuple[int, str]:
+    from crux.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["crux", *args, "--params", str(params)])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    output = capfd.readouterr()
+    text = " ".join((output.out + output.err).split())
+    assert "Traceback" not in text, text
+    return int(exited.value.code or 0), text
+
+
+def test_keys_init_twice_says_a_key_exists_and_how_to_rotate(
+    params: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    assert _cli(params, tmp_path, ["keys", "init"], monkeypatch, capfd)[0] == 0
+    code, text = _cli(params, tmp_path, ["keys", "init"], monkeypatch, capfd)
+    assert code == 1 and "publish.key exists" in text and "crux keys rotate" in text
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["console", "serve", "--port", "-1"],
+        ["ingest", "serve", "--port", "70000"],
+        ["labelstudio", "up", "--port", "0"],
+    ],
+)
+def test_ports_out_of_range_are_usage_errors(
+    params: Path, tmp_path: Path, args: list[str], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    code, text = _cli(params, tmp_path, args, monkeypatch, capfd)
+    assert code == 2 and "Invalid value for '--port'" in text, text
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [("mysql://u@h/db", "'mysql' is not supported"), ("garbage", "is not a database URL"),
+     ("postgresql+pg8000://u@h/d", "driver 'postgresql+pg8000' is not installed")],
+)  # fmt: skip
+def test_unsupported_database_urls_are_one_line_errors(
+    params: Path, tmp_path: Path, url: str, message: str, monkeypatch: pytest.MonkeyPatch, capfd
+) -> None:
+    doc = yaml.safe_load(params.read_text())
+    doc["ingest"]["database_url"] = url
+    params.write_text(yaml.safe_dump(doc))
+    code, text = _cli(params, tmp_path, ["stations", "add", "cam-1", "--line", "line-a"], monkeypatch, capfd)
+    assert code == 1 and message in text, text
+
+
+def test_edge_run_on_a_line_without_any_release_exits_instead_of_waiting(
+    params: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    doc = yaml.safe_load(params.read_text())
+    doc["edge"] = {"remote": str(tmp_path / "remote")}
+    (tmp_path / "remote" / "other-line").mkdir(parents=True)
+    params.write_text(yaml.safe_dump(doc))
+    code, text = _cli(params, tmp_path, ["edge", "run", "line-a", "--glob", "*.png"], monkeypatch, capfd)
+    assert code == 1 and "no model of line 'line-a' published" in text and "(lines there: none)" in text
+    code, text = _cli(params, tmp_path, ["edge", "run", "line-b", "--glob", "*.png"], monkeypatch, capfd)
+    assert code == 1 and "line 'line-b' is not declared" in text and "did you mean 'line-a'?" in text

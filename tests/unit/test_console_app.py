@@ -159,3 +159,62 @@ def test_overlay_draws_boxes_and_masks() -> None:
     assert tuple(out[10, 25]) == (255, 40, 40)  # the first box's top edge
     assert out[60, 75, 0] > 100 and out[60, 75, 1] < 60  # inside the mask: tinted red
     assert tuple(out[5, 95]) == (40, 40, 40)  # elsewhere untouched
+
+
+def test_a_capture_id_beyond_the_database_integer_is_404_not_503(tmp_path: Path) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path}/i.db")
+    migrate(engine)
+    cfg = ConsoleConfig(lines=LINES, ingest=IngestReader(engine, str(tmp_path / "images")))
+    client = TestClient(create_console_app(cfg))
+    for capture in ("12345678901234567890123", "9223372036854775808", "-1"):
+        assert client.get(f"/captures/{capture}/overlay.png").status_code == 404, capture
+    assert client.get("/captures/9223372036854775807/overlay.png").status_code == 404
+
+
+def test_each_login_gets_its_own_session_and_logout_revokes_only_it() -> None:
+    """Issue #23 section 6: the cookie is a random value per login, not derived from the token; logout ends it."""
+    app = create_console_app(ConsoleConfig(lines=LINES, admin_token="s" * 24))
+    one, two = TestClient(app), TestClient(app)
+    for client in (one, two):
+        assert client.post("/login", data={"token": "s" * 24}, follow_redirects=False).status_code == 303
+    assert one.cookies["crux_console"] != two.cookies["crux_console"]
+    stolen = one.cookies["crux_console"]
+    assert one.post("/logout", follow_redirects=False).status_code == 303
+    replay = TestClient(app, cookies={"crux_console": stolen})
+    assert replay.get("/stations", follow_redirects=False).status_code == 303  # revoked: back to /login
+    assert two.get("/stations").status_code == 200  # the other login is untouched
+
+
+def test_the_session_cookie_is_secure_over_tls_only() -> None:
+    app = create_console_app(ConsoleConfig(lines=LINES, admin_token="s" * 24))
+    plain = TestClient(app).post("/login", data={"token": "s" * 24}, follow_redirects=False)
+    tls = TestClient(app, base_url="https://console.plant").post(
+        "/login", data={"token": "s" * 24}, follow_redirects=False
+    )
+    assert "secure" not in plain.headers["set-cookie"].lower()
+    assert "secure" in tls.headers["set-cookie"].lower() and "httponly" in tls.headers["set-cookie"].lower()
+
+
+def test_failed_logins_are_rate_limited_per_client() -> None:
+    client = TestClient(create_console_app(ConsoleConfig(lines=LINES, admin_token="s" * 24)))
+    for _ in range(5):
+        assert client.post("/login", data={"token": "guess"}).status_code == 401
+    limited = client.post("/login", data={"token": "s" * 24}, follow_redirects=False)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1  # even the right token waits
+
+
+def test_sessions_expire_and_the_limiter_forgets_old_failures() -> None:
+    from crux.console.sessions import LoginLimiter, Sessions
+
+    now = [0.0]
+    sessions = Sessions(ttl_s=10, clock=lambda: now[0])
+    value = sessions.open()
+    assert sessions.valid(value) and not sessions.valid("forged") and not sessions.valid("")
+    now[0] = 11
+    assert not sessions.valid(value)
+    limiter = LoginLimiter(max_failures=2, window_s=60, clock=lambda: now[0])
+    limiter.failed("a")
+    limiter.failed("a")
+    assert limiter.retry_after("a") == 60 and limiter.retry_after("b") is None
+    now[0] = 72
+    assert limiter.retry_after("a") is None

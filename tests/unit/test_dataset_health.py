@@ -67,3 +67,35 @@ def test_dhash_and_pairs(tmp_path: Path) -> None:
     assert 0 <= h < 2**64
     pairs = near_duplicate_pairs({"x": 0b1111, "y": 0b0111, "z": 2**63}, max_bits=1)
     assert pairs == [("x", "y", 1)]
+
+
+def test_health_finds_what_prepare_refuses_and_never_leaves_the_dataset(tmp_path: Path) -> None:
+    """Issue #23: sha256 mismatches, unknown splits, NaN boxes and repeated task ids are errors; a manifest path that
+    leaves the dataset folder is an error and the file behind it is never opened."""
+    import dataclasses
+
+    root = tmp_path / "data"
+    ok = (ItemLabel("a", (1, 1, 20, 20)),)
+    items = [put(root, image_bytes(n), n, ok) for n in range(1, 4)]
+    (root / items[0].image).write_bytes(image_bytes(99))  # edited after the snapshot
+    items[1] = dataclasses.replace(items[1], split="holdout")
+    items.append(put(root, image_bytes(4), 4, (ItemLabel("a", (float("nan"), 1, 20, 20)),)))
+    items.append(dataclasses.replace(items[2], labels=()))  # task 3 twice
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(image_bytes(5))
+    (root / "images" / "link.jpg").symlink_to(secret)
+    outside = [
+        dataclasses.replace(items[2], task_id=7, image="../secret.jpg"),
+        dataclasses.replace(items[2], task_id=8, image=str(secret)),
+        dataclasses.replace(items[2], task_id=9, image="images/link.jpg"),
+        dataclasses.replace(items[2], task_id=10, mask="../../etc/passwd"),
+    ]
+    before = secret.stat().st_atime_ns
+    findings = check_dataset(root, items + outside, DETECT, HealthOptions(min_class_count=0))
+    by_code = {f.code: f for f in findings if f.severity == "error"}
+    assert by_code["sha256_mismatch"].task_ids == (1,)
+    assert by_code["unknown_split"].task_ids == (2,)
+    assert by_code["non_finite_box"].task_ids == (4,)
+    assert by_code["duplicate_item"].task_ids == (3,)
+    assert by_code["path_outside_dataset"].task_ids == (7, 8, 9, 10)
+    assert secret.stat().st_atime_ns == before  # not read (hash, decode) through any of the four

@@ -327,3 +327,48 @@ def test_decompression_bomb_upload_is_413_and_stores_nothing(env: Env, client: T
     r = post(client, env.token, bytes(data), content_type="image/png", filename="c.png")
     assert r.status_code == 413 and "pixel" in r.json()["detail"]
     assert env.nothing_stored()
+
+
+# Issue #23: out-of-range and non-finite values are 4xx, never a 500 (SQLite overflow, NaN in the error response).
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"fps": NaN}',
+        '{"fps": Infinity}',
+        '{"latency_p50_ms": -Infinity}',
+        '{"frames": 1e400}',
+        '{"model_version": 1234567890123456789012345678901}',
+        '{"outbox_bytes": 99999999999999999999}',
+    ],
+)
+def test_heartbeat_values_out_of_range_are_422(env: Env, client: TestClient, body: str) -> None:
+    r = client.post(
+        "/v1/heartbeat",
+        content=body,
+        headers={"Authorization": f"Bearer {env.token}", "content-type": "application/json"},
+    )
+    assert r.status_code == 422, r.text
+    json.loads(r.text)  # strict JSON: the rejected NaN is not echoed back
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/v1/captures/12345678901234567890", 422),
+        ("/v1/captures/99999999999999999999999999999", 422),
+        ("/v1/captures/-1", 422),
+        ("/v1/captures/9223372036854775807", 404),
+        ("/v1/captures?after=99999999999999999999999", 422),
+    ],
+)
+def test_ids_beyond_the_database_integer_are_4xx(env: Env, client: TestClient, path: str, status: int) -> None:
+    assert client.get(path, headers={"Authorization": f"Bearer {env.token}"}).status_code == status
+
+
+@pytest.mark.parametrize("mask", ["Q", "0Q", "z", "\u00e9"])
+def test_a_mask_rle_cut_mid_value_or_foreign_is_422(env: Env, client: TestClient, mask: str) -> None:
+    meta = capture_metadata("cam-1", "line-a")
+    meta["boxes"] = [{"class": "scratch", "box": [1, 1, 5, 5], "score": 0.5, "mask": mask}]
+    r = post(client, env.token, meta=meta)
+    assert r.status_code == 422, r.text
+    assert env.nothing_stored()

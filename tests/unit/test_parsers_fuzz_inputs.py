@@ -87,6 +87,63 @@ def test_coco_annotation_files_give_items_or_problems_naming_the_file(doc: Any) 
                     assert all(v == v and abs(v) != float("inf") for v in values)
 
 
+SEGMENT = from_mapping(
+    ProjectSpec,
+    {"title": "s", "kind": "segment", "classes": {"ok": "#000000", "a": "#ff0000", "b": "#00ff00"}, "ok_class": "ok"},
+    "s",
+)
+COCO_SEGMENT = {
+    "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    "images": [{"id": 1, "file_name": "x.jpg", "width": 64, "height": 48, "verdict": "a"}],
+    "annotations": [
+        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[1, 2, 30, 2, 30, 40, 1, 40]]},
+        {"id": 2, "image_id": 1, "category_id": 2, "segmentation": {"size": [48, 64], "counts": [100, 20, 2952]}},
+        {"id": 3, "image_id": 1, "category_id": 2, "segmentation": {"size": [48, 64], "counts": "S?6Z10000000]Y2"}},
+    ],
+}
+COORD = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**40), 2**40),
+    st.sampled_from([1e9, -1e9, 64, 48, 64.0000001, True, "1", None]),
+)
+POLYGON = st.lists(COORD, max_size=10)
+RLE = st.fixed_dictionaries(
+    {
+        "size": st.one_of(st.just([48, 64]), st.lists(COORD, max_size=3)),
+        "counts": st.one_of(st.lists(st.one_of(st.integers(-5, 3072), COORD), max_size=6), st.text(max_size=12)),
+    }
+)
+
+
+@FUZZ
+@given(st.one_of(near(COCO_SEGMENT), st.lists(st.one_of(st.lists(POLYGON, max_size=3), RLE), min_size=1, max_size=3)))
+def test_coco_segment_files_give_regions_inside_the_image_or_problems_naming_the_file(doc: Any) -> None:
+    """COCO segment paths (polygons, RLE lists, compressed RLE): regions of the image's size or named problems, quickly
+    (a coordinate of 1e9 used to walk a billion pixel centres)."""
+    import time
+
+    if isinstance(doc, list):  # segmentations drawn directly, put into the valid document
+        doc = {**COCO_SEGMENT, "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "segmentation": seg}
+                                               for i, seg in enumerate(doc)]}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "x.jpg").write_bytes(image_bytes(1))  # 64x48
+        (Path(tmp) / "annotations.json").write_text(json.dumps(doc))
+        started = time.monotonic()
+        try:
+            result = scan_source(tmp, SEGMENT, "coco")
+        except ImportValidationError as exc:
+            named = ("annotations.json", "x.jpg", f"{tmp}: no images found")
+            assert exc.problems and all(any(n in p for n in named) for p in exc.problems), exc.problems
+            return
+        finally:
+            assert time.monotonic() - started < 10
+        for item in result.items:
+            for label in item.labels or ():
+                assert label.cls in ("ok", "a", "b")
+                if label.mask is not None:
+                    assert label.mask.shape == (48, 64) and label.mask.any()
+
+
 ITEM = ManifestItem(
     sha256="ab" * 32, task_id=3, image="images/ab/x.jpg", width=64, height=48, original_name="x.jpg", split="train"
 ).to_json()
@@ -226,3 +283,53 @@ def test_label_studio_export_tasks_parse_or_give_a_snapshot_error_naming_the_tas
         assert "task" in str(exc) or "export item #3" in str(exc), str(exc)
         return
     assert parsed in ("skipped", "unlabeled") or isinstance(parsed, ParsedTask)
+
+
+HEARTBEAT = {"model_version": 3, "frames": 10, "ng": 1, "errors": 0, "fps": 2.5, "latency_p50_ms": 3.0,
+             "ng_rate": 0.1, "outbox_pending": 0, "outbox_bytes": 0, "interval_s": 30, "model_errors": 0}  # fmt: skip
+BIG = st.one_of(
+    st.integers(-(2**80), 2**80), st.sampled_from(["NaN", "Infinity", "-Infinity", "1e400", "-0", "1" * 31, "true"])
+)
+
+
+@pytest.fixture(scope="module")
+def ingest_client(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from fastapi.testclient import TestClient
+
+    from crux.collect import IngestSettings, add_station, create_app, create_db_engine, migrate
+
+    tmp = tmp_path_factory.mktemp("ingest-fuzz")
+    settings = IngestSettings(database_url=f"sqlite:///{tmp}/i.db", storage_url=str(tmp / "images"))
+    engine = create_db_engine(settings.database_url)
+    migrate(engine)
+    token = add_station(engine, "cam-1", "line-a")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client, {"Authorization": f"Bearer {token}"}
+
+
+@FUZZ
+@given(
+    st.dictionaries(st.sampled_from(sorted(HEARTBEAT)), BIG.map(str), max_size=4),
+    # One path segment: no separators or dots a client would normalise into another route.
+    st.one_of(
+        BIG.map(str),
+        st.text(
+            st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="/?#%.\\"), min_size=1, max_size=12
+        ),
+    ),
+)
+def test_ingest_fields_are_a_2xx_or_a_4xx_never_a_500(ingest_client: Any, fields: dict[str, str], capture: str) -> None:
+    """Heartbeat fields and capture ids as a hostile client sends them (raw JSON numbers: NaN, 31 digits, 1e400):
+    the service answers 204/404/422, and its error bodies are strict JSON."""
+    client, auth = ingest_client
+    body = (
+        "{"
+        + ", ".join(f'"{k}": {v}' for k, v in {**{k: json.dumps(v) for k, v in HEARTBEAT.items()}, **fields}.items())
+        + "}"
+    )
+    r = client.post("/v1/heartbeat", content=body, headers={**auth, "content-type": "application/json"})
+    assert r.status_code in (204, 400, 422), (body, r.status_code, r.text)
+    if r.content:
+        json.loads(r.text)
+    r = client.get(f"/v1/captures/{capture}", headers=auth)
+    assert r.status_code in (404, 422), (capture, r.status_code, r.text)
