@@ -41,7 +41,22 @@ def _repo(tmp_path: Path, overrides: dict) -> tuple[Path, dict, dict[str, str], 
     (repo / "data").mkdir()
     shutil.move(tmp_path / "synthetic" / "data", repo / "data" / "line-a")
     shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params = merge_params(shipped, {**overrides, "pipeline": {"lines": ["line-a"]}, "export": {"parity_images": 4}})
+    # A line is declared once, as a project: the pipeline trains only declared lines.
+    project = {
+        "title": "Synthetic line",
+        "kind": "classify",
+        "ok_class": "ok",
+        "classes": {"ok": "#3cb44b", "scratch": "#e6194b", "spot": "#4363d8"},
+    }
+    params = merge_params(
+        shipped,
+        {
+            **overrides,
+            "labelstudio": {"projects": {"line-a": project}},
+            "pipeline": {"lines": ["line-a"]},
+            "export": {"parity_images": 4},
+        },
+    )
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **os.environ,
