@@ -295,7 +295,8 @@ def diff_to_markdown(d: DatasetDiff, title_a: str = "before", title_b: str = "af
         lines += ["No labeled item changed.", ""]
     if d.retasked:
         lines += [
-            f"{len(d.retasked)} image(s) moved to new task ids (a restored or re-imported project); their labels are compared above.",
+            f"{len(d.retasked)} image(s) moved to new task ids (a restored or re-imported project), compared as the "
+            "same items.",
             "",
         ]
     else:
