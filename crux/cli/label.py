@@ -296,6 +296,8 @@ def import_command(
         f"{report.annotations} with annotations, {report.predictions} prediction(s), "
         f"{report.duplicates_in_source} duplicate file(s) skipped — {elapsed:.1f} s"
     )
+    for conflict in report.conflicts:
+        console.print(f"[yellow]conflict:[/] {escape(conflict)}")
 
 
 def _scan_and_import(

@@ -252,7 +252,7 @@ def restore_project(
         tasks.append(task)
     for start in range(0, len(tasks), BATCH_SIZE):
         batch = tasks[start : start + BATCH_SIZE]
-        client.projects.import_tasks(id=project_id, request=batch, return_task_ids=True)
+        client.projects.import_tasks(id=project_id, request=batch, return_task_ids=True)  # type: ignore[arg-type]
         if progress:
             progress(len(batch))
 
@@ -280,6 +280,7 @@ def _relink_provenance(client: LabelStudio, project_id: int, by_old_id: Mapping[
     (accepted / edited), and the mark that an imported label was saved by a person since (edited). One request per
     such item; the rest of the restore is bulk."""
     lost = []
+    task: Any
     for task in client.tasks.list(project=project_id, fields="all", page_size=500):
         data = task.data or {}
         item = by_old_id.get(data.get(RESTORED_FROM))  # type: ignore[arg-type]

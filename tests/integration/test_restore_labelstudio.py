@@ -164,3 +164,34 @@ def test_a_deleted_project_is_restored_with_every_label(
     # Task ids may come back the same (SQLite reuses them once a project's tasks are gone) or not: either way each
     # image is the same item, never "removed and added".
     assert len(diff["retasked"]) == sum(before[sha].task_id != after[sha].task_id for sha in before)
+
+
+def test_import_names_images_the_project_holds_with_other_labels(
+    ls_client: Any, ls_files_root: Path, tmp_path: Path
+) -> None:
+    """Issue #23 §4: the same image bytes already in the project with other labels are reported, naming the file
+    and the choice (the project's labels kept); identical labels stay a skipped duplicate."""
+    name = f"again-{uuid.uuid4().hex[:6]}"
+    entry = {"title": f"Again {name}", "kind": "detect", "classes": dict.fromkeys(NEU_CLASSES, "#e6194b")}
+    spec = from_mapping(LabelStudioConfig, {"projects": {name: entry}}, "ls").project(name)
+    project_id = sync_project(ls_client, name, spec).project_id
+    stems = neu_stems(1)[:3]
+    source = copy_neu_subset(ls_files_root / name / "v1", stems)
+    first = importer.import_items(
+        ls_client, project_id, spec, importer.scan_source(str(source), spec, "yolo"), ls_files_root
+    )
+    assert (first.created, first.conflicts) == (3, ())
+
+    # The source's owner relabels one image (another class) and re-exports: the project keeps its label, and says so.
+    label_file = source / "labels" / f"{stems[1]}.txt"
+    lines = label_file.read_text().splitlines()
+    class_id, *rest = lines[0].split()
+    lines[0] = " ".join([str((int(class_id) + 1) % len(NEU_CLASSES)), *rest])
+    label_file.write_text("\n".join(lines) + "\n")
+    again = importer.import_items(
+        ls_client, project_id, spec, importer.scan_source(str(source), spec, "yolo"), ls_files_root
+    )
+    assert (again.created, again.already_present) == (0, 3)
+    (conflict,) = again.conflicts
+    assert conflict.startswith(f"images/{stems[1]}.jpg: task ") and "kept the project's labels" in conflict
+    assert len(ls_client.tasks.list(project=project_id).items) == 3  # no duplicate task
