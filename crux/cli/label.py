@@ -14,6 +14,7 @@ from crux.cli.terminal import ParamsOption, console, escape, out, progress_bar
 from crux.config import ConfigError
 from crux.settings import (
     Context,
+    dataset_config,
     labelstudio_client,
     labelstudio_config,
     labelstudio_credentials,
@@ -119,8 +120,19 @@ def project_sync(
         result = sync_project(client, name, cfg.project(name), force=force)
         detail = f" ({', '.join(result.changed_fields)})" if result.action == "updated" else ""
         out.print(f"{name}: {result.action}{detail} — project id {result.project_id}")
+        if result.action == "created":
+            _warn_if_restorable(ctx, client, name, result.project_id)
         if webhook:
             _register_webhook(ctx, client, name, result.project_id)
+
+
+def _warn_if_restorable(ctx: Context, client: Any, name: str, project_id: int) -> None:
+    """A project created again while its dataset holds labels was deleted: say how to get the labels back."""
+    from crux.label.restore import restore_needed, version_items
+
+    lost = restore_needed(client, name, project_id, version_items(ctx.root, str(dataset_config(ctx).project_dir(name))))
+    if lost:
+        console.print(f"[yellow]warning:[/] {escape(lost)}")
 
 
 def _register_webhook(ctx: Context, client: Any, name: str, project_id: int) -> None:
@@ -132,6 +144,94 @@ def _register_webhook(ctx: Context, client: Any, name: str, project_id: int) -> 
         ensure_webhook(client, project_id, url, webhook_secret(ctx))
     except WebhookRegistrationError as exc:
         console.print(f"[yellow]warning:[/] {escape(f'{name}: webhook to {url} not registered: {exc}')}")
+
+
+@project_app.command("restore")
+def project_restore(
+    line: Annotated[str, typer.Argument(help="Project (inspection line) from params.yaml.")],
+    rev: Annotated[
+        str | None, typer.Option(help="Git revision of the dataset version; default HEAD's (else the workspace's).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="The project exists and holds tasks: add only the images it lacks.")
+    ] = False,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Where the version's images are kept for Label Studio (below labelstudio.files_root)."),
+    ] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Recreate a deleted or emptied Label Studio project from a dataset version: tasks, every annotator's labels,
+    provenance and predictions."""
+    import tempfile
+
+    from crux.data import versioning
+    from crux.label.restore import restore_project
+
+    ctx = load_context(params)
+    cfg = labelstudio_config(ctx)
+    spec = cfg.project(line)
+    data_rel = str(dataset_config(ctx).project_dir(line))
+    if rev is not None:
+        versioning.check_revision(ctx.root, rev)
+    elif (ctx.root / ".git").exists() and versioning.read_classes_at(ctx.root, "HEAD", data_rel) is not None:
+        rev = "HEAD"  # the last committed version, not a workspace a later snapshot may have emptied
+    version = rev or "the workspace"
+    items = versioning.read_manifest_at(ctx.root, rev, data_rel)
+    info = versioning.read_classes_at(ctx.root, rev, data_rel)
+    if info is None:
+        raise ConfigError(f"{data_rel}: no dataset version of {line} at {version}: nothing to restore from")
+    image_dir = (images or ctx.path(Path(".crux") / "restored" / line)).resolve()
+    client = labelstudio_client(ctx)
+    with tempfile.TemporaryDirectory(prefix="crux-restore-") as tmp:
+        dataset_dir = versioning.materialize(ctx.root, rev, Path(tmp), data_rel)
+        with progress_bar(f"Restoring {line} from {version}", len(items)) as advance:
+            report = restore_project(
+                client,
+                line,
+                spec,
+                items,
+                info,
+                dataset_dir,
+                image_dir,
+                ctx.path(cfg.files_root),
+                version=version,
+                force=force,
+                create_members=_member_maker(ctx),
+                progress=advance,
+            )
+    out.print(
+        f"{line}: project {report.project_action} (id {report.project_id}); {report.tasks} task(s) restored from "
+        f"{version} with {report.annotations} annotation(s) and {report.predictions} prediction(s), "
+        f"{report.already_present} already present; images in {image_dir}"
+    )
+    if report.members_created:
+        out.print(f"Accounts created for: {', '.join(report.members_created)}")
+    if report.uncredited:
+        console.print(
+            "[yellow]warning:[/] "
+            + escape(f"no e-mail for {', '.join(report.uncredited)}: their labels are credited to your account")
+        )
+    if report.provenance_lost:
+        console.print(
+            "[yellow]warning:[/] "
+            + escape(
+                f"'edited' provenance not reproducible (prediction not in the version) for old task(s) "
+                f"{', '.join(map(str, report.provenance_lost))}"
+            )
+        )
+
+
+def _member_maker(ctx: Context) -> Any:
+    """Missing annotators get logins as `crux annotators add` makes them, on the server this project runs; an
+    external server (CRUX_LS_URL) gets members without a password (restore then falls back to the API)."""
+    if os.environ.get("CRUX_LS_URL"):
+        return None
+    from crux.label.annotators import add_annotators
+
+    settings = server_settings(ctx)
+    credentials, _ = labelstudio_credentials(settings)
+    return lambda emails: add_annotators(settings, credentials, emails, os.environ)
 
 
 @annotators_app.command("add")
@@ -196,6 +296,8 @@ def import_command(
         f"{report.annotations} with annotations, {report.predictions} prediction(s), "
         f"{report.duplicates_in_source} duplicate file(s) skipped — {elapsed:.1f} s"
     )
+    for conflict in report.conflicts:
+        console.print(f"[yellow]conflict:[/] {escape(conflict)}")
 
 
 def _scan_and_import(

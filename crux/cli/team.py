@@ -24,13 +24,21 @@ from crux.settings import (
 def sync_check(ctx: Any, names: list[str] | None) -> None:
     """`crux project sync --check`: exit 1, printing the difference, when a project was edited in the UI."""
     from crux.label.projects import check_project
+    from crux.label.restore import restore_needed, version_items
     from crux.label.team import differences_to_text
 
     cfg = labelstudio_config(ctx)
+    data = dataset_config(ctx)
     client = labelstudio_client(ctx)
     drifted = False
     for name in names or list(cfg.projects):
         project_id, differences = check_project(client, name, cfg.project(name))
+        # Deleted or emptied (any member of Label Studio Community can): a restore, not a sync, is the fix.
+        lost = restore_needed(client, name, project_id, version_items(ctx.root, str(data.project_dir(name))))
+        if lost:
+            drifted = True
+            out.print(f"{name}: {lost}", markup=False, highlight=False)
+            continue
         if differences:
             drifted = True
             out.print(differences_to_text(name, project_id or 0, differences), markup=False, highlight=False)

@@ -1,7 +1,9 @@
 """What changed between two dataset versions, for a reviewer's pull request and for commit messages.
 
-Items are matched by (task_id, sha256): the same task with the same image. Labels that differ are a
-relabel; boxes are matched per class by overlap, so a reviewer reads "1 box moved" instead of
+Items are matched by (task_id, sha256): the same task with the same image; an image that left one task and is the
+only one of its bytes in another (a project restored by `crux project restore`, or re-imported) is matched to
+itself too, so that a restore reads as "moved to new task ids", not as everything removed and added. Labels that
+differ are a relabel; boxes are matched per class by overlap, so a reviewer reads "1 box moved" instead of
 "1 removed, 1 added". Segmentation items are a relabel when their classes (verdict included) change or
 when the pixel IoU of the two versions' class masks drops below a threshold (a touch-up above it is not).
 """
@@ -89,6 +91,8 @@ class DatasetDiff:
     added: tuple[ItemChange, ...]
     removed: tuple[ItemChange, ...]
     relabelled: tuple[ItemChange, ...]
+    # (old task id, new task id, sha256) of images whose task changed (counted as neither added nor removed)
+    retasked: tuple[tuple[int, int, str], ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -196,6 +200,9 @@ def diff_manifests(
     seen = list(classes) + sorted({c for i in (*old, *new) for c in i.classes} - set(classes))
     old_by = {(i.task_id, i.sha256): i for i in old}
     new_by = {(i.task_id, i.sha256): i for i in new}
+    retasked = _retasked(old_by, new_by)
+    for old_key, new_key in retasked:  # the same image under a new task id: compared as one item
+        old_by[new_key] = old_by.pop(old_key)
     added, removed, relabelled = [], [], []
     for key in sorted(new_by.keys() - old_by.keys()):
         i = new_by[key]
@@ -238,6 +245,24 @@ def diff_manifests(
         added=tuple(added),
         removed=tuple(removed),
         relabelled=tuple(relabelled),
+        retasked=tuple((o[0], n[0], n[1]) for o, n in retasked),
+    )
+
+
+Key = tuple[int, str]
+
+
+def _retasked(old_by: dict[Key, ManifestItem], new_by: dict[Key, ManifestItem]) -> list[tuple[Key, Key]]:
+    """(old key, new key) of images that left their task and are the only ones of their bytes on both sides."""
+    gone: dict[str, list[Key]] = {}
+    for key in old_by.keys() - new_by.keys():
+        gone.setdefault(key[1], []).append(key)
+    came: dict[str, list[Key]] = {}
+    for key in new_by.keys() - old_by.keys():
+        came.setdefault(key[1], []).append(key)
+    # Several tasks of one image on either side cannot be told apart: those stay removed and added.
+    return sorted(
+        (gone[sha][0], came[sha][0]) for sha in gone.keys() & came.keys() if len(gone[sha]) == 1 and len(came[sha]) == 1
     )
 
 
@@ -251,6 +276,7 @@ def diff_to_json(d: DatasetDiff) -> dict[str, Any]:
         "per_class": {c: {"added": a, "relabelled": r, "removed": m} for c, (a, m, r) in d.per_class().items()},
         "relabelled": [c.to_json() for c in d.relabelled],
         "removed": [c.to_json() for c in d.removed],
+        "retasked": [{"new_task_id": n, "old_task_id": o, "sha256": sha} for o, n, sha in d.retasked],
         "splits": {"after": d.split_after, "before": d.split_before},
     }
 
@@ -267,6 +293,12 @@ def diff_to_markdown(d: DatasetDiff, title_a: str = "before", title_b: str = "af
     lines = [f"## Dataset changes: `{title_a}` → `{title_b}`", ""]
     if not d.changed:
         lines += ["No labeled item changed.", ""]
+    if d.retasked:
+        lines += [
+            f"{len(d.retasked)} image(s) moved to new task ids (a restored or re-imported project), compared as the "
+            "same items.",
+            "",
+        ]
     else:
         lines += [
             f"**{len(d.added)} added, {len(d.removed)} removed, {len(d.relabelled)} relabelled**"

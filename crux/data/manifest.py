@@ -94,6 +94,40 @@ class AnnotatorLabels:
 
 
 @dataclass(frozen=True)
+class ItemPrediction:
+    """The model pre-annotation an item's label was made from (provenance accepted / edited): kept so that
+    `crux project restore` can put the prediction and its link back, and restored labels keep their provenance."""
+
+    model_version: str
+    score: float | None = None
+    labels: tuple[ItemLabel, ...] = ()
+    mask: str | None = None  # segment: the predicted class mask (content-addressed like the item's)
+    verdict: str | None = None  # segment: the predicted image class
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "labels": [label.to_json() for label in sorted(self.labels, key=_label_sort_key)],
+            "model_version": self.model_version,
+            "score": None if self.score is None else round(self.score, 6),
+        }
+        if self.mask is not None:
+            data["mask"] = self.mask
+        if self.verdict is not None:
+            data["verdict"] = self.verdict
+        return data
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> ItemPrediction:
+        return ItemPrediction(
+            model_version=str(data["model_version"]),
+            score=None if data.get("score") is None else float(data["score"]),
+            labels=tuple(ItemLabel.from_json(lb) for lb in data["labels"]),
+            mask=None if data.get("mask") is None else str(data["mask"]),
+            verdict=None if data.get("verdict") is None else str(data["verdict"]),
+        )
+
+
+@dataclass(frozen=True)
 class ManifestItem:
     """One labeled Label Studio task (one image) of a dataset version."""
 
@@ -118,6 +152,9 @@ class ManifestItem:
     agreement: float | None = None
     # Where the label came from (PROVENANCES); None in manifests written before provenance was recorded.
     provenance: str | None = None
+    # The pre-annotation the label was made from (accepted / edited items whose prediction the export held); None
+    # elsewhere and then not written, so manifests of projects without pre-annotations keep their bytes.
+    prediction: ItemPrediction | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -157,6 +194,8 @@ class ManifestItem:
             data["agreement"] = round(self.agreement, 4)
         if self.provenance is not None:
             data["provenance"] = self.provenance
+        if self.prediction is not None:
+            data["prediction"] = self.prediction.to_json()
         return data
 
     @staticmethod
@@ -179,6 +218,7 @@ class ManifestItem:
                 by_annotator=tuple(AnnotatorLabels.from_json(a) for a in data.get("by_annotator", ())),
                 agreement=None if data.get("agreement") is None else float(data["agreement"]),
                 provenance=None if data.get("provenance") is None else str(data["provenance"]),
+                prediction=None if data.get("prediction") is None else ItemPrediction.from_json(data["prediction"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             # AttributeError: a label that is not an object; OverflowError: int() of an infinite number.

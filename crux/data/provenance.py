@@ -30,6 +30,20 @@ def _comparable(kind_name: str, results: Any, width: int, height: int) -> Any:
     return sorted((lb.cls, tuple(round(v, 2) for v in lb.box.as_list()) if lb.box else ()) for lb in labels)
 
 
+def _parent_id(annotation: Mapping[str, Any]) -> Any:
+    parent = annotation.get("parent_prediction")
+    return parent.get("id") if isinstance(parent, Mapping) else parent
+
+
+def parent_prediction(annotation: Mapping[str, Any], predictions: Any) -> Mapping[str, Any] | None:
+    """The pre-annotation an annotation was made from, when the export still holds it (the dataset keeps it so that
+    `crux project restore` can put back the prediction and the link that tell "accepted" from "edited")."""
+    parent = _parent_id(annotation)
+    if parent is None:
+        return None
+    return next((p for p in predictions or () if isinstance(p, Mapping) and p.get("id") == parent), None)
+
+
 def annotation_provenance(
     kind_name: str, annotation: Mapping[str, Any], annotator: str, predictions: Any, width: int, height: int
 ) -> str:
@@ -42,15 +56,9 @@ def annotation_provenance(
         # Label Studio records who last saved an annotation (`updated_by`); an import leaves it empty, so an
         # imported label a person has since changed and saved is theirs to answer for: edited.
         return "imported" if annotation.get("updated_by") is None else "edited"
-    parent = annotation.get("parent_prediction")
-    if isinstance(parent, Mapping):
-        parent = parent.get("id")
-    if parent is None:
+    if _parent_id(annotation) is None:
         return "human"
-    prediction = next(
-        (p for p in predictions or () if isinstance(p, Mapping) and p.get("id") == parent),
-        None,
-    )
+    prediction = parent_prediction(annotation, predictions)
     if prediction is None:  # deleted since, or exported by id only: a person submitted it, changed or not
         return "edited"
     try:

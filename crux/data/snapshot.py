@@ -31,6 +31,7 @@ from crux.data.manifest import (
     DatasetInfo,
     ExcludedItem,
     ItemLabel,
+    ItemPrediction,
     ManifestItem,
     count_items,
     read_manifest,
@@ -39,7 +40,7 @@ from crux.data.manifest import (
     write_dataset_info,
     write_manifest,
 )
-from crux.data.provenance import annotation_provenance
+from crux.data.provenance import annotation_provenance, parent_prediction
 from crux.data.split import assign_split, validate_ratios
 from crux.data.store import (
     Fetcher,
@@ -192,6 +193,8 @@ class ParsedTask:
     # Each annotator's latest results, by annotator (only filled when there are two or more).
     people: tuple[tuple[str, tuple[Mapping[str, Any], ...]], ...] = ()
     provenance: str | None = None
+    # The pre-annotation the chosen annotation was made from: (model_version, score, results).
+    prediction: tuple[str, float | None, tuple[Mapping[str, Any], ...]] | None = None
 
 
 @dataclass
@@ -298,6 +301,9 @@ def parse_task(task: Any, index: int, kind: str, classes: Sequence[str]) -> Pars
         if len(per_annotator) > 1
         else ()
     )
+    provenance = annotation_provenance(kind, chosen, _annotator(chosen), task.get("predictions"), width, height)
+    parent = parent_prediction(chosen, task.get("predictions")) if provenance in ("accepted", "edited") else None
+    score = parent.get("score") if parent is not None else None
     return ParsedTask(
         task_id=task_id,
         url=url if isinstance(url, str) else "",
@@ -310,7 +316,14 @@ def parse_task(task: Any, index: int, kind: str, classes: Sequence[str]) -> Pars
         annotation_ids=tuple(sorted(int(a.get("id") or 0) for a in kept)),
         conflicted=conflicted,
         people=people,
-        provenance=annotation_provenance(kind, chosen, _annotator(chosen), task.get("predictions"), width, height),
+        provenance=provenance,
+        prediction=None
+        if parent is None
+        else (
+            str(parent.get("model_version") or ""),
+            float(score) if isinstance(score, int | float) and not isinstance(score, bool) else None,
+            tuple(parent.get("result") or ()),
+        ),
     )
 
 
@@ -489,6 +502,48 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _kept_labels(
+    task: ParsedTask,
+    who: str,
+    results: Sequence[Mapping[str, Any]],
+    kind: str,
+    classes: tuple[str, ...],
+    ok_class: str | None,
+    r: _Resolved,
+    root: Path,
+) -> AnnotatorLabels:
+    """One set of results (a person's annotation, or a pre-annotation) as the dataset keeps labels: classes and
+    boxes, and for segmentation the class mask (content-addressed) and the verdict."""
+    labels = _labels_of(kind, task.task_id, list(results), r.width, r.height, classes)
+    try:
+        kept = get_kind(kind).dataset_labels(labels, r.width, r.height, classes, ok_class)
+    except LabelError as exc:
+        raise SnapshotError(f"task {task.task_id} ({who}): {exc}") from exc
+    return AnnotatorLabels(
+        annotator=who,
+        labels=tuple(
+            ItemLabel(cls=lb.cls, box=None if lb.box is None else round_box(lb.box.as_list())) for lb in kept.labels
+        ),
+        mask=None if kept.class_mask is None else write_mask(root, encode_png(kept.class_mask)),
+        verdict=kept.verdict,
+    )
+
+
+def _prediction_of(
+    task: ParsedTask, kind: str, classes: tuple[str, ...], ok_class: str | None, r: _Resolved, root: Path
+) -> ItemPrediction | None:
+    if task.prediction is None:
+        return None
+    model_version, score, results = task.prediction
+    try:
+        kept = _kept_labels(task, f"prediction {model_version}", results, kind, classes, ok_class, r, root)
+    except SnapshotError as exc:
+        # A pre-annotation is not a label: one that no longer reads (a class since removed) costs only its restore.
+        log.warning("%s; its prediction is not kept", exc)
+        return None
+    return ItemPrediction(model_version, score, kept.labels, kept.mask, kept.verdict)
+
+
 def _people_and_agreement(
     task: ParsedTask,
     kind: str,
@@ -504,25 +559,7 @@ def _people_and_agreement(
     from crux.data.agreement import item_agreement
     from crux.masks import decode_png
 
-    task_kind = get_kind(kind)
-    people = []
-    for who, results in task.people:
-        labels = _labels_of(kind, task.task_id, list(results), r.width, r.height, classes)
-        try:
-            kept = task_kind.dataset_labels(labels, r.width, r.height, classes, ok_class)
-        except LabelError as exc:
-            raise SnapshotError(f"task {task.task_id} ({who}): {exc}") from exc
-        people.append(
-            AnnotatorLabels(
-                annotator=who,
-                labels=tuple(
-                    ItemLabel(cls=lb.cls, box=None if lb.box is None else round_box(lb.box.as_list()))
-                    for lb in kept.labels
-                ),
-                mask=None if kept.class_mask is None else write_mask(root, encode_png(kept.class_mask)),
-                verdict=kept.verdict,
-            )
-        )
+    people = [_kept_labels(task, who, results, kind, classes, ok_class, r, root) for who, results in task.people]
     score = item_agreement(
         kind,
         people,
@@ -664,6 +701,7 @@ def _build_into(
                 by_annotator=people,
                 agreement=agreement,
                 provenance=task.provenance,
+                prediction=_prediction_of(task, kind, classes, ok_class, r, root),
             )
         )
 

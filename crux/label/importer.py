@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from crux.errors import CruxError
 from crux.geometry import PixelBox, yolo_to_pixel
-from crux.kinds import Label, get_kind
+from crux.kinds import Label, LabelError, get_kind
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
@@ -88,6 +88,8 @@ class ImportReport:
     annotations: int
     predictions: int
     task_ids: tuple[int, ...]
+    # Images the project already holds with other labels than the source's: "file: …, kept the project's labels".
+    conflicts: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1049,6 +1051,7 @@ def import_items(
     present = existing_hashes(client, project_id)
     ensure_storage(client, project_id, scan.root, s3_options or {})
     new_items = [item for item in scan.items if item.sha256 not in present]
+    conflicts = project_conflicts(client, project_id, spec, [i for i in scan.items if i.sha256 in present], present)
     credit_to = None
     if any(item.labels is not None for item in new_items):
         from crux.data.provenance import IMPORT_IDENTITY
@@ -1084,7 +1087,51 @@ def import_items(
         annotations=sum(1 for task in tasks if "annotations" in task),
         predictions=sum(1 for task in tasks if "predictions" in task) + len(late),
         task_ids=tuple(task_ids),
+        conflicts=tuple(conflicts),
     )
+
+
+def _latest_labels(spec: ProjectSpec, task: Any, width: int, height: int) -> tuple[Label, ...] | None:
+    """The labels a snapshot would take of a task (its latest live annotation); None when it has none."""
+    annotations = [a if isinstance(a, Mapping) else a.dict() for a in task.annotations or []]
+    live = [a for a in annotations if not a.get("was_cancelled")]
+    if not live:
+        return None
+    latest = max(live, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), int(a.get("id") or 0)))
+    return tuple(get_kind(spec.kind).from_results(latest.get("result") or [], width, height))
+
+
+def project_conflicts(
+    client: LabelStudio, project_id: int, spec: ProjectSpec, items: Sequence[SourceItem], present: Mapping[str, int]
+) -> list[str]:
+    """Source images the project already holds (same bytes) whose labels differ from the project's. The project's
+    labels are kept (people may have corrected them there), and each such image is named with that choice: a
+    re-import never overwrites nor silently drops a label. Identical labels are a plain duplicate."""
+    labelled = {present[item.sha256]: item for item in items if item.labels is not None}
+    if not labelled:
+        return []
+    conflicts = []
+    task: Any
+    for task in client.tasks.list(project=project_id, fields="all", page_size=500):
+        item = labelled.get(task.id)
+        if item is None:
+            continue
+        try:
+            held = _latest_labels(spec, task, item.width, item.height)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, LabelError) as exc:
+            conflicts.append(f"{item.rel}: task {task.id} holds labels that do not read ({exc!r}); kept them")
+            continue
+        if held is None:
+            conflicts.append(
+                f"{item.rel}: task {task.id} already holds this image without labels; the source's "
+                f"({describe(item.labels)}) were not added: label it in Label Studio"
+            )
+        elif not same_labels(held, item.labels):
+            conflicts.append(
+                f"{item.rel}: task {task.id} already holds this image with other labels ({describe(held)} vs the "
+                f"source's {describe(item.labels)}); kept the project's labels"
+            )
+    return sorted(conflicts)
 
 
 def count_labels(items: Iterable[SourceItem]) -> dict[str, int]:

@@ -68,6 +68,7 @@ def snapshot_project(
     from crux.label.projects import require_project
 
     client = connect(access.url, access.token)
+    guard_project_present(client, project, root, str(cfg.project_dir(project)))
     project_id = require_project(client, project).id
     if check_config:
         guard_project_config(client, project, spec)
@@ -109,6 +110,22 @@ def snapshot_project(
 
 class ProjectDriftError(CruxError, RuntimeError):
     """A Label Studio project no longer matches params.yaml (edited in the UI); the message shows the difference."""
+
+
+class ProjectLostError(ProjectDriftError):
+    """A project was deleted or emptied in Label Studio while its dataset holds labels: restore, don't snapshot."""
+
+
+def guard_project_present(client: Any, project: str, root: Path, data_rel: str) -> None:
+    """Stop (ProjectLostError, naming `crux project restore`) before a deleted or emptied project is snapshotted
+    into an empty dataset version, or synced back as an empty project."""
+    from crux.label.projects import find_project
+    from crux.label.restore import restore_needed, version_items
+
+    existing = find_project(client, project)
+    lost = restore_needed(client, project, None if existing is None else existing.id, version_items(root, data_rel))
+    if lost:
+        raise ProjectLostError(lost)
 
 
 def guard_project_config(client: Any, project: str, spec: ProjectSpec) -> None:

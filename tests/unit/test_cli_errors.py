@@ -88,6 +88,7 @@ BAD_INPUT: dict[str, tuple[str, list[str], str]] = {
     "labelstudio status": ("typo", ["labelstudio", "status"], "trian"),
     "labelstudio url": ("typo", ["labelstudio", "url"], "trian"),
     "project sync": ("typo", ["project", "sync", "line-a"], "trian"),
+    "project restore": ("line", ["project", "restore", "line-a", "--rev", "nosuchrev"], "nosuchrev"),
     "annotators add": ("line", ["annotators", "add", "not-an-email"], "not-an-email"),
     "data diff": ("line", ["data", "diff", "nosuchrev"], "nosuchrev"),
     "data check": ("line", ["data", "check", "nosuchline"], "nosuchline"),

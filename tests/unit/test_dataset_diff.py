@@ -59,3 +59,24 @@ def test_no_change_is_not_changed() -> None:
     d = diff_manifests(items, list(items))
     assert not d.changed
     assert "No labeled item changed." in diff_to_markdown(d)
+
+
+def test_an_image_under_a_new_task_id_is_the_same_item() -> None:
+    """A restored project gives every image a new task id: the diff compares the labels, not removed + added."""
+    import dataclasses
+
+    old = [item(1, [("a", (0, 0, 10, 10))]), item(2, [("b", None)]), item(3, [("a", None)])]
+    new = [
+        dataclasses.replace(old[0], task_id=11),
+        dataclasses.replace(old[1], task_id=12, labels=(ItemLabel("a"),)),
+        dataclasses.replace(old[2], task_id=13),
+        dataclasses.replace(old[2], task_id=14),  # two new tasks of one image: not told apart
+    ]
+    d = diff_manifests(old, new, ["a", "b"])
+    assert d.retasked == ((1, 11, old[0].sha256), (2, 12, old[1].sha256))
+    assert [(c.task_id, c.old_classes, c.new_classes) for c in d.relabelled] == [(12, ("b",), ("a",))]
+    assert [c.task_id for c in d.added] == [13, 14] and [c.task_id for c in d.removed] == [3]
+    assert "2 image(s) moved to new task ids" in diff_to_markdown(d)
+    assert diff_to_json(d)["retasked"][0] == {"new_task_id": 11, "old_task_id": 1, "sha256": old[0].sha256}
+    unchanged = diff_manifests(old[:1], new[:1])
+    assert not unchanged.changed and unchanged.retasked

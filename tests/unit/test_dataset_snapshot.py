@@ -351,3 +351,25 @@ def test_dvcignore_lists_the_work_folders(tmp_path: Path) -> None:
     ensure_dvcignore(tmp_path)  # idempotent
     assert (tmp_path / ".dvcignore").read_text().splitlines()[0:2] == ["# mine", "foo"]
     assert (tmp_path / ".dvcignore").read_text().count(".*.old-*") == 1
+
+
+def test_the_prediction_a_label_was_made_from_is_kept(world: World) -> None:
+    """accepted / edited items keep their parent pre-annotation (for `crux project restore`); others keep none."""
+    from crux.kinds import get_kind
+
+    kind = get_kind("detect")
+    for task_id, drawn in ((1, box("crazing", 1, 1, 20, 20)), (2, box("patches", 5, 5, 30, 30)), (3, None)):
+        world.add(task_id, [Ann([drawn or box("scratches", 2, 2, 9, 9)])])
+        if drawn is None:
+            continue  # drawn from scratch: no prediction
+        predicted = kind.to_results([box("crazing", 1, 1, 20, 20)], 64, 48)
+        world.tasks[-1]["predictions"] = [
+            {"id": 70 + task_id, "model_version": "v7", "score": 0.8, "result": predicted}
+        ]
+        world.tasks[-1]["annotations"][0]["parent_prediction"] = 70 + task_id
+    world.build()
+    items = {i.task_id: i for i in read_manifest(world.data / "manifest.jsonl")}
+    assert [items[n].provenance for n in (1, 2, 3)] == ["accepted", "edited", "human"]
+    assert items[1].prediction is not None and items[2].prediction is not None and items[3].prediction is None
+    assert items[2].prediction.model_version == "v7" and items[2].prediction.score == 0.8
+    assert [(lb.cls, lb.box) for lb in items[2].prediction.labels] == [("crazing", (1.0, 1.0, 20.0, 20.0))]
