@@ -151,7 +151,8 @@ def publish_lines(tmp: Path, lines: list[str], versions: int) -> None:
     tiny exported classifier (tests/edge_support.py: ~0.3 s an export); the console reads manifests and cards only."""
     from edge_support import exported
 
-    from crux.ship.publish import GateConfig, publish
+    from crux.ship.gate import GateConfig
+    from crux.ship.publish import publish
     from crux.ship.signing import generate_private_key, public_key_pem
 
     key = generate_private_key()

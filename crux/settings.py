@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the stages' config types; their modules load lazily, so `cr
     from crux.label.server import Credentials, ServerSettings
     from crux.loop.steps import LabelStudioAccess
     from crux.loop.trigger import WebhooksConfig
-    from crux.ship.publish import GateConfig
+    from crux.ship.gate import GateConfig
 
 
 def warn(message: str) -> None:
@@ -281,7 +281,7 @@ def trusted_keys(ctx: Context) -> list[Ed25519PublicKey]:
 
 
 def gate_config(ctx: Context) -> GateConfig:
-    from crux.ship.publish import GateConfig
+    from crux.ship.gate import GateConfig
 
     return from_mapping(GateConfig, ctx.section("gate"), "gate")
 

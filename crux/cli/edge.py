@@ -53,7 +53,7 @@ def _require_line(ctx: Any, line: str, remote: str, state_dir: Path) -> None:
 
     from crux.config import unknown_name
     from crux.settings import declared_lines, s3_fetch_options
-    from crux.ship.publish import published_lines
+    from crux.ship.listing import published_lines
 
     declared = declared_lines(ctx.params)
     if declared and line not in declared:

@@ -425,13 +425,13 @@ def _workspace_is_production(cfg: ConsoleConfig, line: str, prod: dict[str, Any]
         return False
     ours = prod.get("metrics") or {}
     keys = KEY_METRICS.get(str(metrics.get("kind")), ("accuracy",))
-    from crux.ship.publish import metric_value
+    from crux.ship.gate import metric_value
 
     return all(metric_value(metrics, k) == metric_value(ours, k) for k in keys)
 
 
 def _key_metrics(prod: dict[str, Any] | None, kind: str) -> list[tuple[str, float | None]]:
-    from crux.ship.publish import metric_value
+    from crux.ship.gate import metric_value
 
     if not prod:
         return []
