@@ -35,7 +35,8 @@ SERVER = """
 import sys
 from pathlib import Path
 import uvicorn
-from crux.console.app import ConsoleConfig, LineInfo, create_console_app
+from crux.console.app import create_console_app
+from crux.console.deps import ConsoleConfig, LineInfo
 from crux.console.sources import DatasetReader, IngestReader, ModelReader
 from crux.collect import create_db_engine
 from crux.ship.signing import load_public_keys

@@ -217,7 +217,7 @@ def console_config(
     plant: Plant, *, ls_url: str | None = None, ls_token: str = "x", admin_token: str | None = None
 ) -> Any:
     from crux.collect import create_db_engine
-    from crux.console.app import ConsoleConfig, LineInfo
+    from crux.console.deps import ConsoleConfig, LineInfo
     from crux.console.sources import DatasetReader, IngestReader, LabelStudioReader, ModelReader
     from crux.ship.signing import load_public_keys
 
