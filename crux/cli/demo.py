@@ -183,11 +183,11 @@ def demo(
             try:
                 from flows.cycle import cycle
 
-                result = cycle(line, params_path=str(ctx.root / "params.yaml"), profile="demo")
+                outcome = cycle(line, params_path=str(ctx.root / "params.yaml"), profile="demo")
             finally:
                 done.set()
                 ticker.join()
-        if not _cycle_report(ctx, line, result, time.perf_counter() - cycle_started):
+        if not _cycle_report(ctx, line, outcome, time.perf_counter() - cycle_started):
             refused.append(line)
 
     for line in DEMO_LINES:

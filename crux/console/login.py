@@ -68,12 +68,12 @@ def login(request: Request, console: ConsoleDep, token: Annotated[str, Form(max_
             title="Sign in",
         )
     console.limiter.succeeded(client)
-    response = RedirectResponse("/", status_code=303)
+    redirect = RedirectResponse("/", status_code=303)
     # A random value per login (logout revokes it); Secure when the console is served over TLS, so the browser
     # never sends it over plain HTTP.
     secure = request.url.scheme == "https"
-    response.set_cookie(SESSION_COOKIE, console.sessions.open(), httponly=True, samesite="strict", secure=secure)
-    return response
+    redirect.set_cookie(SESSION_COOKIE, console.sessions.open(), httponly=True, samesite="strict", secure=secure)
+    return redirect
 
 
 @router.post("/logout")

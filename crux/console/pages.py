@@ -7,13 +7,14 @@ of the line's versions."""
 # No `from __future__ import annotations`: FastAPI evaluates the endpoint annotations.
 
 import datetime as dt
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from crux.console.deps import Console, ConsoleDep, PageError
-from crux.console.sources import COMMIT, Unavailable, production
+from crux.console.sources import COMMIT, DatasetReader, DatasetVersion, ModelReader, Unavailable, production
 from crux.console.views import KEY_METRICS, key_metrics, markdown_html, weighted_ng_rate
 from crux.console.workspace import WORKSPACE_PLOTS, workspace_is_production, workspace_plots, workspace_pr_curve
 
@@ -30,8 +31,8 @@ def overview(request: Request, console: ConsoleDep) -> Response:
     progress = read("Label Studio", cfg.labelstudio, lambda r: r.progress())
     rows = []
     for line in cfg.lines:
-        history = read("model remote", cfg.models, lambda r, n=line.name: r.history(n))
-        datasets = read("git", cfg.datasets, lambda r, n=line.name: r.versions(n))
+        history = read("model remote", cfg.models, partial(_history, line=line.name))
+        datasets = read("git", cfg.datasets, partial(_versions, line=line.name))
         prod = production(history) if history else None
         line_stations = [s for s in stations if s.line == line.name] if isinstance(stations, list) else []
         beats = [s.heartbeat for s in line_stations if s.heartbeat is not None]
@@ -129,13 +130,21 @@ def station_page(request: Request, console: ConsoleDep, name: str) -> Response:
     return console.page(request, "station.html", row=rows[0], captures=captures, title=name)
 
 
+def _history(reader: ModelReader, line: str) -> dict[str, Any]:
+    return reader.history(line)
+
+
+def _versions(reader: DatasetReader, line: str) -> list[DatasetVersion]:
+    return reader.versions(line)
+
+
 def _station_rows(console: Console, stations: list[Any]) -> list[dict[str, Any]]:
     """Each station with its flags: silent (no heartbeat for N intervals, or never) and old model version."""
     cfg = console.cfg
     now = cfg.clock()
     prod_versions: dict[str, Any] = {}
     for line in sorted({s.line for s in stations}):
-        history = console.read("model remote", cfg.models, lambda r, n=line: r.history(n))
+        history = console.read("model remote", cfg.models, partial(_history, line=line))
         prod = production(history) if history else None
         prod_versions[line] = int(prod["version"]) if prod else None
     rows = []

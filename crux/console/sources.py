@@ -365,7 +365,8 @@ class LabelStudioReader:
         if not health(self.url, timeout=self.timeout_s):
             raise ConnectionError(f"Label Studio at {self.url} does not answer /health")
         if self._client is None:
-            self._client = LabelStudio(base_url=self.url, api_key=self.token, timeout=self.timeout_s)
+            # The SDK's LabelStudio re-declares __init__(*args, **kwargs) without annotations (its base is typed).
+            self._client = LabelStudio(base_url=self.url, api_key=self.token, timeout=self.timeout_s)  # type: ignore[no-untyped-call]
         out = {}
         for project in self._client.projects.list(page_size=100):
             for text in (project.description or "").splitlines():

@@ -31,7 +31,8 @@ def markdown_html(text: str) -> str:
     """`crux data diff` Markdown → HTML; raw HTML in it is escaped, not rendered (task text is user input)."""
     from markdown_it import MarkdownIt
 
-    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+    html: str = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+    return html
 
 
 def ago(value: dt.datetime | None, now: dt.datetime | None = None) -> str:

@@ -504,7 +504,7 @@ class EdgeRuntime:
             "at": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         }
         if self.outbox is not None:
-            empty = {"label": None, "scores": {}, "boxes": []}
+            empty: dict[str, Any] = {"label": None, "scores": {}, "boxes": []}
             self._enqueue(data, path, empty, Decision("NG", True), running, at)
         if self._model_errors_in_a_row >= self.cfg.rollback_after_model_errors:
             self._fall_back(running, f"{self._model_errors_in_a_row} frames in a row without a usable output: {error}")

@@ -71,6 +71,7 @@ def fetch_release(
     pointer, manifest = verify_release(
         raw, mraw, public_keys, expected_line, require_signature=require_signature, where=line_url
     )
+    assert mraw is not None  # verify_release refuses a release without its manifest
 
     dest_root = Path(dest_root)
     dest_root.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ def list_models(
     verify_sig = bool(public_keys)
     current_raw = read_object(fs, join_path(line_path, CURRENT))
     current = parse_pointer(current_raw, public_keys, verify_sig) if current_raw is not None else None
-    versions = []
+    versions: list[dict[str, Any]] = []
     for v in list_versions(fs, line_path):
         raw = read_object(fs, join_path(line_path, version_dir(v), MANIFEST))
         if raw is None:

@@ -56,7 +56,8 @@ class ReleaseError(CruxError, ValueError):
 def remote_fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
     from fsspec.core import url_to_fs
 
-    return url_to_fs(url, **dict(storage_options or {}))
+    fs, path = url_to_fs(url, **dict(storage_options or {}))
+    return fs, str(path)
 
 
 def _is_local(fs: Any) -> bool:
@@ -92,9 +93,10 @@ def put_file(fs: Any, local: Path, path: str) -> None:
 
 def read_object(fs: Any, path: str) -> bytes | None:
     try:
-        return fs.cat_file(path)
+        data: bytes = fs.cat_file(path)
     except FileNotFoundError:
         return None
+    return data
 
 
 def version_dir(version: int) -> str:
