@@ -35,7 +35,8 @@ SERVER = """
 import sys
 from pathlib import Path
 import uvicorn
-from crux.console.app import ConsoleConfig, LineInfo, create_console_app
+from crux.console.app import create_console_app
+from crux.console.deps import ConsoleConfig, LineInfo
 from crux.console.sources import DatasetReader, IngestReader, ModelReader
 from crux.collect import create_db_engine
 from crux.ship.signing import load_public_keys
@@ -151,7 +152,8 @@ def publish_lines(tmp: Path, lines: list[str], versions: int) -> None:
     tiny exported classifier (tests/edge_support.py: ~0.3 s an export); the console reads manifests and cards only."""
     from edge_support import exported
 
-    from crux.ship.publish import GateConfig, publish
+    from crux.ship.gate import GateConfig
+    from crux.ship.publish import publish
     from crux.ship.signing import generate_private_key, public_key_pem
 
     key = generate_private_key()

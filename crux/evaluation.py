@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
 from crux.postprocess import Detections, ng_scores
@@ -31,7 +32,7 @@ def _r(x: float) -> float:
 # Classification
 
 
-def confusion_matrix(targets: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+def confusion_matrix(targets: NDArray[Any], preds: NDArray[Any], num_classes: int) -> NDArray[Any]:
     """Counts [actual, predicted]."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(cm, (targets, preds), 1)
@@ -39,8 +40,8 @@ def confusion_matrix(targets: np.ndarray, preds: np.ndarray, num_classes: int) -
 
 
 def classification_metrics(
-    probs: np.ndarray,
-    targets: np.ndarray,
+    probs: NDArray[Any],
+    targets: NDArray[Any],
     classes: Sequence[str],
     ok_class: str | None = None,
     ng_threshold: float = 0.5,
@@ -84,8 +85,8 @@ def classification_metrics(
 
 
 def inspection_metrics(
-    scores: np.ndarray, is_ng: np.ndarray, threshold: float, max_false_reject: float
-) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    scores: NDArray[Any], is_ng: NDArray[Any], threshold: float, max_false_reject: float
+) -> tuple[dict[str, Any], list[dict[str, float | None]]]:
     """OK/NG view: an image is rejected when its NG score >= threshold.
 
     NG recall = rejected NG / all NG (escapes are the expensive error); false-reject rate = rejected OK / all OK.
@@ -137,13 +138,14 @@ def _nan_none(x: float) -> float | None:
 
 
 def coco_ground_truth(
-    gt_boxes: Sequence[np.ndarray],
-    gt_labels: Sequence[np.ndarray],
+    gt_boxes: Sequence[NDArray[Any]],
+    gt_labels: Sequence[NDArray[Any]],
     sizes: Sequence[tuple[int, int]],
     classes: Sequence[str],
 ) -> dict[str, Any]:
     """A COCO-format ground-truth dict; image ids are 1-based positions, category ids class index + 1."""
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for i, (boxes, labels, (w, h)) in enumerate(zip(gt_boxes, gt_labels, sizes, strict=True)):
         images.append({"id": i + 1, "width": int(w), "height": int(h)})
         for box, label in zip(np.asarray(boxes, np.float64).reshape(-1, 4), labels, strict=True):
@@ -198,8 +200,8 @@ def run_coco_eval(gt: dict[str, Any], dets: list[dict[str, Any]]) -> Any | None:
 
 def detection_metrics(
     preds: Sequence[Detections],
-    gt_boxes: Sequence[np.ndarray],
-    gt_labels: Sequence[np.ndarray],
+    gt_boxes: Sequence[NDArray[Any]],
+    gt_labels: Sequence[NDArray[Any]],
     sizes: Sequence[tuple[int, int]],
     classes: Sequence[str],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -229,7 +231,7 @@ def detection_metrics(
     metrics["map50_95"] = _r(max(ev.stats[0], 0.0))
     precision = ev.eval["precision"]  # [IoU thresholds, recall points, classes, area ranges, max dets]
     rec_thrs = ev.params.recThrs
-    curves: dict[str, np.ndarray] = {}
+    curves: dict[str, NDArray[Any]] = {}
     for k, c in enumerate(classes):
         p_all = precision[:, :, k, 0, -1]
         p50 = precision[0, :, k, 0, -1]
@@ -255,7 +257,7 @@ def detection_metrics(
 # Segmentation
 
 
-def pixel_confusion(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+def pixel_confusion(truth: NDArray[Any], pred: NDArray[Any], num_classes: int) -> NDArray[Any]:
     """Pixel counts [actual, predicted] of two class-index maps of one image (same shape)."""
     if truth.shape != pred.shape:
         raise ValueError(f"mask {truth.shape} and prediction {pred.shape} differ in size")
@@ -264,10 +266,10 @@ def pixel_confusion(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> np
 
 
 def segmentation_metrics(
-    pixel_cm: np.ndarray,
-    ng_scores: np.ndarray,
-    strongest: np.ndarray,
-    targets: np.ndarray,
+    pixel_cm: NDArray[Any],
+    ng_scores: NDArray[Any],
+    strongest: NDArray[Any],
+    targets: NDArray[Any],
     classes: Sequence[str],
     ok_class: str | None,
     defect_classes: Sequence[str],
@@ -300,7 +302,7 @@ def segmentation_metrics(
         }
         if j > 0 and present:
             ious.append(iou or 0.0)
-    ok_index = list(classes).index(ok_class) if ok_class in classes else None
+    ok_index = list(classes).index(ok_class) if ok_class is not None and ok_class in classes else None
     is_ng = targets != ok_index if ok_index is not None else np.ones(len(targets), bool)
     if ng_threshold is None:
         ng_threshold = operating_threshold(ng_scores, is_ng, max_false_reject)
@@ -323,7 +325,7 @@ def segmentation_metrics(
     return metrics, plots
 
 
-def operating_threshold(scores: np.ndarray, is_ng: np.ndarray, max_false_reject: float) -> float:
+def operating_threshold(scores: NDArray[Any], is_ng: NDArray[Any], max_false_reject: float) -> float:
     """The lowest NG-score threshold whose false-reject rate stays <= max_false_reject (highest NG recall)."""
     scores = np.asarray(scores, np.float64)
     ok_scores = np.sort(scores[~np.asarray(is_ng, bool)])[::-1]
@@ -340,7 +342,7 @@ def operating_threshold(scores: np.ndarray, is_ng: np.ndarray, max_false_reject:
 # Anomaly detection (OK-only training): ranking metrics that need no threshold, and the calibrated inspection view
 
 
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+def auroc(scores: NDArray[Any], positive: NDArray[Any]) -> float | None:
     """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties); None without both classes."""
     from scipy.stats import rankdata
 
@@ -352,7 +354,7 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def region_overlaps(truth: np.ndarray, predicted: np.ndarray) -> list[float]:
+def region_overlaps(truth: NDArray[Any], predicted: NDArray[Any]) -> list[float]:
     """Per labelled region (8-connected part of the bool truth mask): the share of its pixels predicted anomalous
     (the per-region overlap of MVTec's PRO metric, at one threshold)."""
     from scipy import ndimage
@@ -365,7 +367,7 @@ def region_overlaps(truth: np.ndarray, predicted: np.ndarray) -> list[float]:
     return [float(c / a) for c, a in zip(covered, sizes, strict=True)]
 
 
-def score_histogram(scores: np.ndarray, is_ng: np.ndarray, bins: int = 50) -> list[dict[str, float]]:
+def score_histogram(scores: NDArray[Any], is_ng: NDArray[Any], bins: int = 50) -> list[dict[str, float]]:
     """OK and NG counts per score bin over [0, 1] (a DVC plot: how far apart the two populations are)."""
     edges = np.linspace(0.0, 1.0, bins + 1)
     ok, _ = np.histogram(np.clip(scores[~is_ng], 0, 1), edges)
@@ -374,12 +376,12 @@ def score_histogram(scores: np.ndarray, is_ng: np.ndarray, bins: int = 50) -> li
 
 
 def anomaly_metrics(
-    scores: np.ndarray,
-    is_ng: np.ndarray,
-    synthetic: np.ndarray,
-    pixel_scores: np.ndarray,
-    pixel_truth: np.ndarray,
-    overlaps: np.ndarray,
+    scores: NDArray[Any],
+    is_ng: NDArray[Any],
+    synthetic: NDArray[Any],
+    pixel_scores: NDArray[Any],
+    pixel_truth: NDArray[Any],
+    overlaps: NDArray[Any],
     ng_threshold: float | None,
     max_false_reject: float = 0.02,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -419,7 +421,7 @@ def anomaly_metrics(
 # Files
 
 
-def confusion_png(cm: np.ndarray, classes: Sequence[str], path: Path) -> None:
+def confusion_png(cm: NDArray[Any], classes: Sequence[str], path: Path) -> None:
     """A confusion-matrix heat map, Pillow only: rows actual, columns predicted, row-normalised colour, counts."""
     k = len(classes)
     cell, margin = 56, 120
@@ -444,7 +446,7 @@ def confusion_png(cm: np.ndarray, classes: Sequence[str], path: Path) -> None:
     img.save(path, format="PNG")
 
 
-def overlay_gallery(tiles: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, str]], path: Path) -> None:
+def overlay_gallery(tiles: Sequence[tuple[NDArray[Any], NDArray[Any], NDArray[Any], str]], path: Path) -> None:
     """A PNG grid, one row per image: the image with the labelled mask (green) and with the predicted mask (red),
     each at most 256 px high, a caption above. Tiles are (RGB uint8 image, truth map, predicted map, caption)."""
     rows = []

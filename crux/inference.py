@@ -34,9 +34,10 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
+from numpy.typing import NDArray
 
 from crux.errors import CruxError
 from crux.postprocess import (
@@ -117,12 +118,12 @@ class Result:
     boxes: list[Box] = field(default_factory=list)
     # Classifier: probabilities in class order; detector: the decoded scores of all boxes (for uncertainty);
     # segmenter: [NG score].
-    probs: np.ndarray | None = None
+    probs: NDArray[Any] | None = None
     # Segmenter only: the defect regions and the class-index map (0 = background) at the original size.
     regions: list[MaskRegion] | None = None
-    class_map: np.ndarray | None = None
+    class_map: NDArray[Any] | None = None
     # Segmenter / anomaly model: 1 - p(background) per pixel at the original size (the anomaly map).
-    defect_prob: np.ndarray | None = None
+    defect_prob: NDArray[Any] | None = None
 
 
 def ng_threshold_of(card: Mapping[str, Any]) -> float:
@@ -268,7 +269,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _plain_name(name: Any) -> bool:
+def _plain_name(name: Any) -> TypeGuard[str]:
     return (
         isinstance(name, str)
         and 0 < len(name) <= 255
@@ -277,11 +278,11 @@ def _plain_name(name: Any) -> bool:
     )
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _integer(value: Any) -> bool:
+def _integer(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -441,7 +442,7 @@ class OnnxModel:
         published."""
         self.predict_array(synthetic_image(self.spec))
 
-    def check_raw(self, raw: np.ndarray, batch: int) -> None:
+    def check_raw(self, raw: NDArray[Any], batch: int) -> None:
         """ModelOutputError unless `raw` has the card's output layout for `batch` images and only finite values."""
         n = len(self.classes)
         if self.kind == "classify":
@@ -460,7 +461,7 @@ class OnnxModel:
             bad = int(raw.size - np.isfinite(raw).sum())
             raise ModelOutputError(f"{self.path}: output has {bad} non-finite value(s) (NaN or inf) of {raw.size}")
 
-    def run_raw(self, x: np.ndarray) -> np.ndarray:
+    def run_raw(self, x: NDArray[Any]) -> NDArray[Any]:
         """Raw model output for a preprocessed float32 batch (B, C, S, S)."""
         try:
             out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
@@ -468,7 +469,7 @@ class OnnxModel:
             raise ModelOutputError(f"{self.path}: ONNX Runtime failed on this input ({_first_line(exc)})") from None
         return np.asarray(out)
 
-    def results_from_raw(self, raw: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[Result]:
+    def results_from_raw(self, raw: NDArray[Any], sizes: Sequence[tuple[int, int]]) -> list[Result]:
         """Decoded results, after `check_raw`: an output of the wrong shape or with NaN/inf is never decoded."""
         self.check_raw(raw, len(sizes))
         if self.kind == "classify":
@@ -478,12 +479,12 @@ class OnnxModel:
         assert self.detect is not None
         return [self._detect_result(r, size) for r, size in zip(raw, sizes, strict=True)]
 
-    def _classify_result(self, probs: np.ndarray) -> Result:
+    def _classify_result(self, probs: NDArray[Any]) -> Result:
         top = int(np.argmax(probs))
         scores = {c: float(p) for c, p in zip(self.classes, probs, strict=True)}
         return Result(self.classes[top], float(probs[top]), scores, [], probs)
 
-    def _detect_result(self, raw: np.ndarray, size: tuple[int, int]) -> Result:
+    def _detect_result(self, raw: NDArray[Any], size: tuple[int, int]) -> Result:
         assert self.detect is not None
         dets = postprocess_detect(raw, size, self.spec, self.detect)
         scores = dict.fromkeys(self.classes, 0.0)
@@ -499,7 +500,7 @@ class OnnxModel:
             return Result(boxes[0].label, boxes[0].score, scores, boxes, dets.scores)
         return Result(NO_DEFECT_LABEL, 1.0 - max(scores.values(), default=0.0), scores, [], dets.scores)
 
-    def _segment_result(self, raw: np.ndarray, size: tuple[int, int]) -> Result:
+    def _segment_result(self, raw: NDArray[Any], size: tuple[int, int]) -> Result:
         """The image verdict from the defect map: NG when its NG score reaches the card's threshold, labelled with
         the strongest region's class; scores = the OK class's 1 - NG score and each defect class's peak."""
         assert self.segment is not None
@@ -525,18 +526,18 @@ class OnnxModel:
         probs = np.asarray([maps.ng_score], np.float32)
         return Result(label, float(score), scores, [], probs, regions, maps.class_map, maps.defect_prob)
 
-    def predict_array(self, image: np.ndarray) -> Result:
+    def predict_array(self, image: NDArray[Any]) -> Result:
         x, size = preprocess(image, self.spec)
         return self.results_from_raw(self.run_raw(x[None]), [size])[0]
 
     def predict_bytes(self, data: bytes) -> Result:
-        return self.predict_array(load_image(io.BytesIO(data), self.spec.channels))  # type: ignore[arg-type]
+        return self.predict_array(load_image(io.BytesIO(data), self.spec.channels))
 
     def predict_file(self, path: Path) -> Result:
         return self.predict_array(load_image(path, self.spec.channels))
 
 
-def synthetic_image(spec: InputSpec) -> np.ndarray:
+def synthetic_image(spec: InputSpec) -> NDArray[Any]:
     """A deterministic uint8 test frame of the card's size and channels (a diagonal gradient: every pixel value,
     no constant plane), for checking a model where no validation image is at hand."""
     ramp = np.add.outer(np.arange(spec.image_size), np.arange(spec.image_size)) * 255 // max(2 * spec.image_size - 2, 1)

@@ -77,7 +77,7 @@ class TaskKind(Protocol):
 
     def decode_spec(self, classes: Sequence[str], ok_class: str | None) -> dict[str, Any] | None: ...
 
-    # Default absolute limits of the publish gate (crux.ship.publish), dotted keys of the kind's test metrics, checked
+    # Default absolute limits of the publish gate (crux.ship.gate), dotted keys of the kind's test metrics, checked
     # for every candidate (the first one included) before params.yaml `gate.min` / `gate.max` / `gate.lines`:
     # floors (metric >= value) and ceilings (metric <= value). They only rule out a blind model; lines set their
     # real bars in params.yaml. The `ok_*` ones apply to lines with an OK class (the OK/NG inspection view).
@@ -94,7 +94,7 @@ class _KindDefaults:
     """Defaults shared by the kinds (the network and the training task are found by kind name in
     `crux.train.models.MODELS` and `crux.train.tasks.TASKS`)."""
 
-    # A kind without floors publishes nothing until params.yaml `gate.min.<kind>` names one (crux.ship.publish).
+    # A kind without floors publishes nothing until params.yaml `gate.min.<kind>` names one (crux.ship.gate).
     gate_floors: Mapping[str, float] = _NONE
     gate_ceilings: Mapping[str, float] = _NONE
     gate_ok_floors: Mapping[str, float] = _NONE
@@ -474,7 +474,7 @@ class AnomalyKind(ClassifyKind):
     name = "anomaly"
     monitor = "auroc"
     # A blind anomaly model ranks NG parts like OK ones (AUROC 0.5). Without labelled NG items AUROC and NG recall
-    # cannot be measured: only the false-reject ceiling then applies (crux.ship.publish states which).
+    # cannot be measured: only the false-reject ceiling then applies (crux.ship.gate states which).
     gate_floors: Mapping[str, float] = types.MappingProxyType({"auroc": 0.7})
     gate_ceilings: Mapping[str, float] = _NONE
     gate_ok_floors: Mapping[str, float] = types.MappingProxyType({"inspection.ng_recall": 0.5})

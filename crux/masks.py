@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from crux.errors import CruxError
 
 if TYPE_CHECKING:
-    import numpy as np
+    from numpy.typing import NDArray
 
 MASKS = "masks"  # folder of a dataset version holding the class masks, beside images/
 # Source masks (Magnetic Tile, a mask folder): a single-channel image, white (or 1) = defect. The public Magnetic
@@ -42,7 +42,7 @@ class MaskError(CruxError, ValueError):
 # Class masks as PNG: the bytes a dataset version stores
 
 
-def encode_png(class_mask: np.ndarray) -> bytes:
+def encode_png(class_mask: NDArray[Any]) -> bytes:
     """8-bit single-channel PNG of a class mask; no metadata, so equal masks give equal bytes."""
     import numpy as np
     from PIL import Image
@@ -55,7 +55,7 @@ def encode_png(class_mask: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def decode_png(data: bytes) -> np.ndarray:
+def decode_png(data: bytes) -> NDArray[Any]:
     """A stored class mask (mode L PNG) → uint8 array H x W."""
     import numpy as np
 
@@ -89,7 +89,7 @@ def write_mask(root: Path, png: bytes) -> str:
     return rel
 
 
-def paint(regions: Iterable[tuple[int, np.ndarray]], width: int, height: int) -> np.ndarray:
+def paint(regions: Iterable[tuple[int, NDArray[Any]]], width: int, height: int) -> NDArray[Any]:
     """A class mask from (class index, region) pairs, painted in the order given (later wins on overlap)."""
     import numpy as np
 
@@ -103,7 +103,7 @@ def paint(regions: Iterable[tuple[int, np.ndarray]], width: int, height: int) ->
     return out
 
 
-def class_pixels(class_mask: np.ndarray, n_classes: int) -> list[int]:
+def class_pixels(class_mask: NDArray[Any], n_classes: int) -> list[int]:
     """Pixel count per class index (0 … n_classes - 1); background and out-of-range values are not counted."""
     import numpy as np
 
@@ -111,7 +111,7 @@ def class_pixels(class_mask: np.ndarray, n_classes: int) -> list[int]:
     return [int(c) for c in counts[1 : n_classes + 1]]
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+def mask_iou(a: NDArray[Any], b: NDArray[Any]) -> float:
     """Class-aware pixel IoU of two class masks: pixels that agree on a defect class over pixels either marks.
     Two empty masks agree fully (1.0); masks of different sizes do not at all (0.0)."""
     import numpy as np
@@ -128,7 +128,7 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 # Regions
 
 
-def bbox(region: np.ndarray) -> tuple[float, float, float, float] | None:
+def bbox(region: NDArray[Any]) -> tuple[float, float, float, float] | None:
     """Pixel box (x1, y1, x2, y2) around a region in continuous coordinates (x2 = last column + 1); None if empty."""
     import numpy as np
 
@@ -139,7 +139,7 @@ def bbox(region: np.ndarray) -> tuple[float, float, float, float] | None:
     return (float(xs[0]), float(ys[0]), float(xs[-1] + 1), float(ys[-1] + 1))
 
 
-def components(region: np.ndarray) -> list[np.ndarray]:
+def components(region: NDArray[Any]) -> list[NDArray[Any]]:
     """The 8-connected parts of a region, ordered by their first pixel in row-major order (deterministic)."""
     import cv2
     import numpy as np
@@ -149,7 +149,7 @@ def components(region: np.ndarray) -> list[np.ndarray]:
     return sorted(parts, key=lambda p: int(np.argmax(p.ravel())))
 
 
-def component_sizes(region: np.ndarray) -> list[int]:
+def component_sizes(region: NDArray[Any]) -> list[int]:
     """Pixel counts of the 8-connected parts of a region."""
     import cv2
     import numpy as np
@@ -158,7 +158,7 @@ def component_sizes(region: np.ndarray) -> list[int]:
     return [int(s) for s in stats[1:count, cv2.CC_STAT_AREA]]
 
 
-def binary_source_mask(array: np.ndarray, mode: str) -> np.ndarray:
+def binary_source_mask(array: NDArray[Any], mode: str) -> NDArray[Any]:
     """A source mask image (white or 1 = defect, black = background) → bool region; MaskError when it is not one.
 
     Single channel only (mode L or 1). Values {0, 1} mean 1 = defect; otherwise the mask is binarised at
@@ -188,7 +188,7 @@ def binary_source_mask(array: np.ndarray, mode: str) -> np.ndarray:
     return region
 
 
-def read_image_array(data: bytes) -> tuple[np.ndarray, str]:
+def read_image_array(data: bytes) -> tuple[NDArray[Any], str]:
     """Decode image bytes (a mask file) into an array and its Pillow mode; MaskError when it does not decode."""
     import numpy as np
 
@@ -206,7 +206,7 @@ def read_image_array(data: bytes) -> tuple[np.ndarray, str]:
 # Polygons
 
 
-def rasterize_polygon(points: Sequence[tuple[float, float]], width: int, height: int) -> np.ndarray:
+def rasterize_polygon(points: Sequence[tuple[float, float]], width: int, height: int) -> NDArray[Any]:
     """Region of a polygon in continuous pixel coordinates: the pixels whose centres lie inside it (even-odd
     rule) or exactly on an edge. Exact, unlike Pillow's ImageDraw.polygon, which rounds the vertices to whole
     pixels (a box from 10 to 50 would cover pixels 9 to 49 there, 10 to 49 here)."""
@@ -266,7 +266,7 @@ def _centres_on_segment(ax: float, ay: float, bx: float, by: float, width: int, 
     return found
 
 
-def polygons(region: np.ndarray) -> list[list[tuple[float, float]]]:
+def polygons(region: NDArray[Any]) -> list[list[tuple[float, float]]]:
     """Outer contours of a region's parts (OpenCV), in continuous coordinates (pixel centres), ≥ 3 points each.
 
     `rasterize_polygon` of each gives the part back, except holes and some one-pixel-wide diagonal spurs: the
@@ -290,7 +290,7 @@ def polygons(region: np.ndarray) -> list[list[tuple[float, float]]]:
 # COCO RLE (pycocotools)
 
 
-def coco_rle(region: np.ndarray) -> dict[str, Any]:
+def coco_rle(region: NDArray[Any]) -> dict[str, Any]:
     """A region as COCO compressed RLE {"size": [h, w], "counts": str} (pycocotools.mask.encode)."""
     import numpy as np
     from pycocotools import mask as coco_mask
@@ -314,7 +314,7 @@ def _number(value: Any, what: str) -> float:
     return number
 
 
-def coco_polygon(poly: Any, width: int, height: int) -> np.ndarray:
+def coco_polygon(poly: Any, width: int, height: int) -> NDArray[Any]:
     """One COCO polygon `[x1, y1, x2, y2, …]` (pixel coordinates) → its bool region, MaskError when it has fewer than
     3 points or a point outside the image."""
     if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
@@ -332,7 +332,7 @@ def coco_polygon(poly: Any, width: int, height: int) -> np.ndarray:
     return rasterize_polygon(pts, width, height)
 
 
-def coco_segmentation(segmentation: Any, width: int, height: int) -> np.ndarray:
+def coco_segmentation(segmentation: Any, width: int, height: int) -> NDArray[Any]:
     """A COCO `segmentation` (compressed or uncompressed RLE, or a list of polygons) → bool region H x W. Every
     malformed value (negative or non-integer counts, counts that do not cover the image, non-ASCII compressed counts,
     polygons outside the image) is a MaskError saying what, never a pycocotools exception."""
@@ -379,7 +379,7 @@ def _rle_counts_from_string(text: str) -> list[int]:
         raise MaskError(f"compressed RLE counts: {exc}") from exc
 
 
-def _rle_decode(counts: list[int], h: int, w: int) -> np.ndarray:
+def _rle_decode(counts: list[int], h: int, w: int) -> NDArray[Any]:
     """Uncompressed COCO RLE (alternating background/foreground runs, column-major) → bool region, in numpy."""
     import numpy as np
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
 from crux.errors import CruxError
@@ -78,7 +79,7 @@ def open_image(
     """
     where = name or (str(source) if isinstance(source, str | Path) else "image")
     try:
-        img = Image.open(source, formats=formats)
+        img = Image.open(source, formats=None if formats is None else tuple(formats))
     except FileNotFoundError as exc:
         raise ImageError(f"{where}: file not found", "missing") from exc
     except Image.DecompressionBombError as exc:
@@ -102,14 +103,14 @@ def open_image(
             raise ImageError(f"{where}: cannot decode ({type(exc).__name__}: {exc})") from exc
 
 
-def load_image(path: str | Path | IO[bytes], channels: int, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_image(path: str | Path | IO[bytes], channels: int, *, max_pixels: int = MAX_PIXELS) -> NDArray[Any]:
     """Decode an image file to uint8 (H, W, channels); ImageError when it cannot (see `open_image`)."""
     with open_image(path, max_pixels=max_pixels) as img:
         img.draft("L" if channels == 1 else "RGB", img.size)  # JPEG: decode straight to the target mode
         return to_channels(np.asarray(img.convert("L" if channels == 1 else "RGB")), channels)
 
 
-def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+def to_channels(image: NDArray[Any], channels: int) -> NDArray[Any]:
     """uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) to (H, W, channels); RGB→gray as Pillow (ITU-R 601-2)."""
     if image.ndim == 2:
         image = image[:, :, None]
@@ -123,7 +124,7 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(image)).convert("L"))[:, :, None]
 
 
-def resize(image: np.ndarray, size: int) -> np.ndarray:
+def resize(image: NDArray[Any], size: int) -> NDArray[Any]:
     """uint8 (H, W, C) to (size, size, C), bilinear (Pillow). A no-op when already that size."""
     if image.shape[0] == size and image.shape[1] == size:
         return image
@@ -133,21 +134,21 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
-def normalise(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+def normalise(image: NDArray[Any], spec: InputSpec) -> NDArray[Any]:
     """uint8 (S, S, C) to float32 (C, S, S)."""
     x = image.astype(np.float32) * np.float32(1.0 / 255.0)
     x = (x - np.float32(spec.mean)) / np.float32(spec.std)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def preprocess(image: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, tuple[int, int]]:
+def preprocess(image: NDArray[Any], spec: InputSpec) -> tuple[NDArray[Any], tuple[int, int]]:
     """An original uint8 image to the model input; also returns the original (width, height) for box mapping."""
     image = to_channels(image, spec.channels)
     h, w = image.shape[:2]
     return normalise(resize(image, spec.image_size), spec), (w, h)
 
 
-def preprocess_batch(images: Sequence[np.ndarray], spec: InputSpec) -> tuple[np.ndarray, list[tuple[int, int]]]:
+def preprocess_batch(images: Sequence[NDArray[Any]], spec: InputSpec) -> tuple[NDArray[Any], list[tuple[int, int]]]:
     items = [preprocess(img, spec) for img in images]
     return np.stack([x for x, _ in items]), [size for _, size in items]
 
@@ -156,13 +157,14 @@ def preprocess_batch(images: Sequence[np.ndarray], spec: InputSpec) -> tuple[np.
 # Classification
 
 
-def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+def softmax(logits: NDArray[Any], axis: int = -1) -> NDArray[Any]:
     z = logits.astype(np.float64) - logits.max(axis=axis, keepdims=True)
     e = np.exp(z)
-    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+    probs: NDArray[Any] = (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+    return probs
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: NDArray[Any]) -> NDArray[Any]:
     # Split by sign so large |x| neither overflows nor loses precision.
     x = x.astype(np.float64)
     out = np.empty_like(x)
@@ -173,12 +175,12 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def postprocess_classify(logits: np.ndarray) -> np.ndarray:
+def postprocess_classify(logits: NDArray[Any]) -> NDArray[Any]:
     """Raw classifier logits (B, C) to class probabilities (B, C)."""
     return softmax(np.asarray(logits), axis=-1)
 
 
-def ng_scores(probs: np.ndarray, ok_index: int) -> np.ndarray:
+def ng_scores(probs: NDArray[Any], ok_index: int) -> NDArray[Any]:
     """The inspection score of each image: probability that it is not OK."""
     return 1.0 - probs[:, ok_index]
 
@@ -220,9 +222,9 @@ class DetectSpec:
 class Detections:
     """Detections of one image: boxes (K, 4) x1 y1 x2 y2 in original-image pixels, scores (K,), class ids (K,)."""
 
-    boxes: np.ndarray
-    scores: np.ndarray
-    class_ids: np.ndarray
+    boxes: NDArray[Any]
+    scores: NDArray[Any]
+    class_ids: NDArray[Any]
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -233,7 +235,7 @@ def feature_sizes(image_size: int, strides: Sequence[int]) -> list[int]:
     return [-(-image_size // s) for s in strides]
 
 
-def anchor_points(image_size: int, strides: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def anchor_points(image_size: int, strides: Sequence[int]) -> tuple[NDArray[Any], NDArray[Any]]:
     """Centres (N, 2) as x, y in input pixels and the stride (N,) of every anchor point, in raw-output order.
 
     Cached per (size, strides) — the edge decodes every frame with the same model — and returned read-only.
@@ -242,7 +244,7 @@ def anchor_points(image_size: int, strides: Sequence[int]) -> tuple[np.ndarray, 
 
 
 @functools.lru_cache(maxsize=16)
-def _anchor_points(image_size: int, strides: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _anchor_points(image_size: int, strides: tuple[int, ...]) -> tuple[NDArray[Any], NDArray[Any]]:
     points, point_strides = [], []
     for s, n in zip(strides, feature_sizes(image_size, strides), strict=True):
         c = (np.arange(n, dtype=np.float32) + 0.5) * s
@@ -255,16 +257,17 @@ def _anchor_points(image_size: int, strides: tuple[int, ...]) -> tuple[np.ndarra
     return out
 
 
-def distances_to_boxes(points: np.ndarray, ltrb: np.ndarray) -> np.ndarray:
+def distances_to_boxes(points: NDArray[Any], ltrb: NDArray[Any]) -> NDArray[Any]:
     return np.concatenate([points - ltrb[:, :2], points + ltrb[:, 2:4]], axis=1)
 
 
-def detection_scores(raw: np.ndarray) -> np.ndarray:
+def detection_scores(raw: NDArray[Any]) -> NDArray[Any]:
     """Per-point, per-class scores (N, C) from one image's raw output (N, 5 + C)."""
-    return np.sqrt(sigmoid(raw[:, 5:]) * sigmoid(raw[:, 4:5]))
+    scores: NDArray[Any] = np.sqrt(sigmoid(raw[:, 5:]) * sigmoid(raw[:, 4:5]))
+    return scores
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def box_iou(a: NDArray[Any], b: NDArray[Any]) -> NDArray[Any]:
     """Pairwise IoU (N, M) of xyxy boxes."""
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
@@ -276,7 +279,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+def nms(boxes: NDArray[Any], scores: NDArray[Any], iou_threshold: float) -> NDArray[Any]:
     """Greedy NMS: indices of kept boxes, highest score first. Ties keep the lower index (stable sort)."""
     order = np.argsort(-scores, kind="stable")
     keep: list[int] = []
@@ -290,7 +293,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.asarray(keep, dtype=np.int64)
 
 
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float) -> np.ndarray:
+def batched_nms(
+    boxes: NDArray[Any], scores: NDArray[Any], class_ids: NDArray[Any], iou_threshold: float
+) -> NDArray[Any]:
     """Class-aware NMS: boxes of different classes never suppress each other (offset trick, one NMS pass)."""
     if boxes.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
@@ -299,7 +304,7 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, io
 
 
 def postprocess_detect(
-    raw: np.ndarray, original_size: tuple[int, int], input_spec: InputSpec, spec: DetectSpec
+    raw: NDArray[Any], original_size: tuple[int, int], input_spec: InputSpec, spec: DetectSpec
 ) -> Detections:
     """One image's raw detector output (N, 5 + C) to detections in original-image pixels."""
     raw = np.asarray(raw, dtype=np.float32)
@@ -327,7 +332,7 @@ def postprocess_detect(
 
 
 def postprocess_detect_batch(
-    raw: np.ndarray, original_sizes: Sequence[tuple[int, int]], input_spec: InputSpec, spec: DetectSpec
+    raw: NDArray[Any], original_sizes: Sequence[tuple[int, int]], input_spec: InputSpec, spec: DetectSpec
 ) -> list[Detections]:
     return [postprocess_detect(r, size, input_spec, spec) for r, size in zip(raw, original_sizes, strict=True)]
 
@@ -376,9 +381,9 @@ class SegmentMaps:
     pixels (0 = background, j = defect_classes[j - 1])."""
 
     ng_score: float
-    class_scores: np.ndarray  # (D,) smoothed peak probability per defect class
-    class_map: np.ndarray  # uint8 (H, W) at the original image size
-    defect_prob: np.ndarray  # float32 (H, W): 1 - p(background) at the original image size
+    class_scores: NDArray[Any]  # (D,) smoothed peak probability per defect class
+    class_map: NDArray[Any]  # uint8 (H, W) at the original image size
+    defect_prob: NDArray[Any]  # float32 (H, W): 1 - p(background) at the original image size
 
     @property
     def strongest(self) -> int:
@@ -386,7 +391,7 @@ class SegmentMaps:
         return int(np.argmax(self.class_scores)) if self.class_scores.size else 0
 
 
-def mask_channels(classes: Sequence[str], defect_classes: Sequence[str]) -> np.ndarray:
+def mask_channels(classes: Sequence[str], defect_classes: Sequence[str]) -> NDArray[Any]:
     """Lookup table: dataset mask pixel value (0 background, 1 + index in `classes`) → segmenter output channel
     (0 background, j = defect_classes[j - 1]); a class without a channel (the OK class) maps to background."""
     lut = np.zeros(256, np.uint8)
@@ -395,7 +400,7 @@ def mask_channels(classes: Sequence[str], defect_classes: Sequence[str]) -> np.n
     return lut
 
 
-def box_filter(maps: np.ndarray, k: int) -> np.ndarray:
+def box_filter(maps: NDArray[Any], k: int) -> NDArray[Any]:
     """Mean over a k x k window with zero padding (torch avg_pool2d(k, 1, k // 2), count_include_pad) on (..., H, W)."""
     if k <= 1:
         return maps
@@ -408,7 +413,7 @@ def box_filter(maps: np.ndarray, k: int) -> np.ndarray:
     return (total / (k * k)).astype(np.float32)
 
 
-def postprocess_segment(raw: np.ndarray, original_size: tuple[int, int], spec: SegmentSpec) -> SegmentMaps:
+def postprocess_segment(raw: NDArray[Any], original_size: tuple[int, int], spec: SegmentSpec) -> SegmentMaps:
     """One image's raw segmenter logits (1 + D, S, S) to its NG score, class scores and class-index map."""
     raw = np.asarray(raw, dtype=np.float32)
     if raw.ndim != 3 or raw.shape[0] != 1 + len(spec.defect_classes):
@@ -430,7 +435,7 @@ def postprocess_segment(raw: np.ndarray, original_size: tuple[int, int], spec: S
 
 
 def postprocess_segment_batch(
-    raw: np.ndarray, original_sizes: Sequence[tuple[int, int]], spec: SegmentSpec
+    raw: NDArray[Any], original_sizes: Sequence[tuple[int, int]], spec: SegmentSpec
 ) -> list[SegmentMaps]:
     return [postprocess_segment(r, size, spec) for r, size in zip(raw, original_sizes, strict=True)]
 
@@ -442,10 +447,10 @@ class Region:
     class_index: int  # index into defect_classes
     area: int
     box: tuple[int, int, int, int]  # x1, y1, x2, y2 (x2, y2 exclusive)
-    mask: np.ndarray  # bool (H, W) of the whole image
+    mask: NDArray[Any]  # bool (H, W) of the whole image
 
 
-def connected_regions(class_map: np.ndarray, min_area: int = 1) -> list[Region]:
+def connected_regions(class_map: NDArray[Any], min_area: int = 1) -> list[Region]:
     """8-connected regions of each class of a class-index map, largest first (scipy.ndimage.label)."""
     from scipy import ndimage  # ~0.2 s; only when regions are asked for
 
@@ -467,7 +472,7 @@ def connected_regions(class_map: np.ndarray, min_area: int = 1) -> list[Region]:
     return regions
 
 
-def rle_encode(mask: np.ndarray) -> str:
+def rle_encode(mask: NDArray[Any]) -> str:
     """A bool (H, W) mask as a COCO compressed RLE string (column-major run lengths, first run background), the
     `counts` that `pycocotools.mask.decode({"size": [H, W], "counts": ...})` reads."""
     flat = np.asarray(mask, dtype=bool).ravel(order="F")
@@ -517,7 +522,7 @@ def rle_runs(counts: str) -> list[int]:
     return runs
 
 
-def rle_decode(counts: str, height: int, width: int) -> np.ndarray:
+def rle_decode(counts: str, height: int, width: int) -> NDArray[Any]:
     """A COCO compressed RLE string (`rle_encode`) back to a bool (height, width) mask."""
     runs = rle_runs(counts)
     if sum(runs) != height * width or any(r < 0 for r in runs):

@@ -17,12 +17,12 @@ if TYPE_CHECKING:  # the stages' config types; their modules load lazily, so `cr
     from sqlalchemy.engine import Engine
 
     from crux.collect.ingest_settings import IngestSettings
-    from crux.console.app import ConsoleConfig
+    from crux.console.deps import ConsoleConfig
     from crux.edge.runtime import EdgeConfig
     from crux.label.server import Credentials, ServerSettings
     from crux.loop.steps import LabelStudioAccess
     from crux.loop.trigger import WebhooksConfig
-    from crux.ship.publish import GateConfig
+    from crux.ship.gate import GateConfig
 
 
 def warn(message: str) -> None:
@@ -281,7 +281,7 @@ def trusted_keys(ctx: Context) -> list[Ed25519PublicKey]:
 
 
 def gate_config(ctx: Context) -> GateConfig:
-    from crux.ship.publish import GateConfig
+    from crux.ship.gate import GateConfig
 
     return from_mapping(GateConfig, ctx.section("gate"), "gate")
 
@@ -372,8 +372,8 @@ def station_token() -> str:
 def console_config(ctx: Context, admin_token: str | None, timeout_s: float) -> ConsoleConfig:
     """Every reader of the plant console, from params.yaml and the environment."""
     from crux.collect import create_db_engine, migrate
-    from crux.console.app import ConsoleConfig as Config
-    from crux.console.app import LineInfo
+    from crux.console.deps import ConsoleConfig as Config
+    from crux.console.deps import LineInfo
     from crux.console.sources import DatasetReader, IngestReader, LabelStudioReader, ModelReader
     from crux.ship.signing import load_public_keys
 

@@ -62,7 +62,8 @@ def publish_versions(tmp: Path, remote: Path) -> tuple[Any, Path]:
     """Two signed releases of LINE (accuracy 0.95 then 0.97, each with a confusion matrix); returns the key."""
     from edge_support import exported
 
-    from crux.ship.publish import GateConfig, publish
+    from crux.ship.gate import GateConfig
+    from crux.ship.publish import publish
     from crux.ship.signing import generate_private_key, public_key_pem
 
     key = generate_private_key()
@@ -216,7 +217,7 @@ def console_config(
     plant: Plant, *, ls_url: str | None = None, ls_token: str = "x", admin_token: str | None = None
 ) -> Any:
     from crux.collect import create_db_engine
-    from crux.console.app import ConsoleConfig, LineInfo
+    from crux.console.deps import ConsoleConfig, LineInfo
     from crux.console.sources import DatasetReader, IngestReader, LabelStudioReader, ModelReader
     from crux.ship.signing import load_public_keys
 

@@ -183,11 +183,11 @@ def demo(
             try:
                 from flows.cycle import cycle
 
-                result = cycle(line, params_path=str(ctx.root / "params.yaml"), profile="demo")
+                outcome = cycle(line, params_path=str(ctx.root / "params.yaml"), profile="demo")
             finally:
                 done.set()
                 ticker.join()
-        if not _cycle_report(ctx, line, result, time.perf_counter() - cycle_started):
+        if not _cycle_report(ctx, line, outcome, time.perf_counter() - cycle_started):
             refused.append(line)
 
     for line in DEMO_LINES:
@@ -218,13 +218,13 @@ def _cycle_report(ctx: Any, line: str, result: dict[str, Any], wall_s: float) ->
             how = f"{summary['epochs']} epoch(s), {summary['global_step']} steps in {summary['wall_s']:.0f} s"
         console.print(f"Trained: {how}; best val {summary['monitor']} {summary['best_val']:.4f}")
     if result.get("gate") is not None:
-        from crux.ship.publish import criteria_lines
+        from crux.ship.gate import criteria_lines
 
         verdict = "published v" + str(published["version"]) if published else "NOT published"
         console.print(f"Gate: {verdict}  (cycle {wall_s:.0f} s)")
         for text in criteria_lines(result["gate"]):
             out.print(f"  {text}", markup=False, highlight=False)
-    from crux.ship.publish import read_pointer
+    from crux.ship.releases import read_pointer
 
     return read_pointer(f"{model_remote(ctx, None)}/{line}", public_keys(ctx)) is not None
 
@@ -236,7 +236,9 @@ def _edge_and_verdict(ctx: Any, line: str, spec: Any) -> None:
 
     from crux.data.manifest import read_manifest
     from crux.edge.runtime import EdgeRuntime
-    from crux.ship.publish import criteria_lines, list_models, read_pointer
+    from crux.ship.gate import criteria_lines
+    from crux.ship.listing import list_models
+    from crux.ship.releases import read_pointer
     from crux.verdict import edge_verdict, verdict_lines
 
     console.rule(f"3/4 The edge runtime on unseen {line} images")

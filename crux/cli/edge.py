@@ -53,7 +53,7 @@ def _require_line(ctx: Any, line: str, remote: str, state_dir: Path) -> None:
 
     from crux.config import unknown_name
     from crux.settings import declared_lines, s3_fetch_options
-    from crux.ship.publish import published_lines
+    from crux.ship.listing import published_lines
 
     declared = declared_lines(ctx.params)
     if declared and line not in declared:
@@ -123,7 +123,12 @@ def edge_run(
             from rich.live import Live
 
             with Live(live_view.render(), console=console, refresh_per_second=4) as live:
-                runtime.run(frames, lambda record: (emit(record), live.update(live_view.render())), poll=poll)
+
+                def emit_and_draw(record: dict[str, Any]) -> None:
+                    emit(record)
+                    live.update(live_view.render())
+
+                runtime.run(frames, emit_and_draw, poll=poll)
         else:
             runtime.run(frames, emit, poll=poll)
     except KeyboardInterrupt:

@@ -147,8 +147,9 @@ def publish_command(
     """Gate the candidate (absolute floors, then vs production), then publish it signed: version folder first,
     pointer last. Exit 1 when the gate refuses; the decision lists every criterion either way."""
 
+    from crux.ship.candidate import CHECK_IMAGES
     from crux.ship.export import validation_images
-    from crux.ship.publish import CHECK_IMAGES, GateRefused, publish
+    from crux.ship.publish import GateRefused, publish
 
     ctx = load_context(params)
     gate = gate_config(ctx)
@@ -191,7 +192,7 @@ def publish_command(
 
 
 def _print_criteria(gate: Mapping[str, Any]) -> None:
-    from crux.ship.publish import criteria_lines
+    from crux.ship.gate import criteria_lines
 
     for text in criteria_lines(gate):
         out.print(f"  {text}", markup=False, highlight=False)
@@ -233,14 +234,14 @@ def models_list(
 
     from rich.table import Table
 
-    from crux.ship.publish import list_models
+    from crux.ship.listing import list_models
 
     ctx = load_context(params)
     history = list_models(model_remote(ctx, remote), line, public_keys(ctx))
     if as_json:
         out.print_json(json.dumps(history, default=str))
         return
-    from crux.ship.publish import criteria_lines
+    from crux.ship.gate import criteria_lines
 
     current = (history.get("current") or {}).get("version")
     table = Table(title=f"{line} models", show_lines=True)

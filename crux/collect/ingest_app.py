@@ -457,7 +457,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
             engine, line=line, station=caller.name, since=since, labeled=labeled, after=after, limit=limit
         )
         items = [CaptureOut(**r.as_dict()) for r in rows]
-        return CapturePage(items=items, next_after=items[-1].id if len(items) == limit else None)
+        return CapturePage(items=items, next_after=rows[-1].id if len(rows) == limit else None)
 
     @app.get("/v1/captures/{capture_id}", response_model=CaptureOut, summary="One capture of this station")
     def get_capture(request: Request, capture_id: Annotated[int, Path(ge=0, le=DB_INT_MAX)]) -> Any:

@@ -27,6 +27,7 @@ from crux.kinds import Label, get_kind
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
+    from label_studio_sdk.types import RoleBasedTask
     from sqlalchemy.engine import Engine
 
     from crux.collect.storage import ImageStore
@@ -322,8 +323,10 @@ def prepare_project(
 def tasks_by_capture(client: LabelStudio, project_id: int) -> dict[int, int]:
     """capture id → task id of the project's tasks that came from the ingest DB."""
     found: dict[int, int] = {}
+    task: RoleBasedTask
     for task in client.tasks.list(project=project_id, fields="task_only", page_size=1000):
-        capture_id = (task.data or {}).get("capture_id")
+        data: dict[str, Any] = task.data or {}
+        capture_id = data.get("capture_id")
         if isinstance(capture_id, int) and not isinstance(capture_id, bool):
             found.setdefault(capture_id, int(task.id))
     return found
@@ -376,8 +379,11 @@ def collect(
     batches = 0
     for start in range(0, len(tasks), batch_size):
         batch = tasks[start : start + batch_size]
-        response = client.projects.import_tasks(id=project_id, request=batch, return_task_ids=True)
-        ids = list(response.task_ids or [])
+        # The SDK types `request` as its ImportApiRequest models and leaves `task_ids` out of the response model
+        # (Label Studio Community returns it; the model keeps it as an extra field); plain task dicts are what the
+        # endpoint takes.
+        response = client.projects.import_tasks(id=project_id, request=batch, return_task_ids=True)  # type: ignore[arg-type]
+        ids = list(response.task_ids or [])  # type: ignore[attr-defined]
         if len(ids) != len(batch):
             raise CollectError(
                 f"Label Studio returned {len(ids)} task id(s) for a batch of {len(batch)}; the next run "

@@ -111,12 +111,16 @@ class CaptureMetadata(BaseModel):
                     raise ValueError(f"boxes[{i}].mask: {exc}") from None
 
 
-# One stored capture as returned by the API: the fields of `records.CaptureRecord`, declared there once.
-CaptureOut = create_model(
-    "CaptureOut",
-    __doc__="One stored capture as returned by the API.",
-    **{name: (hint, ...) for name, hint in typing.get_type_hints(CaptureRecord).items()},  # type: ignore[call-overload]
-)
+# One stored capture as returned by the API: the fields of `records.CaptureRecord`, declared there once. The model is
+# built at run time, so mypy sees a plain model without those fields.
+if typing.TYPE_CHECKING:
+    CaptureOut = BaseModel
+else:
+    CaptureOut = create_model(
+        "CaptureOut",
+        __doc__="One stored capture as returned by the API.",
+        **{name: (hint, ...) for name, hint in typing.get_type_hints(CaptureRecord).items()},
+    )
 
 
 class CaptureCreated(BaseModel):

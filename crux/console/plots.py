@@ -25,7 +25,7 @@ def trend_svg(
     versions: Sequence[Mapping[str, Any]], metrics: Sequence[str], production: int | None, title: str = ""
 ) -> bytes:
     """The metrics of every published version (x: version); production and forced releases marked."""
-    from crux.ship.publish import metric_value
+    from crux.ship.gate import metric_value
 
     with _MPL_LOCK:
         fig = _figure(7.0, 3.2)

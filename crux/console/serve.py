@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from crux.errors import CruxError
 
 if TYPE_CHECKING:
-    from crux.console.app import ConsoleConfig
+    from crux.console.deps import ConsoleConfig
 
 
 class ConsoleError(CruxError, ValueError):

@@ -1,7 +1,7 @@
 """What the console reads, one reader per store, each behind a short timeout.
 
 - `IngestReader`: the ingest database (captures, stations, heartbeats) and its image store.
-- `ModelReader`: the model remote (fsspec folder or S3) through `crux.ship.publish.list_models`.
+- `ModelReader`: the model remote (fsspec folder or S3) through `crux.ship.listing.list_models`.
 - `DatasetReader`: dataset versions, i.e. the git history of `data.dvc` and `crux data diff`.
 - `LabelStudioReader`: each line's project progress through the SDK.
 
@@ -204,7 +204,7 @@ class ModelReader:
 
     def history(self, line: str) -> dict[str, Any]:
         """`crux models list LINE --json`: every version with metrics, gate, lineage, verified, signer."""
-        from crux.ship.publish import list_models
+        from crux.ship.listing import list_models
 
         return self._cache.get(
             line, lambda: list_models(self.remote_url, line, self.public_keys, storage_options=self.storage_options)
@@ -365,7 +365,8 @@ class LabelStudioReader:
         if not health(self.url, timeout=self.timeout_s):
             raise ConnectionError(f"Label Studio at {self.url} does not answer /health")
         if self._client is None:
-            self._client = LabelStudio(base_url=self.url, api_key=self.token, timeout=self.timeout_s)
+            # The SDK's LabelStudio re-declares __init__(*args, **kwargs) without annotations (its base is typed).
+            self._client = LabelStudio(base_url=self.url, api_key=self.token, timeout=self.timeout_s)  # type: ignore[no-untyped-call]
         out = {}
         for project in self._client.projects.list(page_size=100):
             for text in (project.description or "").splitlines():

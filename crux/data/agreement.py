@@ -27,7 +27,7 @@ from crux.errors import CruxError
 from crux.geometry import iou
 
 if TYPE_CHECKING:
-    import numpy as np
+    from numpy.typing import NDArray
 
     from crux.data.manifest import AnnotatorLabels, ItemLabel, ManifestItem
 
@@ -36,7 +36,7 @@ class AgreementError(CruxError, ValueError):
     """A threshold outside 0..1, an annotator nobody knows, or a mask that cannot be read."""
 
 
-MaskLoader = Callable[[str], "np.ndarray"]
+MaskLoader = Callable[[str], "NDArray[Any]"]
 
 
 def check_fraction(name: str, value: float) -> float:

@@ -18,11 +18,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
 
 from crux.data.manifest import SPLITS, ClassesInfo, ManifestItem
 from crux.errors import CruxError
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from crux.kinds import Label
 
 FORMATS: tuple[str, ...] = ("yolo", "coco", "folders", "ls-json", "voc", "masks")
 EMPTY_FOLDER = "_empty"  # folders format: detection images without any box
@@ -123,11 +128,19 @@ def _class_mask(src: Path, item: ManifestItem) -> Any:
     return mask
 
 
-def _regions(src: Path, item: ManifestItem, info: ClassesInfo) -> list[Any]:
+def _regions(src: Path, item: ManifestItem, info: ClassesInfo) -> list[Label]:
     """The item's regions (kinds.Label with a mask), one per 8-connected part of each class of its mask."""
-    from crux.kinds import get_kind
+    from crux.kinds import SegmentKind, get_kind
 
-    return get_kind(info.kind).regions_from_mask(_class_mask(src, item), info.classes)  # type: ignore[attr-defined]
+    kind = get_kind(info.kind)
+    if not isinstance(kind, SegmentKind):
+        raise FormatError(f"task {item.task_id}: mask {item.mask}: a {info.kind} line has no class masks to export")
+    return kind.regions_from_mask(_class_mask(src, item), info.classes)
+
+
+def _region_masks(src: Path, item: ManifestItem, info: ClassesInfo) -> list[tuple[str, NDArray[Any]]]:
+    """(class, mask) of each of the item's regions (`regions_from_mask` gives every region its mask)."""
+    return [(r.cls, r.mask) for r in _regions(src, item, info) if r.mask is not None]
 
 
 def _write_verdicts(items: Sequence[ManifestItem], out: Path, names: dict[int, str]) -> None:
@@ -170,10 +183,10 @@ def _yolo_seg(src: Path, items: Sequence[ManifestItem], info: ClassesInfo, out: 
         name = names[item.task_id]
         _copy(src, item, out / "images" / name)
         lines = []
-        for region in _regions(src, item, info):
-            for poly in polygons(region.mask):
+        for cls, mask in _region_masks(src, item, info):
+            for poly in polygons(mask):
                 coords = " ".join(f"{_fmt(x / item.width)} {_fmt(y / item.height)}" for x, y in poly)
-                lines.append(f"{index[region.cls]} {coords}\n")
+                lines.append(f"{index[cls]} {coords}\n")
         (out / "labels" / f"{PurePosixPath(name).stem}.txt").write_text("".join(lines), encoding="utf-8")
     _write_verdicts(items, out, names)
 
@@ -193,7 +206,8 @@ def _masks(src: Path, items: Sequence[ManifestItem], info: ClassesInfo, out: Pat
 
 def _coco(src: Path, items: Sequence[ManifestItem], info: ClassesInfo, out: Path, names: dict[int, str]) -> None:
     cat = {c: n + 1 for n, c in enumerate(info.classes)}
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for item in items:
         name = names[item.task_id]
         _copy(src, item, out / "images" / name)
@@ -237,18 +251,18 @@ def _coco_regions(
     """One COCO annotation per region, with compressed RLE segmentation."""
     from crux.masks import bbox, coco_rle
 
-    out = []
-    for region in _regions(src, item, info):
-        x1, y1, x2, y2 = bbox(region.mask) or (0.0, 0.0, 0.0, 0.0)
+    out: list[dict[str, Any]] = []
+    for cls, mask in _region_masks(src, item, info):
+        x1, y1, x2, y2 = bbox(mask) or (0.0, 0.0, 0.0, 0.0)
         out.append(
             {
                 "id": start + len(out) + 1,
                 "image_id": item.task_id,
-                "category_id": cat[region.cls],
+                "category_id": cat[cls],
                 "iscrowd": 0,
                 "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "area": int(region.mask.sum()),
-                "segmentation": coco_rle(region.mask),
+                "area": int(mask.sum()),
+                "segmentation": coco_rle(mask),
             }
         )
     return out

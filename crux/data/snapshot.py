@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crux.config import validate_ratios
 from crux.data.manifest import (
     CLASSES,
     DATASET,
@@ -41,7 +42,7 @@ from crux.data.manifest import (
     write_manifest,
 )
 from crux.data.provenance import annotation_provenance, parent_prediction
-from crux.data.split import assign_split, validate_ratios
+from crux.data.split import assign_split
 from crux.data.store import (
     Fetcher,
     FetchError,

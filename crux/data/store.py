@@ -188,7 +188,8 @@ def fsspec_fetcher(storage_options: Mapping[str, object] | None = None) -> Fetch
 
         try:
             with fsspec.open(url, "rb", **options) as f:
-                return f.read()
+                data: bytes = f.read()
+                return data
         except FileNotFoundError:
             raise FetchError(f"not found: {url}") from None
         except (OSError, ValueError) as exc:

@@ -54,6 +54,7 @@ def write_synthetic_dataset(
         for i in range(n):
             task_id += 1
             extra: dict[str, Any] = {}
+            labels: list[dict[str, Any]]
             if kind == "classify":
                 cls = classes[i % len(classes)]
                 img, _ = _draw(rng, size, [] if cls == "ok" else [cls])

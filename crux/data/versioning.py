@@ -115,7 +115,8 @@ def _dvc_md5(dvc_file_text: str | None) -> str | None:
     import yaml
 
     outs = (yaml.safe_load(dvc_file_text) or {}).get("outs") or [{}]
-    return outs[0].get("md5")
+    md5 = outs[0].get("md5")
+    return None if md5 is None else str(md5)
 
 
 def tracked_root(data_rel: str) -> str:

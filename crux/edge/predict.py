@@ -56,7 +56,7 @@ def _folder_version(folder: Path) -> int | None:
 def _open_release(
     ref: str, dest: Path, public_keys: Sequence[Any], storage_options: Mapping[str, Any] | None, threads: int
 ) -> OnnxModel:
-    from crux.ship.publish import fetch_release
+    from crux.ship.fetch import fetch_release
 
     release = fetch_release(
         ref, dest, public_keys, installed=None, storage_options=storage_options, require_signature=bool(public_keys)

@@ -1,6 +1,6 @@
 """`crux edge run`: inspect frames with the line's production model and follow new releases without a restart.
 
-- Model updates: a poller thread fetches the remote's current release (crux.ship.publish.fetch_release: temp folder,
+- Model updates: a poller thread fetches the remote's current release (crux.ship.fetch.fetch_release: temp folder,
   sha256, Ed25519 signature, sequence/version monotonicity), opens a new ONNX Runtime session, runs it once,
   and only then replaces the model reference. The frame loop reads that reference once per frame, so every
   frame is processed entirely by one complete model and none is dropped or repeated. Any failure keeps the
@@ -39,7 +39,9 @@ from crux.config import ConfigError
 from crux.data.store import sha256_file
 from crux.inference import NO_DEFECT_LABEL, ModelOutputError, OnnxModel, Result, contract_record
 from crux.postprocess import ImageError, open_image
-from crux.ship.publish import ReleaseError, fetch_release, read_pointer, verify_release
+from crux.ship.fetch import fetch_release
+from crux.ship.releases import ReleaseError, read_pointer
+from crux.ship.verify import verify_release
 
 if TYPE_CHECKING:
     from crux.edge.outbox import Outbox
@@ -502,7 +504,7 @@ class EdgeRuntime:
             "at": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         }
         if self.outbox is not None:
-            empty = {"label": None, "scores": {}, "boxes": []}
+            empty: dict[str, Any] = {"label": None, "scores": {}, "boxes": []}
             self._enqueue(data, path, empty, Decision("NG", True), running, at)
         if self._model_errors_in_a_row >= self.cfg.rollback_after_model_errors:
             self._fall_back(running, f"{self._model_errors_in_a_row} frames in a row without a usable output: {error}")

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from crux.config import DatasetConfig, ProjectSpec
     from crux.data.snapshot import DatasetSummary
     from crux.data.versioning import VersionResult
-    from crux.ship.publish import GateConfig, PublishResult
+    from crux.ship.gate import GateConfig
+    from crux.ship.publish import PublishResult
 
 
 class PipelineError(CruxError, RuntimeError):
@@ -205,8 +206,9 @@ def publish_candidate(
 ) -> PublishResult:
     """Gate the line's exported candidate against production and publish it (raises GateRefused); production is
     verified against `trusted_keys` (edge.public_keys) and the signing key."""
+    from crux.ship.candidate import CHECK_IMAGES
     from crux.ship.export import validation_images
-    from crux.ship.publish import CHECK_IMAGES, publish
+    from crux.ship.publish import publish
 
     return publish(
         remote,

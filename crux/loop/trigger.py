@@ -269,12 +269,12 @@ def _as_list(value: Any) -> list[Any]:
 def project_id_of(payload: Mapping[str, Any]) -> int | None:
     """The Label Studio project a webhook is about: `project.id`, else the annotation's or task's `project`."""
     project = payload.get("project")
-    if isinstance(project, Mapping) and isinstance(project.get("id"), int):
-        return project["id"]
+    if isinstance(project, Mapping) and isinstance(project_id := project.get("id"), int):
+        return project_id
     for key in ("annotation", "tasks"):
         for item in _as_list(payload.get(key)):
-            if isinstance(item, Mapping) and isinstance(item.get("project"), int):
-                return item["project"]
+            if isinstance(item, Mapping) and isinstance(project_id := item.get("project"), int):
+                return project_id
     return None
 
 

@@ -24,12 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from crux.config import ConfigError
 from crux.data.store import sha256_file
 from crux.errors import CruxError
 from crux.inference import CARD_FORMAT
-from crux.postprocess import DetectSpec, InputSpec, box_iou, load_image, mask_channels, open_image, preprocess
+from crux.postprocess import (
+    Detections,
+    DetectSpec,
+    InputSpec,
+    box_iou,
+    load_image,
+    mask_channels,
+    open_image,
+    preprocess,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +60,7 @@ def tta_views(generators: Sequence[str]) -> list[tuple[int, bool]]:
     composing on a labelled 2x2 grid finds which of the 8 the generators reach."""
     base = np.arange(4).reshape(2, 2)
 
-    def apply(a: np.ndarray, view: tuple[int, bool]) -> np.ndarray:
+    def apply(a: NDArray[Any], view: tuple[int, bool]) -> NDArray[Any]:
         a = np.rot90(a, view[0])
         return a[:, ::-1] if view[1] else a
 
@@ -200,8 +210,11 @@ def validation_images(prepared_dir: Path | None, n: int) -> list[Path]:
     return [Path(prepared_dir) / r["image"] for r in records]  # type: ignore[arg-type]
 
 
-def _load_batch(prepared_dir: Path, records: Sequence[Mapping[str, Any]], spec: InputSpec) -> tuple[np.ndarray, list]:
-    xs, sizes = [], []
+def _load_batch(
+    prepared_dir: Path, records: Sequence[Mapping[str, Any]], spec: InputSpec
+) -> tuple[NDArray[Any], list[tuple[int, int]]]:
+    xs: list[NDArray[Any]] = []
+    sizes: list[tuple[int, int]] = []
     for r in records:
         x, size = preprocess(load_image(Path(prepared_dir) / r["image"], spec.channels), spec)
         xs.append(x)
@@ -239,7 +252,9 @@ def _torch_export(model: Any, spec: InputSpec, path: Path, cfg: ExportConfig) ->
         torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], **kwargs)
 
 
-def _parity(model: Any, onnx_model: Any, x: np.ndarray, sizes: list, kind: str, cfg: ExportConfig) -> dict[str, Any]:
+def _parity(
+    model: Any, onnx_model: Any, x: NDArray[Any], sizes: list[tuple[int, int]], kind: str, cfg: ExportConfig
+) -> dict[str, Any]:
     """torch vs ORT on the same inputs: raw max abs diff, top-1 agreement / box matching."""
     import torch
 
@@ -271,7 +286,7 @@ def _parity(model: Any, onnx_model: Any, x: np.ndarray, sizes: list, kind: str, 
     batched = onnx_model.run_raw(x[: min(len(x), 4)])[:1]
     batch_diff = float(np.abs(single - batched).max())
     max_diff = max([*diffs, batch_diff])
-    report = {
+    report: dict[str, Any] = {
         "images": len(x),
         "max_abs_diff": max_diff,
         "batch1_vs_batchN_max_abs_diff": batch_diff,
@@ -514,17 +529,17 @@ def _tta_report(
 # INT8 and ONNX evaluation
 
 
-def quantize_onnx(fp32: Path, int8: Path, calibration: Sequence[np.ndarray]) -> None:
+def quantize_onnx(fp32: Path, int8: Path, calibration: Sequence[NDArray[Any]]) -> None:
     """Static INT8 (QDQ: per-channel int8 weights, uint8 activations) of `fp32`, calibrated on the given model
     inputs (each a batch of one); what `crux export` ships and `bench/edge_latency.py` times."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class Reader(CalibrationDataReader):
+    class Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no type information: Any
         def __init__(self) -> None:
             self._it = iter(calibration)
 
-        def get_next(self) -> dict[str, np.ndarray] | None:
+        def get_next(self) -> dict[str, NDArray[Any]] | None:
             batch = next(self._it, None)
             return None if batch is None else {INPUT_NAME: batch}
 
@@ -599,7 +614,12 @@ def evaluate_onnx(model: Any, prepared_dir: Path, split: str = "test", batch_siz
         return _evaluate_onnx_segment(model, prepared_dir, records, split, batch_size)
     if model.kind == "anomaly":
         return _evaluate_onnx_anomaly(model, prepared_dir, records, split, batch_size)
-    probs, targets, dets, gt_boxes, gt_labels, sizes_all = [], [], [], [], [], []
+    probs: list[NDArray[Any]] = []
+    targets: list[int] = []
+    dets: list[Detections] = []
+    gt_boxes: list[NDArray[Any]] = []
+    gt_labels: list[NDArray[Any]] = []
+    sizes_all: list[tuple[int, int]] = []
     for sl in _batches(len(records), batch_size):
         chunk = records[sl]
         x, sizes = _load_batch(prepared_dir, chunk, model.spec)

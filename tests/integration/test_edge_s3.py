@@ -14,7 +14,11 @@ from PIL import Image
 from crux.edge.predict import open_model
 from crux.edge.runtime import EdgeConfig, EdgeRuntime
 from crux.inference import predict_paths
-from crux.ship.publish import GateConfig, GateRefused, ReleaseError, fetch_release, list_models, publish, rollback
+from crux.ship.fetch import fetch_release
+from crux.ship.gate import GateConfig
+from crux.ship.listing import list_models
+from crux.ship.publish import GateRefused, publish, rollback
+from crux.ship.releases import ReleaseError
 from crux.ship.signing import generate_private_key
 
 pytestmark = pytest.mark.integration

@@ -197,7 +197,7 @@ def test_anomaly_line_needs_an_ok_class() -> None:
 
 
 def test_gate_without_ng_items_is_false_reject_only_and_says_so() -> None:
-    from crux.ship.publish import GateConfig, gate_check
+    from crux.ship.gate import GateConfig, gate_check
 
     no_ng = {"auroc": None, "accuracy": None, "inspection": {"n_ng": 0, "n_ok": 50, "false_reject_rate": 0.02}}
     result = gate_check(no_ng, None, GateConfig(), "anomaly", ok_line=True)

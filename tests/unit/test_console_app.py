@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from crux.collect import IngestSettings, add_station, create_app, create_db_engine, migrate
 from crux.collect.heartbeats import latest_heartbeats
 from crux.collect.ingest_server import free_port
-from crux.console.app import ConsoleConfig, LineInfo, create_console_app
+from crux.console.app import create_console_app
+from crux.console.deps import ConsoleConfig, LineInfo
 from crux.console.serve import ConsoleError, is_loopback, load_or_create_token, serve
 from crux.console.sources import DatasetReader, IngestReader, ModelReader, parse_dataset_log
 

@@ -40,7 +40,8 @@ def test_edge_imports_without_heavy_packages_in_under_a_second() -> None:
 def test_edge_runtime_runs_a_model_with_heavy_packages_blocked(tmp_path: Path) -> None:
     from edge_support import exported
 
-    from crux.ship.publish import GateConfig, publish
+    from crux.ship.gate import GateConfig
+    from crux.ship.publish import publish
     from crux.ship.signing import generate_private_key, public_key_pem
 
     key = generate_private_key()

@@ -13,7 +13,9 @@ from PIL import Image
 from crux.edge.predict import open_model
 from crux.edge.runtime import EdgeConfig, EdgeRuntime
 from crux.inference import CONTRACT_KEYS, contract_record, predict_paths
-from crux.ship.publish import GateConfig, ReleaseError, publish
+from crux.ship.gate import GateConfig
+from crux.ship.publish import publish
+from crux.ship.releases import ReleaseError
 from crux.ship.signing import generate_private_key
 
 

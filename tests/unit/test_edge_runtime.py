@@ -18,7 +18,8 @@ from PIL import Image
 from crux.config import ConfigError, from_mapping
 from crux.edge.runtime import EdgeConfig, EdgeRuntime, LiveView, decide, glob_source, stdin_source, watch_folder
 from crux.inference import OnnxModel
-from crux.ship.publish import GateConfig, publish, rollback
+from crux.ship.gate import GateConfig
+from crux.ship.publish import publish, rollback
 from crux.ship.signing import generate_private_key, sign
 
 LINE = "line-a"

@@ -27,7 +27,9 @@ from crux.data.manifest import read_manifest
 from crux.data.snapshot import build_dataset
 from crux.data.store import make_fetcher
 from crux.data.synthetic_exports import Ann, box, image_bytes, local_url, ls_task, write_export, write_image
-from crux.ship.publish import GateConfig, fetch_release, publish
+from crux.ship.fetch import fetch_release
+from crux.ship.gate import GateConfig
+from crux.ship.publish import publish
 from crux.ship.signing import generate_private_key, load_private_key, private_key_pem
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
@@ -98,11 +100,11 @@ def test_publish_killed_mid_upload_leaves_production_whole_and_the_next_publish_
         from pathlib import Path
         import crux.ship.publish as p
         from crux.ship.signing import load_private_key
-        real = p._put_file
+        real = p.put_file
         def slow(fs, local, path):
             real(fs, local, path)
             time.sleep(30)  # killed here: a file of version 2 is uploaded, its manifest and the pointer are not
-        p._put_file = slow
+        p.put_file = slow
         key = load_private_key(Path({str(tmp_path / "key.pem")!r}).read_bytes())
         p.publish({str(remote)!r}, "line-a", Path({str(v2)!r}), key, p.GateConfig())
     """)

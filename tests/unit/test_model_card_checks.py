@@ -16,7 +16,10 @@ from edge_support import exported, onnx_graph_model, with_model
 from PIL import Image
 
 from crux.inference import IMAGE_SIZE_LIMITS, ModelCard, ModelError, OnnxModel
-from crux.ship.publish import GateConfig, PublishError, list_models, publish, read_pointer, rollback
+from crux.ship.gate import GateConfig
+from crux.ship.listing import list_models
+from crux.ship.publish import publish, rollback
+from crux.ship.releases import PublishError, read_pointer
 from crux.ship.signing import generate_private_key
 
 KEY = generate_private_key()

@@ -16,8 +16,9 @@ from crux.config import ConfigError, ProjectSpec, from_mapping
 from crux.errors import CruxError
 from crux.label.importer import _yolo_labels, read_predictions
 from crux.postprocess import ImageError, load_image
-from crux.ship.publish import ReleaseError, verify_release
+from crux.ship.releases import ReleaseError
 from crux.ship.signing import generate_private_key
+from crux.ship.verify import verify_release
 
 SPEC = from_mapping(ProjectSpec, {"title": "t", "kind": "detect", "classes": {"a": "#000000", "b": "#ffffff"}}, "p")
 KEY = generate_private_key()

@@ -20,7 +20,11 @@ from crux.config import ProjectSpec, from_mapping
 from crux.data.manifest import ManifestError, ManifestItem, parse_manifest
 from crux.data.synthetic_exports import image_bytes
 from crux.label.importer import ImportValidationError, scan_source
-from crux.ship.publish import GateConfig, PublishError, ReleaseError, _parse_pointer, fetch_release, publish
+from crux.ship.fetch import fetch_release
+from crux.ship.gate import GateConfig
+from crux.ship.publish import publish
+from crux.ship.releases import PublishError, ReleaseError
+from crux.ship.releases import parse_pointer as _parse_pointer
 from crux.ship.signing import generate_private_key, sign
 
 FUZZ = settings(max_examples=150, deadline=None)

@@ -10,20 +10,13 @@ import pytest
 from edge_support import exported
 
 from crux.config import ConfigError, from_mapping
-from crux.ship.publish import (
-    GateConfig,
-    GateRefused,
-    PublishError,
-    ReleaseError,
-    check_monotonic,
-    fetch_release,
-    gate_check,
-    list_models,
-    publish,
-    read_pointer,
-    rollback,
-)
+from crux.ship.fetch import fetch_release
+from crux.ship.gate import GateConfig, gate_check
+from crux.ship.listing import list_models
+from crux.ship.publish import GateRefused, publish, rollback
+from crux.ship.releases import PublishError, ReleaseError, read_pointer
 from crux.ship.signing import generate_private_key
+from crux.ship.verify import check_monotonic
 
 
 @pytest.fixture(scope="module")

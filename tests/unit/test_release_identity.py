@@ -21,7 +21,10 @@ from crux.edge.predict import open_model
 from crux.edge.runtime import EdgeConfig, EdgeRuntime
 from crux.inference import predict_paths
 from crux.postprocess import ImageError, load_image, open_image
-from crux.ship.publish import GateConfig, ReleaseError, fetch_release, publish, rollback
+from crux.ship.fetch import fetch_release
+from crux.ship.gate import GateConfig
+from crux.ship.publish import publish, rollback
+from crux.ship.releases import ReleaseError
 from crux.ship.signing import generate_private_key, load_private_key, load_public_key, rotate_keys
 
 

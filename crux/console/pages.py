@@ -1,0 +1,158 @@
+"""The console's pages (server-rendered Jinja2, read-only): `/` lines overview, `/lines/{line}` line detail,
+`/lines/{line}/datasets/{commit}` one dataset version's diff, `/stations`, `/stations/{name}`.
+
+A line must be one the config knows and a station one the database knows (else 404); a dataset commit must be one
+of the line's versions."""
+
+# No `from __future__ import annotations`: FastAPI evaluates the endpoint annotations.
+
+import datetime as dt
+from functools import partial
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+
+from crux.console.deps import Console, ConsoleDep, PageError
+from crux.console.sources import COMMIT, DatasetReader, DatasetVersion, ModelReader, Unavailable, production
+from crux.console.views import KEY_METRICS, key_metrics, markdown_html, weighted_ng_rate
+from crux.console.workspace import WORKSPACE_PLOTS, workspace_is_production, workspace_plots, workspace_pr_curve
+
+router = APIRouter()
+
+
+@router.get("/", response_class=HTMLResponse, summary="Lines overview")
+def overview(request: Request, console: ConsoleDep) -> Response:
+    cfg, read = console.cfg, console.read
+    now = cfg.clock()
+    names = [x.name for x in cfg.lines]
+    counts = read("ingest database", cfg.ingest, lambda r: r.line_counts(names, now - dt.timedelta(hours=24)))
+    stations = read("ingest database", cfg.ingest, lambda r: r.stations())
+    progress = read("Label Studio", cfg.labelstudio, lambda r: r.progress())
+    rows = []
+    for line in cfg.lines:
+        history = read("model remote", cfg.models, partial(_history, line=line.name))
+        datasets = read("git", cfg.datasets, partial(_versions, line=line.name))
+        prod = production(history) if history else None
+        line_stations = [s for s in stations if s.line == line.name] if isinstance(stations, list) else []
+        beats = [s.heartbeat for s in line_stations if s.heartbeat is not None]
+        rows.append(
+            {
+                "line": line,
+                "progress": progress.get(line.name) if isinstance(progress, dict) else progress,
+                "dataset": datasets if isinstance(datasets, Unavailable) else (datasets[0] if datasets else None),
+                "history": history,
+                "production": prod,
+                "metrics": key_metrics(prod, line.kind),
+                "stations": len(line_stations),
+                "running_prod": sum(1 for b in beats if prod is not None and b.model_version == int(prod["version"])),
+                "live_ng_rate": weighted_ng_rate(beats),
+                "counts": counts.get(line.name) if isinstance(counts, dict) else counts,
+            }
+        )
+    return console.page(
+        request,
+        "overview.html",
+        rows=rows,
+        counts=counts,
+        stations=stations,
+        progress=progress,
+        title="Lines",
+    )
+
+
+@router.get("/lines/{line}", response_class=HTMLResponse, summary="Line detail")
+def line_detail(request: Request, console: ConsoleDep, line: str) -> Response:
+    cfg, read = console.cfg, console.read
+    info = console.known_line(line)
+    history = read("model remote", cfg.models, lambda r: r.history(line))
+    datasets = read("git", cfg.datasets, lambda r: r.versions(line))
+    progress = read("Label Studio", cfg.labelstudio, lambda r: r.progress())
+    ng = read("ingest database", cfg.ingest, lambda r: r.recent_captures(line=line, ng=True, limit=12))
+    other = read("ingest database", cfg.ingest, lambda r: r.recent_captures(line=line, ng=False, limit=12))
+    prod = production(history) if history else None
+    versions = list(reversed(history.get("versions", []))) if history else []
+    plots_dir = workspace_plots(cfg.workspace, line)
+    return console.page(
+        request,
+        "line.html",
+        line=info,
+        history=history,
+        versions=versions,
+        production=prod,
+        metrics=key_metrics(prod, info.kind),
+        metric_names=KEY_METRICS.get(info.kind, ()),
+        datasets=datasets,
+        progress=progress.get(line) if isinstance(progress, dict) else progress,
+        ng=ng,
+        other=other,
+        workspace_plots=[p for p in WORKSPACE_PLOTS if plots_dir and (plots_dir / p).is_file()],
+        has_pr_curve=bool(workspace_pr_curve(cfg.workspace, line)),
+        workspace_is_production=workspace_is_production(cfg.workspace, line, prod),
+        has_confusion=bool(prod and (prod.get("metrics") or {}).get("confusion_matrix") and prod.get("classes")),
+        title=info.name,
+    )
+
+
+@router.get("/lines/{line}/datasets/{commit}", response_class=HTMLResponse, summary="One dataset version's diff")
+def dataset_diff(request: Request, console: ConsoleDep, line: str, commit: str) -> Response:
+    cfg, read = console.cfg, console.read
+    info = console.known_line(line)
+    if not COMMIT.match(commit):
+        raise PageError(400, "a dataset version is a git commit (7-40 hex digits)")
+    versions = read("git", cfg.datasets, lambda r: r.versions(line))
+    if isinstance(versions, Unavailable):
+        raise PageError(503, f"dataset history unavailable: {versions.reason}")
+    version = next((v for v in versions if v.commit.startswith(commit)), None)
+    if version is None:
+        raise PageError(404, f"{commit} is not a dataset version of line {line!r}")
+    markdown = read("dvc", cfg.datasets, lambda r: r.diff_markdown(line, version.commit), cfg.diff_timeout_s)
+    html = markdown_html(markdown) if isinstance(markdown, str) else None
+    return console.page(request, "dataset.html", line=info, version=version, diff=markdown, diff_html=html, title=line)
+
+
+@router.get("/stations", response_class=HTMLResponse, summary="Stations")
+def stations_page(request: Request, console: ConsoleDep) -> Response:
+    stations = console.read("ingest database", console.cfg.ingest, lambda r: r.stations())
+    rows = _station_rows(console, stations) if isinstance(stations, list) else []
+    return console.page(request, "stations.html", stations=stations, rows=rows, title="Stations")
+
+
+@router.get("/stations/{name}", response_class=HTMLResponse, summary="One station")
+def station_page(request: Request, console: ConsoleDep, name: str) -> Response:
+    stations = console.read("ingest database", console.cfg.ingest, lambda r: r.stations())
+    if isinstance(stations, Unavailable):
+        raise PageError(503, f"ingest database unavailable: {stations.reason}")
+    rows = _station_rows(console, [s for s in stations if s.name == name])
+    if not rows:
+        raise PageError(404, f"no station named {name!r}")
+    captures = console.read("ingest database", console.cfg.ingest, lambda r: r.recent_captures(station=name, limit=24))
+    return console.page(request, "station.html", row=rows[0], captures=captures, title=name)
+
+
+def _history(reader: ModelReader, line: str) -> dict[str, Any]:
+    return reader.history(line)
+
+
+def _versions(reader: DatasetReader, line: str) -> list[DatasetVersion]:
+    return reader.versions(line)
+
+
+def _station_rows(console: Console, stations: list[Any]) -> list[dict[str, Any]]:
+    """Each station with its flags: silent (no heartbeat for N intervals, or never) and old model version."""
+    cfg = console.cfg
+    now = cfg.clock()
+    prod_versions: dict[str, Any] = {}
+    for line in sorted({s.line for s in stations}):
+        history = console.read("model remote", cfg.models, partial(_history, line=line))
+        prod = production(history) if history else None
+        prod_versions[line] = int(prod["version"]) if prod else None
+    rows = []
+    for s in stations:
+        beat = s.heartbeat
+        interval = (beat.interval_s if beat and beat.interval_s else None) or cfg.default_heartbeat_s
+        silent = beat is None or (now - beat.received_at).total_seconds() > cfg.silent_after_intervals * interval
+        prod = prod_versions.get(s.line)
+        old = bool(beat and beat.model_version is not None and prod is not None and beat.model_version < prod)
+        rows.append({"s": s, "beat": beat, "silent": silent, "old": old, "production": prod, "revoked": s.revoked})
+    return rows
