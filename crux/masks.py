@@ -300,7 +300,7 @@ def coco_rle(region: NDArray[Any]) -> dict[str, Any]:
 
 
 # A polygon point may sit this far outside its image (pixels, relative to the image's larger side) and still count as
-# on its border: the importers' tolerance for boxes (crux.label.importer.COORD_TOLERANCE) in pixel units.
+# on its border: the importers' tolerance for boxes (crux.label.sources.source_files.COORD_TOLERANCE) in pixel units.
 POLYGON_TOLERANCE = 1e-6
 
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from crux.config import ConfigError, ProjectSpec, from_mapping
 from crux.errors import CruxError
-from crux.label.importer import _yolo_labels, read_predictions
+from crux.label.importer import read_predictions
+from crux.label.sources.yolo_source import _yolo_labels
 from crux.postprocess import ImageError, load_image
 from crux.ship.releases import ReleaseError
 from crux.ship.signing import generate_private_key
