@@ -74,4 +74,4 @@ def invite_link(url: str, token: str, public_url: str | None = None) -> str:
     Asked of the server at `url`, written with `public_url` (the address annotators' browsers use)."""
     request = urllib.request.Request(f"{url}/api/invite", headers={"Authorization": f"Token {token}"})
     with urllib.request.urlopen(request, timeout=10) as response:
-        return (public_url or url).rstrip("/") + json.loads(response.read())["invite_url"]
+        return (public_url or url).rstrip("/") + str(json.loads(response.read())["invite_url"])

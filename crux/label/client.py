@@ -15,7 +15,8 @@ def connect(url: str, token: str, timeout: float = 120.0) -> LabelStudio:
 
     if not health(url):
         raise LabelStudioError(f"Label Studio is not reachable at {url}; start it with `crux labelstudio up`")
-    client = LabelStudio(base_url=url, api_key=token, timeout=timeout)
+    # The SDK's LabelStudio re-declares __init__(*args, **kwargs) without annotations (its base is typed).
+    client = LabelStudio(base_url=url, api_key=token, timeout=timeout)  # type: ignore[no-untyped-call]
     try:
         client.users.whoami()
     except Exception as exc:  # the SDK raises ApiError subclasses per status code

@@ -21,11 +21,12 @@ from crux.geometry import PixelBox
 from crux.kinds import Label, LabelError, get_kind
 from crux.label.sources import LABEL_FORMATS
 from crux.label.sources.scan import scan_source
-from crux.label.sources.source_files import class_name, finite, verdict_label
+from crux.label.sources.source_files import class_name, finite, mask_regions, verdict_label
 from crux.label.sources.source_items import ImportValidationError, ScanResult, SourceItem, describe, same_labels
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
+    from label_studio_sdk.types import RoleBasedTask
 
     from crux.config import ProjectSpec
 
@@ -116,9 +117,10 @@ def read_predictions(path: Path, spec: ProjectSpec) -> dict[str, Prediction]:
                 labels = tuple(Label(cls=class_name(b["label"]), box=PixelBox(*map(finite, b["xyxy"]))) for b in boxes)
                 scores = tuple(finite(b["score"]) for b in boxes)
             elif geometry == "mask":
-                labels = _predicted_regions(path.parent, record, spec, where, problems)
-                if labels is None:
+                regions = _predicted_regions(path.parent, record, spec, where, problems)
+                if regions is None:
                     continue
+                labels = regions
                 scores = (score,) * len(labels)
             else:
                 labels, scores = (Label(cls=class_name(record["label"])),), (score,)
@@ -177,7 +179,7 @@ def _predicted_regions(
     if spec.ok_class is not None and classes.index(spec.ok_class) + 1 in values:
         problems.append(f"{at}: pixels of the OK class {spec.ok_class!r}, which marks no pixels")
         return None
-    return tuple(get_kind(spec.kind).regions_from_mask(array, classes)) + verdict_label(label, spec)
+    return tuple(mask_regions(spec, array, classes)) + verdict_label(label, spec)
 
 
 def match_predictions(scan: ScanResult, predictions: Mapping[str, Prediction]) -> dict[str, Prediction]:
@@ -246,9 +248,12 @@ def ensure_storage(client: LabelStudio, project_id: int, source_root: str, s3_op
 def existing_hashes(client: LabelStudio, project_id: int) -> dict[str, int]:
     """sha256 → task id of the tasks already in a project (dedup by content, not by file name)."""
     hashes: dict[str, int] = {}
-    for task in client.tasks.list(project=project_id, fields="task_only", page_size=1000):
-        sha256 = (task.data or {}).get("sha256")
-        if sha256:
+    # The SDK's pager is generic in its item type but `list` leaves it unbound (mypy infers Never): name it here.
+    tasks: Iterable[RoleBasedTask] = client.tasks.list(project=project_id, fields="task_only", page_size=1000)
+    for task in tasks:
+        data: Mapping[str, Any] = task.data or {}
+        sha256 = data.get("sha256")
+        if sha256 and task.id is not None:  # a listed task has its id; the SDK's model leaves every field optional
             hashes.setdefault(sha256, task.id)
     return hashes
 
@@ -319,8 +324,11 @@ def import_items(
     task_ids: list[int] = []
     for start in range(0, len(tasks), BATCH_SIZE):
         batch = tasks[start : start + BATCH_SIZE]
-        response = client.projects.import_tasks(id=project_id, request=batch, return_task_ids=True)
-        task_ids.extend(response.task_ids or [])
+        # The SDK types `request` as its ImportApiRequest models and leaves `task_ids` out of the response model
+        # (Label Studio Community returns it; the model keeps it as an extra field); plain task dicts are what the
+        # endpoint takes.
+        response = client.projects.import_tasks(id=project_id, request=batch, return_task_ids=True)  # type: ignore[arg-type]
+        task_ids.extend(response.task_ids or [])  # type: ignore[attr-defined]
         if progress:
             progress(len(batch))
     # Pre-annotations for images the project already has: the new model's view of old tasks.
@@ -333,7 +341,8 @@ def import_items(
         if item.sha256 in present and item.sha256 in predictions
     ]
     if late:
-        client.projects.import_predictions(id=project_id, request=late)
+        # The SDK types `request` as its PredictionRequest models; the endpoint takes these plain dicts.
+        client.projects.import_predictions(id=project_id, request=late)  # type: ignore[arg-type]
     return ImportReport(
         project_id=project_id,
         scanned=len(scan.items),

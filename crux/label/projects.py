@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ from crux.kinds import get_kind
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
+    from label_studio_sdk.types import AllRolesProjectList, RoleBasedTask
 
     from crux.config import ProjectSpec
 
@@ -35,7 +37,9 @@ def description_for(name: str) -> str:
 
 
 def find_project(client: LabelStudio, name: str) -> Any | None:
-    for project in client.projects.list(page_size=100):
+    # The SDK's pager is generic in its item type but `list` leaves it unbound (mypy infers Never): name it here.
+    projects: Iterable[AllRolesProjectList] = client.projects.list(page_size=100)
+    for project in projects:
         if f"{MARKER} {name}" in (project.description or "").splitlines():
             return project
     return None
@@ -57,7 +61,9 @@ def classes_in_config(label_config: str) -> list[str]:
 def class_usage(client: LabelStudio, project_id: int) -> Counter[str]:
     """How many annotation results use each class in a project (all tasks, all annotators)."""
     usage: Counter[str] = Counter()
-    for task in client.tasks.list(project=project_id, fields="all", page_size=500):
+    # The SDK's pager is generic in its item type but `list` leaves it unbound (mypy infers Never): name it here.
+    tasks: Iterable[RoleBasedTask] = client.tasks.list(project=project_id, fields="all", page_size=500)
+    for task in tasks:
         for annotation in task.annotations or []:
             annotation = annotation if isinstance(annotation, dict) else annotation.dict()
             for result in annotation.get("result") or []:
@@ -99,6 +105,8 @@ def sync_project(client: LabelStudio, name: str, spec: ProjectSpec, force: bool 
     existing = find_project(client, name)
     if existing is None:
         project = client.projects.create(**wanted)
+        if project.id is None:  # the SDK's model leaves every field optional; a created project has its id
+            raise ProjectSyncError(f"Label Studio created project {name!r} but returned no id")
         return SyncResult(name, project.id, "created", tuple(wanted))
     changed = tuple(d.field for d in project_differences(existing, wanted))
     if not changed:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from crux.errors import CruxError
 
 if TYPE_CHECKING:
-    import numpy as np
+    from numpy.typing import NDArray
 
     from crux.data.manifest import ManifestItem
 
@@ -68,7 +68,7 @@ class QueueEntry:
 # Out-of-sample predicted probabilities
 
 
-def image_features(path: Path) -> np.ndarray:
+def image_features(path: Path) -> NDArray[Any]:
     """A fixed-length texture description of one image: what separates surface defects without a CNN."""
     import cv2
     import numpy as np
@@ -76,7 +76,7 @@ def image_features(path: Path) -> np.ndarray:
     from crux.postprocess import open_image
 
     with open_image(path, name=str(path)) as image:
-        gray = np.asarray(image.convert("L"), dtype=np.uint8)
+        gray: NDArray[Any] = np.asarray(image.convert("L"), dtype=np.uint8)
     gray = cv2.resize(gray, (128, 128), interpolation=cv2.INTER_AREA)
     f = gray.astype(np.float32) / 255.0
     feats = [np.histogram(f, bins=16, range=(0, 1))[0] / f.size, [f.mean(), f.std()]]
@@ -99,14 +99,14 @@ def image_features(path: Path) -> np.ndarray:
         shifts = ((0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0))
         for bit, (dy, dx) in enumerate(shifts):
             neighbour = g[dy : dy + centre.shape[0], dx : dx + centre.shape[1]]
-            code |= (neighbour >= centre).astype(np.uint8) << bit
+            code |= (neighbour >= centre).astype(np.uint8) << np.uint8(bit)
         feats.append(np.bincount(code.ravel(), minlength=256) / code.size)
     return np.concatenate([np.asarray(x, dtype=np.float32).ravel() for x in feats])
 
 
 def cross_val_probabilities(
-    features: np.ndarray, labels: np.ndarray, n_classes: int, folds: int = 5, seed: int = 0
-) -> np.ndarray:
+    features: NDArray[Any], labels: NDArray[Any], n_classes: int, folds: int = 5, seed: int = 0
+) -> NDArray[Any]:
     """Out-of-sample class probabilities of every image: each fold is predicted by a model fit on the others."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
@@ -133,7 +133,7 @@ def cross_val_probabilities(
     return full
 
 
-def label_issues(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[list[int], np.ndarray]:
+def label_issues(labels: NDArray[Any], pred_probs: NDArray[Any]) -> tuple[list[int], NDArray[Any]]:
     """cleanlab: indices of suspected label errors (most suspicious first) and every image's label quality."""
     import numpy as np
     from cleanlab.filter import find_label_issues
@@ -162,7 +162,7 @@ def build_queue(
     classes: Sequence[str],
     *,
     threshold: float,
-    probabilities: Callable[[list[ManifestItem], np.ndarray], tuple[np.ndarray, np.ndarray]] | None,
+    probabilities: Callable[[list[ManifestItem], NDArray[Any]], tuple[NDArray[Any], NDArray[Any]]] | None,
     limit: int | None = None,
 ) -> list[QueueEntry]:
     """Low-agreement items (worst first), then cleanlab's suspected label errors (most suspicious first).
@@ -228,11 +228,11 @@ def build_queue(
 
 def cross_val_source(
     data_dir: Path, n_classes: int, folds: int = 5, seed: int = 0
-) -> Callable[[list[ManifestItem], np.ndarray], tuple[np.ndarray, np.ndarray]]:
+) -> Callable[[list[ManifestItem], NDArray[Any]], tuple[NDArray[Any], NDArray[Any]]]:
     """Probabilities by K-fold cross-validation on image features: every image is out-of-sample."""
     import numpy as np
 
-    def probabilities(items: list[ManifestItem], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def probabilities(items: list[ManifestItem], labels: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
         try:
             features = np.stack([image_features(data_dir / item.image) for item in items])
         except OSError as exc:
@@ -244,14 +244,14 @@ def cross_val_source(
 
 def model_source(
     data_dir: Path, model: Any, classes: Sequence[str]
-) -> Callable[[list[ManifestItem], np.ndarray], tuple[np.ndarray, np.ndarray]]:
+) -> Callable[[list[ManifestItem], NDArray[Any]], tuple[NDArray[Any], NDArray[Any]]]:
     """Probabilities of a (production) model; only its val/test images are out-of-sample, so only they rank."""
     import numpy as np
 
     if list(model.classes) != list(classes):
         raise ReviewError(f"the model's classes {list(model.classes)} are not the dataset's {list(classes)}")
 
-    def probabilities(items: list[ManifestItem], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def probabilities(items: list[ManifestItem], labels: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
         usable = np.array([item.split != "train" for item in items], dtype=bool)
         probs = np.zeros((len(items), len(classes)), dtype=np.float64)
         for row in np.flatnonzero(usable):

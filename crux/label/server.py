@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from crux.errors import CruxError
 
@@ -178,11 +179,12 @@ def _process_start_ticks(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
-def _read_pid(settings: ServerSettings) -> dict | None:
+def _read_pid(settings: ServerSettings) -> dict[str, Any] | None:
     try:
-        return json.loads(settings.pid_path.read_text())
+        record = json.loads(settings.pid_path.read_text())
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None  # another JSON value is no record either
 
 
 def _own_pid(settings: ServerSettings) -> int | None:
@@ -199,7 +201,8 @@ def _own_pid(settings: ServerSettings) -> int | None:
 def health(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
-            return json.loads(response.read()).get("status") == "UP"
+            body = json.loads(response.read())
+            return isinstance(body, dict) and body.get("status") == "UP"
     except (OSError, ValueError, urllib.error.URLError):
         return False
 

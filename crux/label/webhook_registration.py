@@ -7,6 +7,7 @@ started with `SSRF_PROTECTION_ENABLED=false`; otherwise give the receiver a URL 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from crux.errors import CruxError
@@ -14,6 +15,7 @@ from crux.label.projects import MARKER
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
+    from label_studio_sdk.types import AllRolesProjectList
 
 # The Label Studio actions that change what a snapshot exports. TASKS_CREATED counts too: an import of
 # tasks with annotations (the bulk path) emits only that action, with `total_annotations` per task.
@@ -32,7 +34,11 @@ class WebhookRegistrationError(CruxError, RuntimeError):
 def project_names(client: LabelStudio) -> dict[int, str]:
     """Label Studio project id -> CRUX project name, from the `crux-project: <name>` description line."""
     names: dict[int, str] = {}
-    for project in client.projects.list(page_size=100):
+    # The SDK's pager is generic in its item type but `list` leaves it unbound (mypy infers Never): name it here.
+    projects: Iterable[AllRolesProjectList] = client.projects.list(page_size=100)
+    for project in projects:
+        if project.id is None:  # a listed project has its id; the SDK's model leaves every field optional
+            continue
         for line in (project.description or "").splitlines():
             if line.startswith(MARKER):
                 names[project.id] = line[len(MARKER) :].strip()

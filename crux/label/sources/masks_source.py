@@ -15,6 +15,7 @@ from crux.label.sources.source_files import (
     class_for,
     class_names,
     list_images,
+    mask_regions,
     read_verdicts,
     verdict_label,
 )
@@ -115,7 +116,7 @@ def _folder_mask_labels(
         if cls == spec.ok_class:
             problems.append(f"{mask_path}: marks defect pixels, but its folder is the OK class {cls!r}")
             return None
-        regions = get_kind(spec.kind).regions_from_mask(region.astype("uint8"), [cls])
+        regions = mask_regions(spec, region.astype("uint8"), [cls])
     return tuple(regions) + verdict_label(cls, spec)
 
 
@@ -187,4 +188,4 @@ def _class_mask_labels(
     lut = np.zeros(256, dtype=np.uint8)
     for v in present:
         lut[v] = classes.index(names[v - 1]) + 1
-    return tuple(get_kind(spec.kind).regions_from_mask(lut[array], classes)) + verdict_label(verdict, spec)
+    return tuple(mask_regions(spec, lut[array], classes)) + verdict_label(verdict, spec)

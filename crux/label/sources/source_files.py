@@ -12,10 +12,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from crux.kinds import Label
+from crux.kinds import Label, SegmentKind, get_kind
 from crux.label.sources.source_items import ImportValidationError
 
 if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
     from crux.config import ProjectSpec
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -98,7 +100,9 @@ def list_images(fs: Any, root: str, problems: list[str]) -> list[str]:
     return images
 
 
-def decode_all(fs: Any, paths: Sequence[str], problems: list[str], progress: Callable[[int], None] | None) -> dict:
+def decode_all(
+    fs: Any, paths: Sequence[str], problems: list[str], progress: Callable[[int], None] | None
+) -> dict[str, tuple[str, int, int]]:
     decoded: dict[str, tuple[str, int, int]] = {}
 
     def work(path: str) -> tuple[str, tuple[str, int, int] | Exception]:
@@ -171,3 +175,12 @@ def read_verdicts(fs: Any, folder: str, spec: ProjectSpec, problems: list[str]) 
 
 def constant_labels(labels: tuple[Label, ...] | None, width: int, height: int) -> tuple[Label, ...] | None:
     return labels
+
+
+def mask_regions(spec: ProjectSpec, class_mask: NDArray[Any], classes: Sequence[str]) -> list[Label]:
+    """A class mask (0 background, v = 1 + index in `classes`) as the regions of a segment project's kind; only
+    projects of mask geometry read masks, and the segment kind is the one kind with that geometry."""
+    kind = get_kind(spec.kind)
+    if not isinstance(kind, SegmentKind):
+        raise TypeError(f"project {spec.title!r} is {spec.kind!r}: its labels have no pixel masks")
+    return kind.regions_from_mask(class_mask, classes)
