@@ -58,12 +58,15 @@ class Classifier(nn.Module):
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(x)
         if self.cfg.pool == "pyramid":
-            return torch.cat([t for f in feats for t in (f.mean(dim=(2, 3)), f.amax(dim=(2, 3)))], dim=1)
+            stats = [t for f in feats for t in (f.mean(dim=(2, 3)), f.amax(dim=(2, 3)))]
+            pyramid: torch.Tensor = torch.cat(stats, dim=1)
+            return pyramid
         feat = feats[-1]
-        pooled = feat.mean(dim=(2, 3))
+        pooled: torch.Tensor = feat.mean(dim=(2, 3))
         if self.cfg.pool == "avgmax":
             pooled = torch.cat([pooled, feat.amax(dim=(2, 3))], dim=1)
         return pooled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.pooled(x)))
+        logits: torch.Tensor = self.fc(self.dropout(self.pooled(x)))
+        return logits

@@ -31,7 +31,9 @@ class BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = ConvBNAct(c_in, c_out, 3, stride)
-        self.conv2 = nn.Sequential(nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
+        conv = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        bn = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Sequential(conv, bn)
         self.shortcut: nn.Module = (
             nn.Identity()
             if stride == 1 and c_in == c_out
@@ -39,13 +41,29 @@ class BasicBlock(nn.Module):
         )
         self.act = nn.SiLU(inplace=True)
         # Zero-init the last BN gamma: each block starts as identity, which trains deeper nets from scratch stably.
-        nn.init.zeros_(self.conv2[1].weight)
+        nn.init.zeros_(bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
+        y: torch.Tensor = self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
+        return y
 
 
-class ResNetBackbone(nn.Module):
+def conv_bias(conv: nn.Conv2d) -> torch.Tensor:
+    """A convolution's bias, which torch types as optional (a conv built with bias=False has none)."""
+    if conv.bias is None:
+        raise CruxError(f"{conv} has no bias")
+    return conv.bias
+
+
+class Encoder(nn.Module):
+    """What every encoder is (crux.train.models.encoders): forward(x) returns its feature maps, finest first;
+    `channels` and `strides` have one entry per map."""
+
+    channels: list[int]
+    strides: list[int]
+
+
+class ResNetBackbone(Encoder):
     """Stem (stride 2) then len(depth) stages, each halving resolution; returns every stage's features.
 
     Stage i has stride 2 ** (i + 2) and width * 2 ** i channels.

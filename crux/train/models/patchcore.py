@@ -61,6 +61,13 @@ class PatchCore(nn.Module):
     """forward(x) → (B, 2, S, S) logits: [0, (d - centre) / scale] with d a patch's distance to the bank, bilinearly
     upsampled from the finest chosen stride to the input size."""
 
+    # Buffers (registered in __init__), declared for the type checker: nn.Module's __getattr__ types them loosely.
+    mean: torch.Tensor
+    bank_t: torch.Tensor
+    bank_sq: torch.Tensor
+    centre: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, cfg: PatchCoreConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crux.train.models.common import ConvBNAct
+from crux.train.models.common import ConvBNAct, conv_bias
 from crux.train.models.encoders import build_encoder
 
 
@@ -56,12 +56,14 @@ class Segmenter(nn.Module):
         d = cfg.decoder_width
         self.lateral = nn.ModuleList(nn.Conv2d(c, d, 1) for c in self.backbone.channels)
         self.smooth = nn.ModuleList(ConvBNAct(d, d, 3) for _ in self.backbone.channels[:-1])
-        self.head = nn.Sequential(ConvBNAct(d, d, 3), nn.Conv2d(d, cfg.num_outputs, 1))
+        mix = ConvBNAct(d, d, 3)
+        classifier = nn.Conv2d(d, cfg.num_outputs, 1)
+        self.head = nn.Sequential(mix, classifier)
         # Start every pixel at ~1% defect probability: the loss is not swamped by background in the first steps
         # (the focal-loss prior of RetinaNet).
-        nn.init.constant_(self.head[-1].bias, 0.0)
+        nn.init.constant_(conv_bias(classifier), 0.0)
         with torch.no_grad():
-            self.head[-1].bias[0] = 4.6
+            conv_bias(classifier)[0] = 4.6
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(x)
