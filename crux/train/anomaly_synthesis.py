@@ -68,7 +68,8 @@ def perlin_mask(size: int, generator: torch.Generator, cfg: SynthesisConfig) -> 
     """A bool (size, size) blob mask: thresholded Perlin noise of a random scale per axis (rarely empty)."""
 
     def scale() -> int:
-        return 2 ** int(torch.randint(cfg.min_scale, cfg.max_scale, (1,), generator=generator))
+        power: int = 2 ** int(torch.randint(cfg.min_scale, cfg.max_scale, (1,), generator=generator))
+        return power
 
     mask = torch.zeros(size, size, dtype=torch.bool)
     for _ in range(4):  # a coarse noise can stay below the threshold everywhere: draw again

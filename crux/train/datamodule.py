@@ -82,9 +82,10 @@ class InspectionDataModule(pl.LightningDataModule):
         labels = torch.tensor([item["label"] for item in items])
         counts = torch.bincount(labels).to(torch.float64)
         weights = counts[labels] ** -self.class_balance
-        return WeightedRandomSampler(weights, num_samples=len(items), replacement=True, generator=generator)
+        # torch types `weights` as Sequence[float]; the sampler takes a tensor as well (torch.as_tensor).
+        return WeightedRandomSampler(weights, num_samples=len(items), replacement=True, generator=generator)  # type: ignore[arg-type]
 
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader[dict[str, Any]]:
         generator = torch.Generator().manual_seed(self.seed)
         sampler = self._balanced_sampler(generator) if split == "train" else None
         return DataLoader(
@@ -101,11 +102,11 @@ class InspectionDataModule(pl.LightningDataModule):
             drop_last=shuffle and len(self.datasets[split]) > batch_size,  # BatchNorm dislikes a batch of 1
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader[dict[str, Any]]:
         return self._loader("train", True, self.batch_size)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader[dict[str, Any]]:
         return self._loader("val", False, self.eval_batch_size)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader[dict[str, Any]]:
         return self._loader("test", False, self.eval_batch_size)

@@ -141,7 +141,10 @@ def read_prepared(prepared_dir: Path) -> dict[str, Any]:
     path = Path(prepared_dir) / "prepared.json"
     if not path.is_file():
         raise DatasetError(f"{path} not found: run `crux prepare` first")
-    return json.loads(path.read_text())
+    meta = json.loads(path.read_text())
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path}: not a JSON object; run `crux prepare` again")
+    return meta
 
 
 def read_split(prepared_dir: Path, split: str) -> list[dict[str, Any]]:

@@ -523,7 +523,8 @@ def _plain(value: Any) -> Any:
 def default_params(kind: str | None = None) -> dict[str, Any]:
     """Every key of the four sections with its default, as plain YAML-able values (DVC needs each key that a
     stage lists under `params:` to exist in params.yaml)."""
-    return _plain(PipelineConfig(data=DataConfig(kind=kind)))
+    params: dict[str, Any] = _plain(PipelineConfig(data=DataConfig(kind=kind)))
+    return params
 
 
 def quick_overrides() -> list[str]:
@@ -557,4 +558,4 @@ def validate_augment(cfg: AugmentConfig, data: DataConfig) -> None:
         return
     from crux.train.augment import build_augment
 
-    build_augment(cfg, data.kind, data.image_size, data.channels)
+    build_augment(cfg, data.kind or "classify", data.image_size, data.channels)  # no kind: no bbox/mask targets

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -23,14 +24,14 @@ from crux.postprocess import InputSpec, load_image, mask_channels, open_image, r
 from crux.train.prepare import read_prepared, read_split
 
 
-class InspectionDataset(Dataset):
+class InspectionDataset(Dataset[dict[str, Any]]):
     def __init__(self, prepared_dir: Path, split: str, kind: str, spec: InputSpec, augment: Any | None = None) -> None:
         self.root = Path(prepared_dir)
         self.items = read_split(self.root, split)
         self.kind = kind
         self.spec = spec
         self.augment = augment
-        self._lut: np.ndarray | None = None
+        self._lut: NDArray[Any] | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -41,7 +42,7 @@ class InspectionDataset(Dataset):
         if self.augment is not None:
             self.augment.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
-    def channel_lut(self) -> np.ndarray:
+    def channel_lut(self) -> NDArray[Any]:
         """Mask pixel value → segmenter output channel (`crux.postprocess.mask_channels`), read once."""
         if self._lut is None:
             meta = read_prepared(self.root)
@@ -49,7 +50,7 @@ class InspectionDataset(Dataset):
             self._lut = mask_channels(classes, [c for c in classes if c != ok])
         return self._lut
 
-    def _segment_item(self, item: dict[str, Any], image: np.ndarray, out: dict[str, Any]) -> np.ndarray:
+    def _segment_item(self, item: dict[str, Any], image: NDArray[Any], out: dict[str, Any]) -> NDArray[Any]:
         with open_image(self.root / item["mask"]) as m:
             orig = self.channel_lut()[np.asarray(m)]
         mask = np.asarray(Image.fromarray(orig).resize((self.spec.image_size,) * 2, Image.Resampling.NEAREST))
@@ -64,18 +65,18 @@ class InspectionDataset(Dataset):
         return image
 
     def _anomaly_item(
-        self, item: dict[str, Any], image: np.ndarray, out: dict[str, Any], size: tuple[int, int]
-    ) -> np.ndarray:
+        self, item: dict[str, Any], image: NDArray[Any], out: dict[str, Any], size: tuple[int, int]
+    ) -> NDArray[Any]:
         """OK/NG with an optional defect mask (any non-zero pixel is anomalous); an NG item without one has no
         pixel truth (orig_mask None), an OK item's is all background."""
-        orig: np.ndarray | None = None
+        orig: NDArray[Any] | None = None
         if item.get("mask"):
             with open_image(self.root / item["mask"]) as m:
                 orig = (np.asarray(m) > 0).astype(np.uint8)
         elif not item["is_ng"]:
             orig = np.zeros((size[1], size[0]), np.uint8)
         s = self.spec.image_size
-        mask = np.zeros((s, s), np.uint8)
+        mask: NDArray[Any] = np.zeros((s, s), np.uint8)
         if orig is not None:
             mask = np.asarray(Image.fromarray(orig).resize((s, s), Image.Resampling.NEAREST))
         if self.augment is not None:
