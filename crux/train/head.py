@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,7 +28,7 @@ from crux.postprocess import InputSpec
 FEATURE_VERSION = 1
 
 
-def feature_key(model_config: Mapping[str, Any], spec: InputSpec, weights_sha256: str | None) -> str:
+def feature_key(model_config: Mapping[str, Any], spec: InputSpec, weights_sha256: str) -> str:
     """The cache folder name of one encoder + pooling + input: what determines an image's features."""
     blob = {
         "v": FEATURE_VERSION,
@@ -49,16 +50,17 @@ class FeatureCache:
     def path(self, sha256: str) -> Path:
         return self.dir / sha256[:2] / f"{sha256}.npy"
 
-    def get(self, sha256: str) -> np.ndarray | None:
+    def get(self, sha256: str) -> npt.NDArray[Any] | None:
         path = self.path(sha256)
         if not path.is_file():
             return None
         try:
-            return np.load(path, allow_pickle=False)
+            loaded: npt.NDArray[Any] = np.load(path, allow_pickle=False)
+            return loaded
         except (OSError, ValueError):  # a damaged entry is recomputed, not trusted
             return None
 
-    def put(self, sha256: str, features: np.ndarray) -> None:
+    def put(self, sha256: str, features: npt.NDArray[Any]) -> None:
         path = self.path(sha256)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{time.monotonic_ns()}.tmp")
@@ -74,12 +76,12 @@ def split_features(
     cache: FeatureCache,
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray, int]:
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any], int]:
     """(features (N, F), labels (N,), images computed) of a split, from the cache where it has them."""
     from crux.train.torch_dataset import collate, normalise
 
     items = dataset.items
-    feats: list[np.ndarray | None] = [cache.get(item["sha256"]) for item in items]
+    feats: list[npt.NDArray[Any] | None] = [cache.get(item["sha256"]) for item in items]
     todo = [i for i, f in enumerate(feats) if f is None]
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
@@ -96,13 +98,13 @@ def split_features(
 
 
 def fit_linear_head(
-    x: np.ndarray,
-    y: np.ndarray,
+    x: npt.NDArray[Any],
+    y: npt.NDArray[Any],
     num_classes: int,
     l2: float,
-    sample_weight: np.ndarray | None = None,
+    sample_weight: npt.NDArray[Any] | None = None,
     max_iter: int = 200,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     """Multinomial logistic regression on standardised features (L-BFGS, full batch, deterministic); returns
     (W (C, F), b (C,)) in the *original* feature scale: the standardisation is folded into the weights, so the
     head is one Linear layer of the network."""
@@ -119,35 +121,36 @@ def fit_linear_head(
     def closure() -> torch.Tensor:
         opt.zero_grad()
         loss = (F.cross_entropy(xs @ w.T + b, yt, reduction="none") * sw).mean() + 0.5 * l2 * (w * w).sum()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward is untyped in its stubs
         return loss
 
-    opt.step(closure)
+    opt.step(closure)  # type: ignore[no-untyped-call]  # LBFGS.step is untyped in torch's stubs
     w_np = w.detach().numpy() / sd[None, :]
     b_np = b.detach().numpy() - w_np @ mu
     return w_np.astype(np.float32), b_np.astype(np.float32)
 
 
-def class_weights(labels: np.ndarray, num_classes: int, balance: float) -> np.ndarray | None:
+def class_weights(labels: npt.NDArray[Any], num_classes: int, balance: float) -> npt.NDArray[Any] | None:
     """Per-sample weights count(class)^-balance (train.class_balance), or None for 0."""
     if balance <= 0:
         return None
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    return (np.maximum(counts, 1.0) ** -balance)[labels]
+    weights: npt.NDArray[Any] = (np.maximum(counts, 1.0) ** -balance)[labels]
+    return weights
 
 
 def choose_head(
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train: tuple[npt.NDArray[Any], npt.NDArray[Any]],
+    val: tuple[npt.NDArray[Any], npt.NDArray[Any]],
     num_classes: int,
     l2_grid: Sequence[float],
-    score: Callable[[np.ndarray, np.ndarray], float],
+    score: Callable[[npt.NDArray[Any], npt.NDArray[Any]], float],
     balance: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray, float, list[dict[str, float]]]:
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any], float, list[dict[str, float]]]:
     """Fit one head per L2 strength on train, keep the best on validation: the monitored metric first, then the
     lower validation log-loss (a small val split often ties on accuracy, e.g. every head at 100%)."""
     trials: list[dict[str, float]] = []
-    best: tuple[tuple[float, float], float, np.ndarray, np.ndarray] | None = None
+    best: tuple[tuple[float, float], float, npt.NDArray[Any], npt.NDArray[Any]] | None = None
     weights = class_weights(train[1], num_classes, balance)
     for l2 in sorted(l2_grid, reverse=True):
         w, b = fit_linear_head(train[0], train[1], num_classes, l2, weights)
@@ -177,7 +180,6 @@ def fit_classifier_head(
     out_dir: Path,
     spec: InputSpec,
     cfg: Any,
-    weights_sha256: str | None,
     metric: str,
 ) -> dict[str, Any]:
     """Head mode for a classifier: pooled features of the train and val splits (cached), one linear head per
@@ -194,7 +196,7 @@ def fit_classifier_head(
     # The encoder's own digest keys the cache: pretrained or not, whatever file or seed made its weights.
     key = feature_key(module.hparams["model_config"], spec, state_sha256(model.backbone))
     cache = FeatureCache(t.feature_cache, key)
-    data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    data: dict[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]] = {}
     computed = 0
     for split in ("train", "val"):
         dataset = InspectionDataset(prepared_dir, split, "classify", spec, None)
@@ -203,7 +205,7 @@ def fit_classifier_head(
     features_s = time.perf_counter() - started
     task = module.task
 
-    def score(logits: np.ndarray, targets: np.ndarray) -> float:
+    def score(logits: npt.NDArray[Any], targets: npt.NDArray[Any]) -> float:
         state = task.new_state()
         state["probs"].append(torch.softmax(torch.from_numpy(logits), dim=1).numpy())
         state["targets"].append(targets)

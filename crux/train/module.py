@@ -39,14 +39,16 @@ class InspectionModule(pl.LightningModule):
         )
         # channels_last: oneDNN (CPU) and cuDNN (tensor cores) run convolutions faster in NHWC (here 1.2x in fp32,
         # 1.35x under bf16 on CPU); results do not depend on the layout, and exports are unaffected.
-        self.model = build_model(kind, model_config).to(memory_format=torch.channels_last)
+        # (Module.to accepts memory_format; torch's overload stubs omit it.)
+        self.model = build_model(kind, model_config).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.optim = optim
         self._state: dict[str, Any] | None = None
         self._fit_started = time.monotonic()
         self.last_metrics: dict[str, dict[str, Any]] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        out: torch.Tensor = self.model(x)
+        return out
 
     def encoder_frozen(self) -> bool:
         """The encoder's weights are frozen for the first `freeze_epochs` epochs (all of them in head mode)."""
@@ -97,7 +99,8 @@ class InspectionModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         if getattr(self.task, "use_defect_crops", False):  # anomaly kind: real defect crops among the synthetic
-            self.task.defects = self.trainer.datamodule.defect_crops()
+            # Attributes of the anomaly task and of CRUX's datamodule, not of the protocols mypy sees.
+            self.task.defects = self.trainer.datamodule.defect_crops()  # type: ignore[attr-defined]
         self._fit_started = time.monotonic()  # the clock of a train.max_time budget (Lightning's Timer starts here)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -148,6 +151,8 @@ class InspectionModule(pl.LightningModule):
             }
             for (decays, in_encoder), params in sorted(grouped.items())
         ]
+        opt: torch.optim.Optimizer
+        sched: torch.optim.lr_scheduler.LRScheduler
         if o["optimizer"] == "sgd":
             opt = torch.optim.SGD(groups, lr=o["lr"], momentum=0.9, nesterov=True)
         else:

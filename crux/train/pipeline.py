@@ -129,7 +129,8 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
     if prepared["kind"] != cfg.data.kind:
         raise ConfigError(f"data.kind: params say {cfg.data.kind!r}, {prepared_dir} holds {prepared['kind']!r}")
     validate_augment(cfg.augment, cfg.data)
-    kind = get_kind(cfg.data.kind)
+    kind_name: str = prepared["kind"]
+    kind = get_kind(kind_name)
     classes, ok_class = list(prepared["classes"]), prepared.get("ok_class")
     t = cfg.train
     mean, std = cfg.data.mean, cfg.data.std
@@ -138,7 +139,7 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         mean, std = pretrained_normalisation(t.model.backbone)
     spec = InputSpec(cfg.data.image_size, cfg.data.channels, mean, std)
     model_config = model_config_of(kind.name, t.model, len(kind.head_classes(classes, ok_class)), cfg.data.channels)
-    detect_spec = DetectSpec(tuple(t.model.strides), len(classes)).to_dict() if cfg.data.kind == "detect" else None
+    detect_spec = DetectSpec(tuple(t.model.strides), len(classes)).to_dict() if kind_name == "detect" else None
     pretrained = t.model.pretrained != "none"
     optim = {
         "optimizer": t.optimizer,
@@ -161,7 +162,7 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
     threads = training_threads(t.threads, t.num_workers)
     torch.set_num_threads(threads)
     pl.seed_everything(t.seed, workers=True, verbose=False)
-    module = InspectionModule(cfg.data.kind, classes, ok_class, spec.to_dict(), model_config, detect_spec, optim)
+    module = InspectionModule(kind_name, classes, ok_class, spec.to_dict(), model_config, detect_spec, optim)
     pretrained_report = None
     if t.model.pretrained == "imagenet":
         pretrained_report = load_pretrained(
@@ -174,9 +175,7 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
     if t.mode == "head" and kind.name == "classify":
         from crux.train.head import fit_classifier_head
 
-        fit = fit_classifier_head(
-            module, prepared_dir, out_dir, spec, cfg, (pretrained_report or {}).get("sha256"), kind.monitor
-        )
+        fit = fit_classifier_head(module, prepared_dir, out_dir, spec, cfg, kind.monitor)
     elif t.anomaly_method == "patchcore" and kind.name == "anomaly":
         from crux.train.patchcore_fit import fit_patchcore
 
@@ -188,14 +187,14 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         fit = _fit_lightning(module, prepared_dir, out_dir, spec, cfg, prepared, kind.monitor)
     monitor, best_value = f"val/{kind.monitor}", fit.pop("best_val")
     meta = {
-        "kind": cfg.data.kind,
+        "kind": kind_name,
         "classes": classes,
         "ok_class": ok_class,
         "input": spec.to_dict(),
         "model_config": model_config,
         "detect": detect_spec,
         # The kind's own decoding parameters (the segmenter's), under its name, beside the detector's.
-        **({cfg.data.kind: decode} if (decode := kind.decode_spec(classes, ok_class)) else {}),
+        **({kind_name: decode} if (decode := kind.decode_spec(classes, ok_class)) else {}),
         "info": {
             "monitor": monitor,
             "best_val": best_value,
@@ -241,12 +240,11 @@ def _fit_lightning(
     from crux.train.datamodule import InspectionDataModule
 
     t = cfg.train
-    augment = (
-        build_augment(cfg.augment, cfg.data.kind, spec.image_size, spec.channels) if cfg.augment.transforms else None
-    )
+    kind_name: str = prepared["kind"]
+    augment = build_augment(cfg.augment, kind_name, spec.image_size, spec.channels) if cfg.augment.transforms else None
     dm = InspectionDataModule(
         prepared_dir,
-        cfg.data.kind,
+        kind_name,
         spec,
         augment,
         t.batch_size,
@@ -288,7 +286,7 @@ def _fit_lightning(
         callbacks.append(RichProgressBar())
     # dvcyaml=False: the project's dvc.yaml declares metrics/plots; dvclive must not rewrite it.
     logger = DVCLiveLogger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, resume=resume_from is not None)
-    precision = resolve_precision(t.precision, t.accelerator)
+    precision: Any = resolve_precision(t.precision, t.accelerator)  # one of Lightning's precision literals
     on_cpu = t.accelerator == "cpu" or not torch.cuda.is_available()
     trainer = pl.Trainer(
         accelerator=t.accelerator,
@@ -393,7 +391,7 @@ def evaluate(
             max_detections=cfg.max_detections,
         )
     kind = get_kind(meta["kind"])
-    task = training_task(kind.name, meta["classes"], meta.get("ok_class"), spec, detect_spec, {})
+    task: Any = training_task(kind.name, meta["classes"], meta.get("ok_class"), spec, detect_spec, {})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
 
