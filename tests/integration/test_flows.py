@@ -46,6 +46,9 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ls_server: tuple) -> P
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["labelstudio"]["projects"] = {LINE: params["labelstudio"]["projects"]["neu-det"]}
     params["pipeline"]["lines"] = [LINE]
+    # Per-line entries may only name declared lines: the shipped lines' overrides and gate bars go with them.
+    params["pipeline"]["overrides"] = {}
+    params["gate"]["lines"] = {}
     # Quick-profile models are noise: let every candidate through the gate (no floor, any change vs production).
     params["gate"]["tolerance"] = 1.0
     params["gate"]["min"] = {"detect": {"map50": 0.0}}
