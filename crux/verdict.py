@@ -90,7 +90,8 @@ def edge_verdict(
             if ng and cls in predicted:
                 row.right_type += 1
             elif ng:
-                other = ", ".join(sorted(predicted)) or "?"
+                # Rejected with no defect type: the top class was OK, but 1 - p(OK) reached the card's threshold.
+                other = ", ".join(sorted(predicted)) or (f"{ok_class} (over the NG threshold)" if ok_class else "?")
                 row.wrong_as[other] = row.wrong_as.get(other, 0) + 1
     return Verdict(kind, ok_class, rows, ok_frames, false_rejects, errors)
 

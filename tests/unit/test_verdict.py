@@ -41,3 +41,14 @@ def test_classification_without_ok_class_reports_the_type() -> None:
     assert v.rows["crazing"].wrong_as == {"patches": 1}
     text = "\n".join(verdict_lines(v))
     assert "no OK class" in text and "none measurable" in text
+
+
+def test_a_frame_rejected_by_the_threshold_with_ok_on_top_says_so() -> None:
+    """A classify line with an OK class rejects at 1 - p(OK) >= threshold: the top class may still be OK. The
+    verdict names that instead of a bare question mark."""
+    from crux.verdict import edge_verdict
+
+    records = [{"image": "a.jpg", "label": "OK", "verdict": "NG"}]
+    verdict = edge_verdict(records, {"a.jpg": ["Crack"]}, ["OK", "Crack"], "classify", "OK")
+    assert verdict.rows["Crack"].caught == 1
+    assert verdict.rows["Crack"].wrong_as == {"OK (over the NG threshold)": 1}
