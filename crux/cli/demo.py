@@ -55,13 +55,12 @@ def _neu_class_folders(source: Path, dest: Path) -> Path:
 
 
 class _DemoProgress:
-    """Stage, epoch and time left of the running cycle, read from the files the pipeline writes (dvc captures
+    """Stage and progress of the running cycle, read from the files the pipeline writes (dvc captures
     the commands' own output): a status line that changes every few seconds instead of one long spinner."""
 
-    def __init__(self, root: Path, line: str, budget_s: float | None, epochs: int) -> None:
-        self.root, self.line, self.budget_s, self.epochs = root, line, budget_s, epochs
+    def __init__(self, root: Path, line: str) -> None:
+        self.root, self.line = root, line
         self.started = time.time()
-        self.train_started: float | None = None
 
     def _fresh(self, rel: str) -> Path | None:
         path = self.root / rel
@@ -80,7 +79,6 @@ class _DemoProgress:
             return "evaluate: the frozen test split through the edge's post-processing…"
         live = self._fresh(f"models/{line}/candidate/dvclive/metrics.json")
         if live is not None:
-            self.train_started = self.train_started or live.stat().st_mtime
             try:
                 doc = json.loads(live.read_text())
             except ValueError:
@@ -88,14 +86,8 @@ class _DemoProgress:
             val = (doc.get("val") or {}).get("macro_f1")
             if "head_l2" in doc:  # head mode: one fit, no epochs
                 return f"train: linear head fitted (val macro-F1 {val:.3f}); saving the model…"
-            spent = time.time() - self.train_started
-            eta = (
-                f", ≤{max(self.budget_s - spent, 0):.0f} s left of the {self.budget_s:.0f} s budget"
-                if self.budget_s
-                else ""
-            )
             score = f", val macro-F1 {val:.3f}" if isinstance(val, int | float) else ""
-            return f"train: epoch {int(doc.get('epoch', 0)) + 1}/{self.epochs}{score}{eta}"
+            return f"train: epoch {int(doc.get('epoch', 0)) + 1}{score}"
         if self._fresh(f"build/{line}/prepared"):
             return f"train: ImageNet encoder features (cached per image) + the head… {elapsed:.0f} s"
         if self._fresh(f"data/{line}/manifest.jsonl"):
@@ -167,7 +159,7 @@ def demo(
     refused = []
     for line in DEMO_LINES:
         console.print(f"[bold]{escape(line)}[/]")
-        progress = _DemoProgress(ctx.root, line, None, 1)
+        progress = _DemoProgress(ctx.root, line)
         done = threading.Event()
         cycle_started = time.perf_counter()
         with console.status(escape(progress.text())) as status:

@@ -184,7 +184,7 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
             prepared_dir, out_dir, spec, cfg, classes, ok_class, kind.monitor
         )
     else:
-        fit = _fit_lightning(module, prepared_dir, out_dir, spec, cfg, prepared, kind.monitor)
+        fit = _fit_lightning(module, prepared_dir, out_dir, spec, cfg, kind_name, prepared, kind.monitor)
     monitor, best_value = f"val/{kind.monitor}", fit.pop("best_val")
     meta = {
         "kind": kind_name,
@@ -222,7 +222,14 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
 
 
 def _fit_lightning(
-    module: Any, prepared_dir: Path, out_dir: Path, spec: InputSpec, cfg: PipelineConfig, prepared: Any, metric: str
+    module: Any,
+    prepared_dir: Path,
+    out_dir: Path,
+    spec: InputSpec,
+    cfg: PipelineConfig,
+    kind_name: str,
+    prepared: Any,
+    metric: str,
 ) -> dict[str, Any]:
     """Epochs over the images with Lightning; loads the best validated weights into `module`."""
     import pytorch_lightning as pl
@@ -240,7 +247,6 @@ def _fit_lightning(
     from crux.train.datamodule import InspectionDataModule
 
     t = cfg.train
-    kind_name: str = prepared["kind"]
     augment = build_augment(cfg.augment, kind_name, spec.image_size, spec.channels) if cfg.augment.transforms else None
     dm = InspectionDataModule(
         prepared_dir,

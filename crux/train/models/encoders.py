@@ -107,12 +107,17 @@ def encoder_strides(name: str, depth: tuple[int, ...]) -> list[int]:
     return encoder_family(name).strides(depth)
 
 
-def pretrained_weights_path(name: str) -> Path:
-    """The ImageNet weights file of encoder `name`, through its package's API; a CruxError naming the package
-    when it is not installed or has no file."""
+def _pretrained_source(name: str) -> Pretrained:
     source = encoder_family(name).pretrained
     if source is None:
         raise PretrainedWeightsError(f"train.model.pretrained: encoder {name!r} has no ImageNet weights; use 'none'")
+    return source
+
+
+def pretrained_weights_path(name: str) -> Path:
+    """The ImageNet weights file of encoder `name`, through its package's API; a CruxError naming the package
+    when it is not installed or has no file."""
+    source = _pretrained_source(name)
     import importlib
 
     try:
@@ -130,7 +135,5 @@ def pretrained_weights_path(name: str) -> Path:
 
 def pretrained_normalisation(name: str) -> tuple[float, float]:
     """(mean, std) of InputSpec that the encoder's ImageNet weights expect."""
-    source = encoder_family(name).pretrained
-    if source is None:
-        raise PretrainedWeightsError(f"train.model.pretrained: encoder {name!r} has no ImageNet weights; use 'none'")
+    source = _pretrained_source(name)
     return source.mean, source.std
