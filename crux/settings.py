@@ -356,6 +356,17 @@ def prefect_defaults(ctx: Context) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def prefect_worker_environment(ctx: Context, heartbeat_s: int) -> dict[str, str]:
+    """The environment of a `crux worker start` worker: this process's, plus CRUX_WORKDIR = this project folder
+    (the cycle deployments' pull step moves each run there) and the flow-run heartbeat period that the crashed-run
+    automation of `crux deploy` watches."""
+    return {
+        **os.environ,
+        "CRUX_WORKDIR": str(ctx.root),
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat_s),
+    }
+
+
 def prefect_api_configured() -> bool:
     """Whether the user points at a Prefect server (else flows run on the local ephemeral API)."""
     return bool(os.environ.get("PREFECT_API_URL"))

@@ -10,10 +10,12 @@ from typing import Any
 
 from prefect import flow
 
+from flows.deploy import one_cycle_per_line
 from flows.tasks import publish_task, push_task, reproduce_task, snapshot_task
 
 
 @flow(name="cycle")
+@one_cycle_per_line
 def cycle(
     project: str,
     params_path: str = "params.yaml",

@@ -1,42 +1,67 @@
-"""Prefect deployments of the cycle flow: one per project, on a cron schedule and on demand.
+"""Prefect deployments of the cycle flow: one per line, on a cron schedule and on demand, run by process workers.
 
-`deployments(...)` builds `cycle-<project>` deployments of `flows.cycle:cycle`; `register(...)` applies them
-to the Prefect API the environment points at (PREFECT_API_URL; an ephemeral local server otherwise);
-`trigger_cycle(project)` starts one run now unless a cycle of that project is already queued or running.
+`deployments(...)` builds `cycle-<line>` deployments of `flows.cycle:cycle`; `register(...)` applies them to the
+Prefect API the environment points at (PREFECT_API_URL; an ephemeral local server otherwise) together with the
+pool, one global concurrency limit per line and the crashed-run automation; `trigger_cycle(line)` starts one run
+now unless a cycle of that line is already queued or running.
 
-Where runs execute (README: "Scheduled and label-triggered cycles"):
-- one machine: `prefect server start`, then `prefect worker start --pool crux` (a process worker) from the
-  project folder; `crux deploy` creates the `crux` process pool when it is missing;
-- scale-out: set `deploy.work_pool` to a pool served by a worker on the GPU machine (`prefect work-pool create
-  gpu --type process`, then `prefect worker start --pool gpu` there, with PREFECT_API_URL pointing at the
-  server). The worker imports `flows.cycle` from its own install of this repo (`pip install -e .[app]`) and
-  runs it in `deploy.working_dir` (where params.yaml and the DVC workspace live on that machine), so the
-  training — the expensive step of the cycle — runs on the GPU.
+Where runs execute (README: "More than one machine"): every worker machine has its own clone of the project
+and runs `crux worker start` there. That command starts a Prefect process worker of the pool with CRUX_WORKDIR =
+the clone; the deployments carry one pull step, `set_working_directory` to `{{ $CRUX_WORKDIR }}`, which Prefect
+resolves from the environment of the process that executes the run — so one deployment runs in whichever clone
+picks it up, never in a folder hard-coded at deploy time. (`deploy.working_dir` still pins one folder: a single
+worker machine whose project lives elsewhere than where `crux deploy` ran.)
 
-Never two cycles of one project at once: every deployment carries a concurrency limit of 1 (the server
-queues a second run until the first ends) and `trigger_cycle` does not even queue one while a run is
-pending, running, or scheduled to start soon.
+One cycle per line at a time, across every worker, from Prefect's own concurrency machinery:
+- every deployment has a deployment concurrency limit of 1 (ENQUEUE: a colliding run waits for the first);
+- the cycle flow holds the global concurrency limit `crux-line-<line>` (1 slot, created here) for its whole
+  body, so a `crux cycle` started by hand against the same server waits too. The slot is a lease of
+  LINE_LEASE_S seconds that the running flow renews; a run whose machine dies stops renewing, and the server's
+  repossessor frees the slot within LINE_LEASE_S + 15 s.
+- a run whose worker died stays "Running" in the API until someone notices: `crux deploy` creates the
+  automation ZOMBIE_AUTOMATION (Prefect's documented zombie-flow pattern): a flow run that has sent a heartbeat
+  (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by `crux worker start` from `deploy.heartbeat_s`) and then misses
+  MISSED_HEARTBEATS of them is set to Crashed, which also frees its deployment slot; `trigger_cycle` then
+  starts the next cycle on a live worker.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import zoneinfo
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from crux.config import ConfigError
 from crux.errors import CruxError
 
 if TYPE_CHECKING:
+    from uuid import UUID
+
     from prefect import Flow
     from prefect.deployments.runner import RunnerDeployment
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 FLOW_NAME = "cycle"
 DEFAULT_POOL = "crux"
+# The environment variable a worker sets to its own clone (`crux worker start` does); the pull step reads it.
+WORKDIR_ENV = "CRUX_WORKDIR"
+PULL_STEPS: list[dict[str, Any]] = [
+    {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $" + WORKDIR_ENV + " }}"}}
+]
+# Seconds a line's slot outlives a dead holder: the flow renews its lease well before; after a machine dies
+# the repossessor (every 15 s) frees the slot this long after the last renewal.
+LINE_LEASE_S = 60.0
+ZOMBIE_AUTOMATION = "crux: crash flow runs whose worker died"
+# Heartbeats a running flow may miss before it counts as dead (a busy 2-core box can delay one).
+MISSED_HEARTBEATS = 3
 CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?#LW-]+\Z")
 # A run started by the scheduler this close to now counts as running: a label-triggered run just before
 # the nightly one would only do the same work twice.
@@ -57,8 +82,11 @@ class DeployConfig:
     work_pool: str | None = DEFAULT_POOL
     work_queue: str | None = None
     working_dir: Path | None = None
+    heartbeat_s: int = 60
 
     def __post_init__(self) -> None:
+        if self.heartbeat_s < 30:  # Prefect's own floor for PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+            raise ConfigError(f"deploy.heartbeat_s: {self.heartbeat_s} is below Prefect's minimum of 30 seconds")
         fields = self.schedule_cron.split()
         if len(fields) != 5 or not all(CRON_FIELD.match(f) for f in fields):
             raise ConfigError(f"deploy.schedule_cron: {self.schedule_cron!r} is not a 5-field cron expression")
@@ -72,6 +100,10 @@ class DeployConfig:
 
 def deployment_name(project: str) -> str:
     return f"cycle-{project}"
+
+
+def line_limit_name(line: str) -> str:
+    return f"crux-line-{line}"
 
 
 def _cycle_flow() -> Flow[..., Any]:
@@ -129,9 +161,9 @@ def deployments(
 
 
 def deployments_from_config(
-    projects: Iterable[str], config: DeployConfig, working_dir: Path | None = None, flow: Flow[..., Any] | None = None
+    projects: Iterable[str], config: DeployConfig, flow: Flow[..., Any] | None = None
 ) -> list[RunnerDeployment]:
-    """`deployments` with the values of params.yaml `deploy:`; `working_dir` is the fallback for a local worker."""
+    """`deployments` with the values of params.yaml `deploy:`."""
     return deployments(
         projects,
         config.schedule_cron,
@@ -139,7 +171,7 @@ def deployments_from_config(
         enabled=config.enabled,
         work_pool=config.work_pool,
         work_queue=config.work_queue,
-        working_dir=config.working_dir or working_dir,
+        working_dir=config.working_dir,
         flow=flow,
     )
 
@@ -165,21 +197,112 @@ def ensure_work_pool(name: str, pool_type: str = "process") -> bool:
         return True
 
 
-def register(deployments: Sequence[RunnerDeployment], work_pool: str | None) -> list[str]:
+def register(
+    deployments: Sequence[RunnerDeployment], work_pool: str | None, heartbeat_s: int = DeployConfig.heartbeat_s
+) -> list[str]:
     """Create or update the deployments in the configured Prefect API; returns their ids.
 
     Re-registering replaces the schedules (a changed cron never leaves the old one behind). With
-    `work_pool=None` the deployments have no pool: only `serve(deployments)` runs them.
+    `work_pool=None` the deployments have no pool: only `serve(deployments)` runs them. With a pool, a
+    deployment without a fixed `working_dir` gets PULL_STEPS (it runs in the clone of whichever worker picks
+    it up), and the per-line concurrency limits and the crashed-run automation are created or updated.
     """
+    from prefect import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+
     if work_pool is not None:
         ensure_work_pool(work_pool)
+        ensure_line_limits(str(d.parameters["project"]) for d in deployments)
+        ensure_zombie_automation(heartbeat_s)
     ids = []
     for deployment in deployments:
         try:
-            ids.append(str(deployment.apply(work_pool_name=work_pool)))
+            # apply() is sync-compatible (typed as "value or coroutine"); called from sync code it returns the id.
+            deployment_id = cast("UUID", deployment.apply(work_pool_name=work_pool))
+            if work_pool is not None and "working_dir" not in (deployment.job_variables or {}):
+                # RunnerDeployment.apply writes pull steps only from a code storage; ours only move into the clone.
+                with get_client(sync_client=True) as client:
+                    client.update_deployment(deployment_id, DeploymentUpdate(pull_steps=PULL_STEPS))
         except Exception as exc:  # httpx / Prefect API errors: name the deployment and the API
             raise DeployError(f"registering deployment {deployment.name} failed: {exc}") from exc
+        ids.append(str(deployment_id))
     return ids
+
+
+def ensure_line_limits(lines: Iterable[str]) -> list[str]:
+    """The global concurrency limit `crux-line-<line>` (1 slot) of every line, created or reset to 1 slot."""
+    from prefect import get_client
+
+    names = [line_limit_name(line) for line in lines]
+    with get_client(sync_client=True) as client:
+        for name in names:
+            client.upsert_global_concurrency_limit_by_name(name, limit=1)
+    return names
+
+
+@contextmanager
+def line_slot(line: str) -> Iterator[None]:
+    """Hold line `line`'s slot (the global concurrency limit `crux-line-<line>`) for the body: a second cycle of
+    the line, from any worker or a `crux cycle` against the same server, waits here until the first ends.
+
+    Without the limit on the server (a local ephemeral API, `crux deploy` never ran) Prefect lets the body run
+    unguarded — one machine, one run at a time anyway."""
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(line_limit_name(line), occupy=1, lease_duration=LINE_LEASE_S):
+        yield
+
+
+def one_cycle_per_line(fn: Callable[P, R]) -> Callable[P, R]:
+    """Decorator of the cycle flow's function (first argument: the line): its whole body holds `line_slot`."""
+
+    @functools.wraps(fn)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        line = kwargs["project"] if "project" in kwargs else args[0]
+        with line_slot(str(line)):
+            return fn(*args, **kwargs)
+
+    return guarded
+
+
+def ensure_zombie_automation(heartbeat_s: int, missed: int = MISSED_HEARTBEATS) -> str:
+    """Prefect's zombie-flow automation: a flow run that sent a heartbeat and then none for MISSED_HEARTBEATS
+    periods (its worker or machine died; nothing else would ever end it) is set to Crashed. Returns its id."""
+    from datetime import timedelta
+
+    from prefect import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    finished = [f"prefect.flow-run.{name}" for name in ("Completed", "Failed", "Cancelled", "Crashed")]
+    automation = AutomationCore(
+        name=ZOMBIE_AUTOMATION,
+        description="A running cycle whose worker stopped sending heartbeats is marked Crashed, which frees its "
+        "deployment concurrency slot for the next run.",
+        trigger=EventTrigger(
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *finished},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=heartbeat_s * missed),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                name=None,
+                force=False,
+                state=StateType.CRASHED,
+                message=f"No heartbeat for {heartbeat_s * missed} s: the worker running it died.",
+            )
+        ],
+    )
+    with get_client(sync_client=True) as client:
+        for old in client.read_automations_by_name(ZOMBIE_AUTOMATION):
+            client.delete_automation(old.id)
+        return str(client.create_automation(automation))
 
 
 def prune(projects: Iterable[str], flow_name: str = FLOW_NAME) -> list[str]:

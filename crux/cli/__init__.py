@@ -16,7 +16,7 @@ from crux.cli.root import app
 __all__ = ["STAGES", "app", "main"]
 
 # Importing a stage module registers its commands; this order is the order `crux --help` lists them in.
-STAGES = ("label", "data", "team", "train", "ship", "edge", "collect", "cycle", "console", "demo")
+STAGES = ("label", "data", "team", "train", "ship", "edge", "collect", "cycle", "worker", "console", "demo")
 for _stage in STAGES:
     importlib.import_module(f"crux.cli.{_stage}")
 

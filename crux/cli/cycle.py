@@ -69,9 +69,9 @@ def deploy_command(
         console.print("[yellow]PREFECT_API_URL is not set: registering with the local ephemeral API.[/]")
     if serve:
         local = dataclasses.replace(cfg, work_pool=None, work_queue=None)
-        deploy.serve(deploy.deployments_from_config(names, local, working_dir=ctx.root))
+        deploy.serve(deploy.deployments_from_config(names, local))
         return
-    ids = deploy.register(deploy.deployments_from_config(names, cfg, working_dir=ctx.root), cfg.work_pool)
+    ids = deploy.register(deploy.deployments_from_config(names, cfg), cfg.work_pool, cfg.heartbeat_s)
     for name, deployment_id in zip(names, ids, strict=True):
         out.print(f"cycle/cycle-{name}: {deployment_id} — {cfg.schedule_cron} {cfg.timezone}, pool {cfg.work_pool}")
     for name in [] if projects else deploy.prune(declared):

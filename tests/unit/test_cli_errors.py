@@ -100,6 +100,7 @@ BAD_INPUT: dict[str, tuple[str, list[str], str]] = {
     "stations add": ("line", ["stations", "add", "../etc", "--line", "line-a"], "../etc"),
     "stations revoke": ("line", ["stations", "revoke", "nosuchstation"], "nosuchstation"),
     "webhooks serve": ("typo", ["webhooks", "serve"], "trian"),
+    "worker start": ("typo", ["worker", "start"], "trian"),
     "console serve": ("typo", ["console", "serve"], "trian"),
     "review": ("line", ["review", "nosuchline"], "nosuchline"),
     "data agreement": ("line", ["data", "agreement", "nosuchline"], "nosuchline"),
