@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the stages' config types; their modules load lazily, so `cr
 
     from crux.collect.ingest_settings import IngestSettings
     from crux.console.deps import ConsoleConfig
+    from crux.data.gitsync import GitConfig
     from crux.edge.runtime import EdgeConfig
     from crux.label.server import Credentials, ServerSettings
     from crux.loop.steps import LabelStudioAccess
@@ -58,6 +59,7 @@ PARAMS_SECTIONS = (
     "deploy",
     "trigger",
     "webhooks",
+    "git",
 )
 
 
@@ -99,6 +101,44 @@ def declared_lines(params: Mapping[str, Any]) -> list[str]:
     labelstudio = params.get("labelstudio")
     projects = labelstudio.get("projects") if isinstance(labelstudio, Mapping) else None
     return [str(name) for name in projects] if isinstance(projects, Mapping) else []
+
+
+def trainable_lines(params: Mapping[str, Any]) -> list[str]:
+    """THE list of lines CRUX trains: `pipeline.lines`, which dvc.yaml's stages `foreach` over (so a line outside it
+    has no `prepare@LINE` … `export@LINE` to run). `crux deploy`, the cycle, `crux cycle`/`crux trigger` and the
+    webhook receiver all take their lines from here; load_context checks that each names a declared project."""
+    pipeline = params.get("pipeline")
+    listed = pipeline.get("lines") if isinstance(pipeline, Mapping) else None
+    return [str(name) for name in listed] if isinstance(listed, list) else []
+
+
+class LineNotTrainableError(ConfigError):
+    """A declared line that dvc.yaml has no stages for (not in pipeline.lines): refused before any side effect."""
+
+
+def require_trainable(ctx: Context, line: str) -> None:
+    """Refuse, before any snapshot or commit, a cycle of a line that cannot train: an undeclared name gets the
+    declared ones ("did you mean"), a declared line outside pipeline.lines gets how to enable it."""
+    labelstudio_config(ctx).project(line)  # ConfigError naming the declared projects
+    if line not in trainable_lines(ctx.params):
+        raise LineNotTrainableError(
+            f"line {line!r} is declared (labelstudio.projects.{line}) but not in pipeline.lines, so dvc.yaml has no "
+            f"stages to train it and its cycle would commit a snapshot it cannot train. Enable it: make its first "
+            f"dataset version (`crux snapshot {line} --commit`), then add {line} to pipeline.lines in params.yaml "
+            f"(trainable now: {', '.join(trainable_lines(ctx.params)) or 'none'})"
+        )
+
+
+def untrainable_lines(ctx: Context) -> list[str]:
+    """Declared lines outside pipeline.lines (deploy skips them and says so)."""
+    trainable = set(trainable_lines(ctx.params))
+    return [name for name in declared_lines(ctx.params) if name not in trainable]
+
+
+def git_config(ctx: Context) -> GitConfig:
+    from crux.data.gitsync import GitConfig
+
+    return from_mapping(GitConfig, ctx.section("git") or {}, "git")
 
 
 def _check_line_names(params: Mapping[str, Any], params_path: Path) -> None:

@@ -31,7 +31,7 @@ def _retry_unless_config_drift(task: Any, task_run: Any, state: Any) -> bool:
 
 @task(retries=2, retry_delay_seconds=15, retry_condition_fn=_retry_unless_config_drift)
 def snapshot_task(project: str, params_path: str) -> dict[str, Any] | None:
-    """Label Studio → a new dataset version (git commit of data.dvc), or None when nothing changed.
+    """Label Studio → a new dataset version (git commit of data/PROJECT.dvc), or None when nothing changed.
 
     Stops first (crux.loop.steps.ProjectDriftError, no retry) when the project was edited in Label Studio so that it no
     longer matches params.yaml: `crux project sync --check` inside `snapshot_project`."""
@@ -80,11 +80,77 @@ def reproduce_task(line: str, params_path: str, quick: bool, profile: str | None
 
 
 @task(retries=2, retry_delay_seconds=15)
-def push_task(params_path: str) -> None:
-    """Dataset and pipeline outputs to the DVC remote, so a clean clone can `dvc pull` this state."""
+def push_task(params_path: str, line: str | None = None) -> None:
+    """Dataset and pipeline outputs (of `line` only, when given) to the DVC remote, so a clean clone can `dvc pull`
+    this state; before any git push, so no commit in the shared remote names data that is not there."""
     from crux.loop.steps import push
 
-    push(_context(params_path).root)
+    push(_context(params_path).root, line)
+
+
+def check_line(line: str, params_path: str) -> None:
+    """Before any side effect: the line must be declared and in pipeline.lines (crux.settings.require_trainable)."""
+    from crux.settings import require_trainable
+
+    require_trainable(_context(params_path), line)
+
+
+@task(retries=2, retry_delay_seconds=10)
+def git_sync_task(params_path: str) -> dict[str, Any] | None:
+    """`git pull --rebase` from git.remote before the snapshot (None without a shared remote)."""
+    from crux.data.gitsync import sync
+    from crux.settings import git_config
+
+    ctx = _context(params_path)
+    cfg = git_config(ctx)
+    if not cfg.shared:
+        return None
+    result = sync(ctx.root, cfg)
+    return {"head": result.head, "upstream": result.upstream, "replayed": result.replayed}
+
+
+@task(retries=2, retry_delay_seconds=15)
+def line_data_task(line: str, params_path: str) -> bool:
+    """`dvc pull` of this line's dataset only (data/LINE.dvc) when the worker's cache or workspace lacks it, so the
+    snapshot reuses its images and the diff reads the previous version locally."""
+    from crux.data.versioning import ensure_line_data
+    from crux.settings import dataset_config
+
+    ctx = _context(params_path)
+    return ensure_line_data(ctx.root, str(dataset_config(ctx).project_dir(line)))
+
+
+def pending_version(line: str, params_path: str) -> str | None:
+    """A version of the line committed in this checkout and never pushed (a cycle that died): the cycle trains it."""
+    from crux.data.gitsync import pending_version as pending
+    from crux.settings import dataset_config, git_config
+
+    ctx = _context(params_path)
+    return pending(ctx.root, git_config(ctx), str(dataset_config(ctx).project_dir(line)))
+
+
+@task
+def commit_lock_task(line: str, params_path: str) -> str | None:
+    """Commit the line's dvc.lock entries (only them, only dvc.lock) when a shared remote is configured."""
+    from crux.data.gitsync import commit_lock
+    from crux.settings import git_config
+
+    ctx = _context(params_path)
+    return commit_lock(ctx.root, line) if git_config(ctx).shared else None
+
+
+@task  # its own bounded retries (fetch, rebase, push again): a Prefect retry would only repeat them
+def git_push_task(params_path: str) -> dict[str, Any] | None:
+    """Push the version and dvc.lock commits to git.remote; a lost race rebases and pushes again, never forces."""
+    from crux.data.gitsync import push
+    from crux.settings import git_config
+
+    ctx = _context(params_path)
+    cfg = git_config(ctx)
+    if not cfg.shared:
+        return None
+    result = push(ctx.root, cfg)
+    return {"head": result.head, "attempts": result.attempts}
 
 
 @task(retries=2, retry_delay_seconds=15)

@@ -12,10 +12,12 @@ from crux.cli.terminal import ParamsOption, console, out
 from crux.config import ConfigError, from_mapping
 from crux.settings import (
     labelstudio_client,
-    labelstudio_config,
     load_context,
     prefect_api_configured,
     prefect_defaults,
+    require_trainable,
+    trainable_lines,
+    untrainable_lines,
     webhook_secret,
     webhooks_config,
 )
@@ -39,7 +41,7 @@ def cycle_command(
     if profile is not None and profile not in PROFILES:
         raise ConfigError(f"--profile {profile}: choose one of {', '.join(PROFILES)}")
     ctx = load_context(params)
-    labelstudio_config(ctx).project(project)  # an unknown line fails here, before Prefect starts
+    require_trainable(ctx, project)  # an unknown or untrainable line fails here, before Prefect starts
     prefect_defaults(ctx)
     from flows.cycle import cycle
 
@@ -58,13 +60,19 @@ def deploy_command(
 
     ctx = load_context(params)
     for name in projects or ():
-        labelstudio_config(ctx).project(name)  # an unknown line fails here, before Prefect starts
+        require_trainable(ctx, name)  # an unknown or untrainable line fails here, before Prefect starts
     prefect_defaults(ctx)
     from flows import deploy
 
     cfg = from_mapping(deploy.DeployConfig, ctx.section("deploy"), "deploy")
-    declared = list(labelstudio_config(ctx).projects)
-    names = projects or declared
+    # Only lines dvc.yaml can train (pipeline.lines): a nightly cycle of any other would snapshot, then fail.
+    trainable = trainable_lines(ctx.params)
+    names = projects or trainable
+    for name in [] if projects else untrainable_lines(ctx):
+        console.print(
+            f"[yellow]{name}: skipped[/] — declared but not in pipeline.lines (no stages to train it); add it there "
+            f"once `crux snapshot {name} --commit` has made its first dataset version"
+        )
     if not prefect_api_configured():
         console.print("[yellow]PREFECT_API_URL is not set: registering with the local ephemeral API.[/]")
     if serve:
@@ -74,8 +82,8 @@ def deploy_command(
     ids = deploy.register(deploy.deployments_from_config(names, cfg), cfg.work_pool, cfg.heartbeat_s)
     for name, deployment_id in zip(names, ids, strict=True):
         out.print(f"cycle/cycle-{name}: {deployment_id} — {cfg.schedule_cron} {cfg.timezone}, pool {cfg.work_pool}")
-    for name in [] if projects else deploy.prune(declared):
-        out.print(f"{name}: removed (no longer declared)")
+    for name in [] if projects else deploy.prune(trainable):
+        out.print(f"{name}: removed (no longer in pipeline.lines)")
 
 
 @app.command("trigger")
@@ -85,7 +93,7 @@ def trigger_command(
 ) -> None:
     """Start the cycle deployment of PROJECT now (refused while one is queued or running)."""
     ctx = load_context(params)
-    labelstudio_config(ctx).project(project)
+    require_trainable(ctx, project)
     prefect_defaults(ctx)
     from flows.deploy import trigger_cycle
 
@@ -105,13 +113,14 @@ def webhooks_serve(params: ParamsOption = Path("params.yaml")) -> None:
 
     webhooks = webhooks_config(ctx)
     trigger = from_mapping(TriggerConfig, ctx.section("trigger"), "trigger")
-    declared = set(labelstudio_config(ctx).projects)
+    # Labels of a line that cannot train (declared, not in pipeline.lines) start nothing: the project is ignored.
+    trainable = set(trainable_lines(ctx.params))
     client = labelstudio_client(ctx)
     settings = ReceiverSettings.from_config(webhooks, trigger, webhook_secret(ctx))
     serve(
         settings,
         lambda project: trigger_cycle(project, reason="labels"),
-        lambda: {i: n for i, n in project_names(client).items() if n in declared},
+        lambda: {i: n for i, n in project_names(client).items() if n in trainable},
         host=webhooks.host,
         port=webhooks.port,
     )

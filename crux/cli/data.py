@@ -26,7 +26,7 @@ app.add_typer(data_app, name="data")
 @app.command("snapshot")
 def snapshot_command(
     project: Annotated[str, typer.Argument(help="Project name from params.yaml.")],
-    commit: Annotated[bool, typer.Option("--commit", help="dvc add + dvc push + git commit of data.dvc.")] = False,
+    commit: Annotated[bool, typer.Option("--commit", help="dvc add + dvc push + git commit of data/PROJECT.dvc.")] = False,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Snapshot a Label Studio project into data/PROJECT (only new images are fetched)."""
@@ -181,3 +181,33 @@ def data_check(
     out.print(findings_to_text(findings) or "No findings.", markup=False, highlight=False)
     out.print(provenance_markdown(provenance_mix(items, info.classes)), markup=False, highlight=False)
     raise typer.Exit(1 if has_errors(findings) else 0)
+
+
+@data_app.command("remote")
+def data_remote(
+    url: Annotated[str, typer.Argument(help="s3://bucket/prefix (AWS, MinIO, any S3 API) or a folder path.")],
+    endpoint_url: Annotated[
+        str | None, typer.Option("--endpoint-url", help="S3 API endpoint other than AWS: MinIO, a test S3.")
+    ] = None,
+    name: Annotated[str, typer.Option(help="The DVC remote's name.")] = "storage",
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Set the DVC remote every worker pushes dataset versions and pipeline outputs to (.dvc/config, committed so
+    every clone shares it). Credentials are never written: DVC reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or
+    an AWS profile or instance role) from each machine's environment."""
+    from crux.data import versioning
+
+    ctx = load_context(params)
+    if url.startswith("s3://"):
+        if len(url) <= len("s3://") or url[len("s3://")] == "/":
+            raise ConfigError(f"{url}: expected s3://BUCKET/PREFIX")
+    elif "://" in url:
+        raise ConfigError(f"{url}: DVC remotes here are s3://BUCKET/PREFIX or a folder path")
+    if endpoint_url is not None and not endpoint_url.startswith(("http://", "https://")):
+        raise ConfigError(f"--endpoint-url {endpoint_url!r} is not an http(s) URL")
+    if endpoint_url is not None and not url.startswith("s3://"):
+        raise ConfigError("--endpoint-url only applies to an s3:// remote")
+    versioning.init_repo(ctx.root, str(dataset_config(ctx).root))
+    versioning.set_remote(ctx.root, url, name=name, options={"endpointurl": endpoint_url} if endpoint_url else None)
+    out.print(f"DVC remote {name!r} = {url}{f' at {endpoint_url}' if endpoint_url else ''} (default).")
+    out.print("Commit .dvc/config so every worker's clone uses it: git commit -m 'DVC remote' .dvc/config")

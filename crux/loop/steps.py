@@ -102,7 +102,7 @@ def snapshot_project(
         export_path.unlink(missing_ok=True)
     version = None
     if commit:
-        versioning.init_repo(root)
+        versioning.init_repo(root, str(cfg.root))
         version = versioning.commit_version(
             root, project=project, data_rel=str(cfg.project_dir(project)), mask_relabel_iou=cfg.mask_relabel_iou
         )
@@ -176,11 +176,14 @@ def reproduce(root: Path, line: str, *, quick_overrides: list[str] | None = None
     return result.stdout
 
 
-def push(root: Path) -> None:
-    """`dvc push`: the dataset and the pipeline's cached outputs to the configured DVC remote."""
-    result = subprocess.run([_tool("dvc"), "push", "-q"], cwd=root, capture_output=True, text=True, check=False)
+def push(root: Path, line: str | None = None) -> None:
+    """`dvc push`: the dataset and the pipeline's cached outputs to the configured DVC remote. With `line`, only that
+    line's pipeline (`export@LINE` and everything upstream, its `data/LINE.dvc` included): a worker holds only the
+    lines it trained, and must not fail on the others' missing outputs."""
+    command = [_tool("dvc"), "push", "-q"] + (["--with-deps", f"export@{line}"] if line else [])
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise PipelineError(f"`dvc push` failed: {(result.stdout + result.stderr).strip()[-2000:]}")
+        raise PipelineError(f"`{' '.join(command[1:])}` failed: {(result.stdout + result.stderr).strip()[-2000:]}")
 
 
 def export_dir(root: Path, line: str) -> Path:

@@ -103,10 +103,91 @@ def test_one_dataset_per_project_under_data(repo: Path, tmp_path: Path) -> None:
     build_dataset(export, out, "detect", CLASSES, None, make_fetcher(files_root=files), (0.8, 0.1, 0.1))
     result = V.commit_version(repo, project="neu", data_rel="data/neu")
     assert result is not None
-    # One data.dvc versions every line's dataset; each project lives in its own folder under data/.
-    assert sorted(git(repo, "show", "--name-only", "--format=", "HEAD").split()) == [".gitignore", "data.dvc"]
+    # Each line has its own data/LINE.dvc (init_repo's .gitignore rules, committed with the repo, keep the data out).
+    assert git(repo, "show", "--name-only", "--format=", "HEAD").split() == ["data/neu.dvc"]
+    assert not (repo / "data" / ".gitignore").exists()  # DVC wrote no shared data/.gitignore
     assert [i.task_id for i in V.read_manifest_at(repo, "HEAD", "data/neu")] == [1]
     assert V.read_manifest_at(repo, "HEAD", "data/tiles") == []  # a project without a dataset yet
+
+
+def one_task_dataset(repo: Path, tmp_path: Path, line: str, n: int) -> None:
+    files = tmp_path / "files"
+    tasks = []
+    for k in range(1, n + 1):
+        sha = write_image(files, f"{line}{k}.jpg", image_bytes(k + len(line)))
+        tasks.append(ls_task(k, local_url(f"{line}{k}.jpg"), sha256=sha, original_name=f"{line}{k}.jpg", width=64,
+                             height=48, annotations=[Ann([box("crazing", 1, 1, 20, 20)])]))  # fmt: skip
+    export = write_export(tmp_path / f"{line}.json", tasks)
+    build_dataset(export, repo / "data" / line, "detect", CLASSES, None, make_fetcher(files_root=files),
+                  (0.8, 0.1, 0.1), previous_dir=repo / "data" / line)  # fmt: skip
+
+
+def test_each_version_commit_touches_only_its_lines_file(repo: Path, tmp_path: Path) -> None:
+    one_task_dataset(repo, tmp_path, "a", 1)
+    one_task_dataset(repo, tmp_path, "b", 1)
+    assert V.commit_version(repo, project="a", data_rel="data/a") is not None
+    assert V.commit_version(repo, project="b", data_rel="data/b") is not None
+    assert git(repo, "show", "--name-only", "--format=", "HEAD").split() == ["data/b.dvc"]
+    one_task_dataset(repo, tmp_path, "a", 2)  # a's second version
+    assert V.commit_version(repo, project="a", data_rel="data/a") is not None
+    assert git(repo, "show", "--name-only", "--format=", "HEAD").split() == ["data/a.dvc"]
+    assert git(repo, "status", "--porcelain").strip() == ""  # nothing of the data shows up in git
+    assert [len(V.read_manifest_at(repo, rev, "data/a")) for rev in ("HEAD", "HEAD~1", "HEAD~2")] == [2, 1, 1]
+
+
+def test_a_whole_folder_data_dvc_is_migrated_once_and_old_revisions_stay_readable(repo: Path, tmp_path: Path) -> None:
+    # The layout before per-line tracking: one data.dvc for data/ holding two lines.
+    one_task_dataset(repo, tmp_path, "a", 1)
+    one_task_dataset(repo, tmp_path, "b", 2)
+    with V._dvc_repo(repo) as r:
+        r.add(str(repo / "data"))
+        r.push(targets=[str(repo / "data")])
+    git(repo, "add", "data.dvc", ".gitignore")
+    git(repo, "commit", "-qm", "old layout")
+    old = git(repo, "rev-parse", "HEAD").strip()
+
+    one_task_dataset(repo, tmp_path, "a", 3)
+    result = V.commit_version(repo, project="a", data_rel="data/a")
+    assert result is not None and result.message.startswith("data(a): 3 items, +2 −0 ~0")  # diffed against data.dvc
+    migration = git(repo, "log", "-1", "--format=%B", "HEAD~1")
+    assert migration.startswith(V.MIGRATION_SUBJECT) and "Lines: a, b." in migration
+    assert sorted(git(repo, "show", "--name-only", "--format=", "HEAD~1").split()) == [
+        ".gitignore", "data.dvc", "data/a.dvc", "data/b.dvc"
+    ]  # fmt: skip
+    assert not (repo / "data.dvc").exists()
+    assert git(repo, "show", "--name-only", "--format=", "HEAD").split() == ["data/a.dvc"]
+    assert V.version_file_at(repo, old, "data/b") == "data.dvc"
+    assert V.version_file_at(repo, "HEAD", "data/b") == "data/b.dvc"
+    assert len(V.read_manifest_at(repo, old, "data/b")) == 2
+    assert len(V.read_manifest_at(repo, "HEAD", "data/b")) == 2
+    assert V.migrate_to_per_line(repo) is None  # once
+
+
+def test_ensure_line_data_pulls_only_that_line(repo: Path, tmp_path: Path) -> None:
+    one_task_dataset(repo, tmp_path, "a", 1)
+    one_task_dataset(repo, tmp_path, "b", 1)
+    V.commit_version(repo, project="a", data_rel="data/a")
+    V.commit_version(repo, project="b", data_rel="data/b")
+    assert V.ensure_line_data(repo, "data/a") is False  # already there
+    shutil.rmtree(repo / ".dvc" / "cache")  # a worker with an empty cache and no data
+    shutil.rmtree(repo / "data" / "a")
+    shutil.rmtree(repo / "data" / "b")
+    assert V.ensure_line_data(repo, "data/a") is True
+    assert (repo / "data" / "a" / "manifest.jsonl").is_file()
+    assert not (repo / "data" / "b").exists()
+    cached = {p.name for p in (repo / ".dvc" / "cache").rglob("*") if p.is_file()}
+    assert V.ensure_line_data(repo, "data/b") is True  # b's objects were not in the cache before
+    assert {p.name for p in (repo / ".dvc" / "cache").rglob("*") if p.is_file()} > cached
+    assert V.ensure_line_data(repo, "data/none") is False  # no version yet
+
+
+def test_gitignore_rules_replace_a_whole_folder_rule(tmp_path: Path) -> None:
+    (tmp_path / ".gitignore").write_text(".venv/\n/data/\n*.pt\n")
+    assert V.ensure_gitignore(tmp_path) is True
+    lines = (tmp_path / ".gitignore").read_text().splitlines()
+    assert "/data/" not in lines and lines[:2] == [".venv/", "*.pt"]
+    assert lines[-2:] == ["/data/*", "!/data/*.dvc"]
+    assert V.ensure_gitignore(tmp_path) is False
 
 
 def test_a_version_is_committed_where_git_has_no_identity(repo: Path, tmp_path: Path, monkeypatch) -> None:

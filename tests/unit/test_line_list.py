@@ -1,0 +1,111 @@
+"""Issue 24, one list of lines: pipeline.lines is what dvc.yaml trains and what deploy, the cycle, `crux cycle`,
+`crux trigger` and the webhook receiver accept. A declared project outside it is refused before any side effect
+(no Prefect, no fetch, no snapshot, no commit), with how to enable it."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from crux.cli import app
+from crux.config import ConfigError
+from crux.settings import (
+    LineNotTrainableError,
+    git_config,
+    load_context,
+    require_trainable,
+    trainable_lines,
+    untrainable_lines,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECT = {"title": "T", "kind": "classify", "classes": {"ok": "#000000", "ng": "#ff0000"}}
+
+
+@pytest.fixture
+def params(tmp_path: Path) -> Path:
+    path = tmp_path / "params.yaml"
+    doc = {
+        "labelstudio": {"projects": {"line-a": PROJECT, "line-new": PROJECT}},
+        "pipeline": {"lines": ["line-a"]},
+        "ingest": {"database_url": f"sqlite:///{tmp_path}/ingest.db", "storage_url": str(tmp_path / "captures")},
+    }
+    path.write_text(yaml.safe_dump(doc))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    return path
+
+
+def test_dvc_yaml_stages_foreach_over_pipeline_lines() -> None:
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert stages and {name: stage.get("foreach") for name, stage in stages.items()} == {
+        name: "${pipeline.lines}" for name in stages
+    }
+    shipped = load_context(REPO / "params.yaml")
+    assert trainable_lines(shipped.params) == shipped.params["pipeline"]["lines"]
+    # The shipped plant declares lines that cannot train yet: those are exactly the ones deploy skips.
+    assert set(untrainable_lines(shipped)) == set(shipped.params["labelstudio"]["projects"]) - set(
+        shipped.params["pipeline"]["lines"]
+    )
+
+
+def test_a_declared_line_outside_pipeline_lines_is_refused_with_how_to_enable_it(params: Path) -> None:
+    ctx = load_context(params)
+    require_trainable(ctx, "line-a")
+    with pytest.raises(LineNotTrainableError) as exc:
+        require_trainable(ctx, "line-new")
+    message = str(exc.value)
+    assert "crux snapshot line-new --commit" in message and "add line-new to pipeline.lines" in message
+    with pytest.raises(ConfigError, match="did you mean 'line-a'"):
+        require_trainable(ctx, "line-aa")
+
+
+@pytest.mark.parametrize("command", [["cycle", "line-new"], ["trigger", "line-new"], ["deploy", "line-new"]])
+def test_cli_refuses_before_prefect_and_before_any_commit(params: Path, command: list[str]) -> None:
+    head_before = subprocess.run(["git", "log", "--oneline"], cwd=params.parent, capture_output=True, text=True)
+    result = CliRunner().invoke(app, [*command, "--params", str(params)])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, LineNotTrainableError), result.output
+    assert "add line-new to pipeline.lines" in str(result.exception)
+    assert not (params.parent / ".crux").exists()  # no Prefect home, no export, nothing written
+    assert not (params.parent / "data").exists()
+    head_after = subprocess.run(["git", "log", "--oneline"], cwd=params.parent, capture_output=True, text=True)
+    assert head_after.stdout == head_before.stdout == ""
+
+
+def test_the_cycle_flow_refuses_before_its_first_task(params: Path) -> None:
+    from flows import cycle as cycle_module
+
+    calls: list[str] = []
+
+    class Spy:
+        def __call__(self, *args: object, **kwargs: object) -> None:
+            calls.append("task")
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("git_sync_task", "line_data_task", "snapshot_task", "reproduce_task", "push_task"):
+            mp.setattr(cycle_module, name, Spy())
+        with pytest.raises(LineNotTrainableError, match="line-new"):
+            cycle_module.cycle.fn("line-new", params_path=str(params))
+    assert calls == []  # refused before the git sync, the data pull and the snapshot
+
+
+def test_git_section_is_validated_and_defaults_to_no_shared_remote(params: Path) -> None:
+    cfg = git_config(load_context(params))
+    assert cfg.remote is None and cfg.branch == "main" and not cfg.shared
+    doc = yaml.safe_load(params.read_text())
+    for bad, message in (
+        ({"remote": "x", "brunch": "main"}, "unknown key"),
+        ({"branch": "-x"}, "not a branch name"),
+        ({"branch": "a..b"}, "not a branch name"),
+        ({"remote": "--upload-pack=evil"}, "not a git remote"),
+        ({"push_attempts": 0}, "push_attempts"),
+    ):
+        params.write_text(yaml.safe_dump({**doc, "git": bad}))
+        with pytest.raises(ConfigError, match=message):
+            git_config(load_context(params))
+    shipped = git_config(load_context(REPO / "params.yaml"))
+    assert shipped.remote is None and shipped.branch == "main"
