@@ -124,12 +124,14 @@ def deployments(
     work_queue: str | None = None,
     working_dir: Path | None = None,
     flow: Flow[..., Any] | None = None,
+    parameters: dict[str, Any] | None = None,
 ) -> list[RunnerDeployment]:
     """One `cycle-<project>` deployment per project: cron in `timezone`, parameters {"project": project}.
 
     `enabled=False` registers the schedule inactive: the deployments stay for on-demand and label-triggered
     runs. `flow` defaults to `flows.cycle:cycle`; its entrypoint is a module path, so any worker with this
-    repo installed can load it whatever its folder layout.
+    repo installed can load it whatever its folder layout. `parameters` are further defaults of every run
+    (e.g. {"quick": True} for a test).
     """
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.deployments.runner import EntrypointType
@@ -142,7 +144,7 @@ def deployments(
         try:
             deployment = flow.to_deployment(
                 name=deployment_name(project),
-                parameters={"project": project},
+                parameters={"project": project, **(parameters or {})},
                 schedules=[Cron(schedule_cron, timezone=timezone, active=enabled)],
                 # ENQUEUE: a run that collides waits for the first and then finds the labels it was for.
                 concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),

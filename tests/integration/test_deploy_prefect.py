@@ -99,6 +99,48 @@ def test_config_rejects_bad_values() -> None:
         from_mapping(deploy.DeployConfig, {"timezone": "Mars/Olympus"}, "deploy")
     with pytest.raises(ConfigError, match="unknown key"):
         from_mapping(deploy.DeployConfig, {"cron": "0 2 * * *"}, "deploy")
+    with pytest.raises(ConfigError, match="heartbeat_s: 10"):
+        from_mapping(deploy.DeployConfig, {"heartbeat_s": 10}, "deploy")
+
+
+def test_pool_deployments_run_in_the_workers_clone_one_per_line(prefect_api: None) -> None:
+    """Without deploy.working_dir a deployment carries the CRUX_WORKDIR pull step (tests/integration/
+    test_workers_topology.py runs it on two workers); register creates each line's limit and the crashed-run
+    automation, and registering again leaves one of each."""
+    from prefect import get_client
+
+    for _ in range(2):
+        deploy.register(
+            deploy.deployments(["pa", "pb"], "0 2 * * *", "UTC", flow=stand_in_cycle, work_pool="crux-test"),
+            work_pool="crux-test",
+            heartbeat_s=45,
+        )
+    found = read("cycle/cycle-pa")
+    assert found.pull_steps == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $CRUX_WORKDIR }}"}}
+    ]
+    assert not found.job_variables
+    with get_client(sync_client=True) as client:
+        limits = {line: client.read_global_concurrency_limit_by_name(f"crux-line-{line}") for line in ("pa", "pb")}
+        (automation,) = client.read_automations_by_name(deploy.ZOMBIE_AUTOMATION)
+    assert all(limit.limit == 1 and limit.active for limit in limits.values())
+    assert automation.trigger.within.total_seconds() == 45 * deploy.MISSED_HEARTBEATS
+    assert automation.actions[0].state.value == "CRASHED"
+
+    # The cycle's body holds the line's slot: while it runs, nobody else gets it.
+    from prefect.concurrency.sync import concurrency
+
+    @deploy.one_cycle_per_line
+    def body(project: str) -> bool:
+        try:
+            with concurrency("crux-line-pa", timeout_seconds=1, strict=True):
+                return False
+        except TimeoutError:
+            return True
+
+    assert body("pa") is True
+    with concurrency("crux-line-pa", timeout_seconds=5, strict=True):  # released after the body
+        pass
 
 
 def test_trigger_cycle_refuses_while_a_run_is_queued(prefect_api: None) -> None:
