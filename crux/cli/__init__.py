@@ -1,6 +1,6 @@
 """The `crux` command line: argv in, typed config values from `crux.settings`, a library call out.
 
-One module per stage of the loop (label, data, train, ship, edge, collect, cycle, console, demo) registers its
+One module per stage of the loop (label, data, train, ship, edge, collect, cycle, worker, console, demo) registers its
 commands on the root app (`crux.cli.root`). Heavy libraries are imported inside commands so that `crux --help` and
 the edge stay fast.
 """
