@@ -270,7 +270,7 @@ def validate_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    # Each project's dataset lives in <root>/<project>; <root> is what data.dvc tracks.
+    # Each project's dataset lives in <root>/<project>, versioned by its own <root>/<project>.dvc.
     root: Path = Path("data")
     split: tuple[float, ...] = (0.8, 0.1, 0.1)
     fetch_workers: int = 4
@@ -291,7 +291,9 @@ class DatasetConfig:
         if isinstance(self.health, Mapping):
             object.__setattr__(self, "health", from_mapping(HealthOptions, self.health, "dataset.health"))
         if len(self.root.parts) != 1 or self.root.is_absolute():
-            raise ConfigError(f"dataset.root: {self.root} must be one folder name in the project (it is data.dvc's)")
+            raise ConfigError(
+                f"dataset.root: {self.root} must be one folder name in the project (its LINE.dvc files live in it)"
+            )
 
     def project_dir(self, project: str) -> Path:
         return self.root / project

@@ -26,7 +26,9 @@ app.add_typer(data_app, name="data")
 @app.command("snapshot")
 def snapshot_command(
     project: Annotated[str, typer.Argument(help="Project name from params.yaml.")],
-    commit: Annotated[bool, typer.Option("--commit", help="dvc add + dvc push + git commit of data/PROJECT.dvc.")] = False,
+    commit: Annotated[
+        bool, typer.Option("--commit", help="dvc add + dvc push + git commit of data/PROJECT.dvc.")
+    ] = False,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Snapshot a Label Studio project into data/PROJECT (only new images are fetched)."""

@@ -14,7 +14,9 @@ from crux.config import ConfigError, from_mapping
 from crux.settings import (
     DEFAULT_PRIVATE_KEY,
     DEFAULT_PUBLIC_KEY,
+    Context,
     check_model_fits_line,
+    dataset_config,
     edge_config,
     gate_config,
     load_context,
@@ -24,6 +26,15 @@ from crux.settings import (
     signing_key,
     trusted_keys,
 )
+
+
+def _dataset_dvc_file(ctx: Context, line: str | None) -> Path:
+    """The .dvc file of the line's dataset version (data/LINE.dvc); a checkout from before per-line versioning has
+    one data.dvc for every line."""
+    cfg = dataset_config(ctx)
+    per_line = ctx.root / f"{cfg.project_dir(line)}.dvc" if line is not None else None
+    return per_line if per_line is not None and per_line.is_file() else ctx.root / f"{cfg.root}.dvc"
+
 
 keys_app = typer.Typer(help="The Ed25519 keys that sign published models.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -57,7 +68,7 @@ def export_command(
         return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
     lineage = {
-        "dataset_version": dataset_version(ctx.root / "data.dvc"),
+        "dataset_version": dataset_version(_dataset_dvc_file(ctx, line)),
         "git_revision": git_revision(ctx.root),
         "model_dir": str(model_dir),
     }

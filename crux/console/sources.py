@@ -2,7 +2,8 @@
 
 - `IngestReader`: the ingest database (captures, stations, heartbeats) and its image store.
 - `ModelReader`: the model remote (fsspec folder or S3) through `crux.ship.listing.list_models`.
-- `DatasetReader`: dataset versions, i.e. the git history of `data.dvc` and `crux data diff`.
+- `DatasetReader`: dataset versions, i.e. the git history of `data/LINE.dvc` (`data.dvc` before per-line
+  versioning) and `crux data diff`.
 - `LabelStudioReader`: each line's project progress through the SDK.
 
 `fetch` runs a read in a worker thread and gives up after its timeout: a store that is down or hangs becomes an
@@ -284,7 +285,8 @@ class DatasetReader:
 
     def _git_log(self) -> str:
         proc = subprocess.run(
-            ["git", "log", "-n", "500", "--format=%H%x1f%cI%x1f%an%x1f%B%x1e", "--", f"{self.data_root}.dvc"],
+            # Per-line data/LINE.dvc files, and the one data.dvc of a history from before per-line versioning.
+            ["git", "log", "-n", "500", "--format=%H%x1f%cI%x1f%an%x1f%B%x1e", "--", *self._version_files()],
             cwd=self.repo,
             capture_output=True,
             text=True,
@@ -294,6 +296,9 @@ class DatasetReader:
         if proc.returncode != 0:
             raise RuntimeError(f"git log in {self.repo}: {proc.stderr.strip()[:200]}")
         return proc.stdout
+
+    def _version_files(self) -> list[str]:
+        return [f"{self.data_root}.dvc", f"{self.data_root}/*.dvc"]
 
     def versions(self, line: str) -> list[DatasetVersion]:
         return parse_dataset_log(self._log.get("log", self._git_log), line)

@@ -102,7 +102,7 @@ def merge_dvc_lock(remote_text: str | None, ours_text: str | None, lines: Iterab
     merged = {n: mine.get(n, v) for n, v in remote.items() if stage_line(n) not in take or n in mine}
     merged.update({n: v for n, v in mine.items() if n not in merged})
     out = {**doc, "schema": doc.get("schema", ours_doc.get("schema", "2.0")), "stages": merged}
-    return yaml.safe_dump(out, sort_keys=False, allow_unicode=True)
+    return str(yaml.safe_dump(out, sort_keys=False, allow_unicode=True))
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -366,9 +366,7 @@ def migrate_to_per_line(
             r.pull(targets=[str(repo / old)], remote=remote, force=True)
         r.remove(str(repo / old))  # the .dvc file and DVC's gitignore entry; the folder stays
         ensure_gitignore(repo, data_root)
-        lines = sorted(
-            p.name for p in (repo / data_root).iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
+        lines = sorted(p.name for p in (repo / data_root).iterdir() if p.is_dir() and not p.name.startswith("."))
         targets = [str(repo / data_root / line) for line in lines]
         if targets:
             r.add(targets)

@@ -97,7 +97,7 @@ def test_cycle_end_to_end(prefect_api: None, repo: Path, ls_client, ls_files_roo
     assert (repo / "params.yaml").read_text() == params_text  # put back after the quick `dvc exp run`
 
     second = cycle(LINE, params_path=params, quick=True)
-    assert second == {"project": LINE, "dataset": None, "published": None}
+    assert second == {"project": LINE, "dataset": None, "published": None, "git": None}
     assert current(repo)["version"] == 1
 
     task = next(iter(ls_client.tasks.list(project=project_id, fields="all")))
@@ -122,3 +122,43 @@ def test_cycle_end_to_end(prefect_api: None, repo: Path, ls_client, ls_files_roo
     with pytest.raises(PipelineError, match="NoSuchTransform"):
         cycle(LINE, params_path=params, quick=True)
     assert current(repo)["version"] == 2
+
+
+@pytest.mark.slow  # one quick-profile cycle, ~90 s
+def test_cycle_pulls_and_pushes_through_a_shared_git_remote(
+    prefect_api: None, repo: Path, ls_client, ls_files_root: Path, tmp_path: Path
+) -> None:
+    """Issue 24: with git.remote set, the cycle rebases onto the remote before its snapshot and pushes its dataset
+    version and the line's dvc.lock after training; only that line's files are in its commits."""
+    from flows.cycle import cycle
+
+    bare = tmp_path / "shared.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    git(repo, "branch", "-M", "main")
+    git(repo, "push", "-q", str(bare), "main")
+    other = tmp_path / "other"  # another machine moves the remote on before this worker's cycle
+    subprocess.run(["git", "clone", "-q", str(bare), str(other)], check=True)
+    (other / "NOTES.md").write_text("a reviewer's note\n")
+    git(other, "add", "NOTES.md")
+    git(other, "-c", "user.email=o@crux.local", "-c", "user.name=o", "commit", "-qm", "note")
+    git(other, "push", "-q", "origin", "main")
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["git"] = {"remote": str(bare), "branch": "main"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(repo, "commit", "-qam", "git.remote")
+    spec = from_mapping(ProjectSpec, params["labelstudio"]["projects"][LINE], "p")
+    project_id = sync_project(ls_client, f"{LINE}", spec).project_id
+    source = copy_neu_subset(ls_files_root / f"{LINE}-git", neu_stems(2))
+    importer.import_items(ls_client, project_id, spec, importer.scan_source(str(source), spec, "yolo"), ls_files_root)
+
+    result = cycle(LINE, params_path=str(repo / "params.yaml"), quick=True)
+    assert result["dataset"] is not None and result["git"]["attempts"] == 1
+    subjects = git(bare, "log", "--format=%s", "main").splitlines()
+    assert subjects[0].startswith(f"train({LINE}): dvc.lock of ") and subjects[1].startswith(f"data({LINE}): ")
+    assert "note" in subjects and "git.remote" in subjects  # rebased onto the other machine's commit, then pushed
+    assert git(bare, "rev-list", "--min-parents=2", "main") == ""
+    assert git(bare, "show", "--name-only", "--format=", "main").split() == ["dvc.lock"]
+    assert git(bare, "show", "--name-only", "--format=", "main~1").split() == [f"data/{LINE}.dvc"]
+    lock = yaml.safe_load(git(bare, "show", "main:dvc.lock"))
+    assert {f"prepare@{LINE}", f"train@{LINE}", f"evaluate@{LINE}", f"export@{LINE}"} <= set(lock["stages"])

@@ -71,7 +71,7 @@ def _repo(tmp_path: Path, overrides: dict) -> tuple[Path, dict, dict[str, str], 
     _run(["git", "init", "-q"], repo, env)
     _run([dvc, "init", "-q"], repo, env)
     _run([dvc, "config", "core.site_cache_dir", str(tmp_path / "site")], repo, env)
-    _run([dvc, "add", "-q", "data"], repo, env)
+    _run([dvc, "add", "-q", "data/line-a"], repo, env)  # one data/LINE.dvc per line, as `crux snapshot` does
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "init"], repo, env)  # dvclive needs a commit to read the baseline revision
     return repo, params, env, dvc

@@ -81,7 +81,7 @@ def cache_objects(repo: Path) -> set[str]:
 
 
 def test_two_clones_version_lines_through_the_git_remote_and_s3(shared: tuple[Path, str, str], tmp_path: Path) -> None:
-    bare, bucket, _ = shared
+    bare, _, _ = shared
     cfg = G.GitConfig(remote=str(bare), branch="main")
     files = tmp_path / "files"
 

@@ -92,6 +92,7 @@ BAD_INPUT: dict[str, tuple[str, list[str], str]] = {
     "annotators add": ("line", ["annotators", "add", "not-an-email"], "not-an-email"),
     "data diff": ("line", ["data", "diff", "nosuchrev"], "nosuchrev"),
     "data check": ("line", ["data", "check", "nosuchline"], "nosuchline"),
+    "data remote": ("line", ["data", "remote", "gs://bucket/dvc"], "gs://bucket/dvc"),
     "keys init": ("typo", ["keys", "init"], "trian"),
     "keys rotate": ("line", ["keys", "rotate"], "publish.key"),
     "models list": ("line", ["models", "list", "nosuchline"], "publish.pub"),

@@ -15,10 +15,8 @@ from crux.data.versioning import VersioningError
 
 def lock(**stages: str) -> str:
     """A dvc.lock whose stage `name` has md5 `value` in its output."""
-    return yaml.safe_dump(
-        {"schema": "2.0", "stages": {n.replace("__", "@"): {"cmd": "x", "outs": [{"md5": v}]} for n, v in stages.items()}},
-        sort_keys=False,
-    )
+    entries = {n.replace("__", "@"): {"cmd": "x", "outs": [{"md5": v}]} for n, v in stages.items()}
+    return str(yaml.safe_dump({"schema": "2.0", "stages": entries}, sort_keys=False))
 
 
 def stages(text: str) -> dict[str, str]:
@@ -39,14 +37,15 @@ def test_merge_takes_the_remote_file_and_puts_this_lines_stages_in() -> None:
 def test_merge_with_no_remote_lock_and_removed_stages() -> None:
     assert stages(G.merge_dvc_lock(None, lock(train__a="1", train__b="2"), ["a"])) == {"train@a": "1"}
     assert stages(G.merge_dvc_lock(lock(train__a="1", export__a="1"), lock(train__a="2"), ["a"])) == {"train@a": "2"}
-    with pytest.raises(VersioningError, match="not a dvc.lock"):
+    with pytest.raises(VersioningError, match=r"not a dvc\.lock"):
         G.merge_dvc_lock("stages: [1, 2]", lock(), ["a"])
 
 
 def test_changed_lines_and_stage_names() -> None:
     assert G.stage_line("train@neu-cls") == "neu-cls" and G.stage_line("train") is None
     assert G.stage_line("export@magnetic-tile-cls") == "magnetic-tile-cls"
-    assert G.changed_lines(lock(train__a="1", train__b="1"), lock(train__a="1", train__b="2", train__c="3")) == {"b", "c"}
+    before, after = lock(train__a="1", train__b="1"), lock(train__a="1", train__b="2", train__c="3")
+    assert G.changed_lines(before, after) == {"b", "c"}
     assert G.changed_lines(None, lock(train__a="1")) == {"a"}
 
 
@@ -101,11 +100,17 @@ def test_two_workers_race_one_rebases_and_both_versions_land_without_force(
     real_merge = G.merge_dvc_lock
     monkeypatch.setattr(G, "merge_dvc_lock", lambda r, o, lines: merges.append(lines) or real_merge(r, o, lines))
     pushed = G.push(b, cfg)
-    assert merges == [{"b"}]  # git stopped on dvc.lock during the rebase; resolved by stage, b's from the replayed commit
+    # git stopped on dvc.lock during the rebase: resolved by stage, b's entries from the replayed commit.
+    assert merges == [{"b"}]
     assert pushed.attempts == 2  # lost the race, rebased (dvc.lock merged by stage), pushed again
     log = git(remote, "log", "--format=%s", "main").splitlines()
-    assert log == ["train(b): dvc.lock of prepare@b, train@b", "data(b): v1", "train(a): dvc.lock of prepare@a, train@a",
-                   "data(a): v1", "init"]  # fmt: skip
+    assert log == [
+        "train(b): dvc.lock of prepare@b, train@b",
+        "data(b): v1",
+        "train(a): dvc.lock of prepare@a, train@a",
+        "data(a): v1",
+        "init",
+    ]
     assert git(remote, "rev-list", "--min-parents=2", "main") == ""  # linear: no merge commits
     final = stages(git(remote, "show", "main:dvc.lock"))
     assert final == {"prepare@a": "a1", "prepare@b": "b1", "train@a": "a1", "train@b": "b1"}
@@ -138,7 +143,7 @@ def test_other_conflicts_abort_the_rebase_and_leave_the_checkout_as_it_was(remot
         git(repo, "commit", "-qam", f"x={value}")
     G.push(b, cfg)
     head = git(a, "rev-parse", "HEAD")
-    with pytest.raises(VersioningError, match="conflicts in params.yaml"):
+    with pytest.raises(VersioningError, match=r"conflicts in params\.yaml"):
         G.sync(a, cfg)
     assert git(a, "rev-parse", "HEAD") == head and git(a, "status", "--porcelain") == ""
 

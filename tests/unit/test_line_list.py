@@ -109,3 +109,26 @@ def test_git_section_is_validated_and_defaults_to_no_shared_remote(params: Path)
             git_config(load_context(params))
     shipped = git_config(load_context(REPO / "params.yaml"))
     assert shipped.remote is None and shipped.branch == "main"
+
+
+def test_deploy_registers_only_trainable_lines_and_says_which_it_skipped(
+    params: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows import deploy
+
+    registered: list[list[str]] = []
+    kept: list[list[str]] = []
+    monkeypatch.setattr(deploy, "deployments_from_config", lambda names, cfg, working_dir=None: list(names))
+    monkeypatch.setattr(deploy, "register", lambda deployments, pool: registered.append(deployments) or ["id-1"])
+    monkeypatch.setattr(deploy, "prune", lambda names: kept.append(list(names)) or ["cycle-line-new"])
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # never reached: register is replaced
+    # prefect_defaults() only fills these when unset: set here, nothing leaks into later tests.
+    monkeypatch.setenv("PREFECT_HOME", str(params.parent / "prefect"))
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    result = CliRunner().invoke(app, ["deploy", "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    assert registered == [["line-a"]] and kept == [["line-a"]]
+    assert "line-new: skipped" in result.output and "not in pipeline.lines" in result.output
+    assert "crux snapshot line-new --commit" in result.output
+    assert "cycle-line-new: removed (no longer in pipeline.lines)" in result.output
