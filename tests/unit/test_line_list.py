@@ -119,7 +119,7 @@ def test_deploy_registers_only_trainable_lines_and_says_which_it_skipped(
     registered: list[list[str]] = []
     kept: list[list[str]] = []
     monkeypatch.setattr(deploy, "deployments_from_config", lambda names, cfg, working_dir=None: list(names))
-    monkeypatch.setattr(deploy, "register", lambda deployments, pool: registered.append(deployments) or ["id-1"])
+    monkeypatch.setattr(deploy, "register", lambda deployments, pool, *_: registered.append(deployments) or ["id-1"])
     monkeypatch.setattr(deploy, "prune", lambda names: kept.append(list(names)) or ["cycle-line-new"])
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # never reached: register is replaced
     # prefect_defaults() only fills these when unset: set here, nothing leaks into later tests.
