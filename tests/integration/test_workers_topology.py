@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,6 +122,8 @@ def test_two_workers_share_the_lines_and_a_dead_worker_loses_nothing(prefect_api
         }
         assert sorted(started.values()) == sorted(str(w.clone) for w in workers)  # one each, in its own clone
         assert not slot_is_free("line-a")  # the running cycle holds its line's slot across processes
+        time.sleep(deploy.LINE_LEASE_S + 10)  # past the first lease: the running flow keeps renewing it
+        assert not slot_is_free("line-a")
         assert deploy.trigger_cycle("line-a") is None  # and a second trigger starts nothing
         (barrier / "release").touch()
         for run_id in first.values():
