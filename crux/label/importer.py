@@ -305,6 +305,7 @@ def import_items(
     predictions: Mapping[str, Prediction] | None = None,
     s3_options: Mapping[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
+    batch_size: int = BATCH_SIZE,
 ) -> ImportReport:
     predictions = predictions or {}
     is_s3 = scan.root.startswith("s3://")
@@ -322,8 +323,8 @@ def import_items(
         credit_to = IMPORT_IDENTITY
     tasks = [build_task(item, spec, urls[item.sha256], predictions.get(item.sha256), credit_to) for item in new_items]
     task_ids: list[int] = []
-    for start in range(0, len(tasks), BATCH_SIZE):
-        batch = tasks[start : start + BATCH_SIZE]
+    for start in range(0, len(tasks), batch_size):
+        batch = tasks[start : start + batch_size]
         # The SDK types `request` as its ImportApiRequest models and leaves `task_ids` out of the response model
         # (Label Studio Community returns it; the model keeps it as an extra field); plain task dicts are what the
         # endpoint takes.
