@@ -3,7 +3,8 @@
 Writes `--images` synthetic 200x200 JPEGs (NEU-DET's size) with 2 boxes each in the YOLO layout (images/, labels/,
 classes.txt), starts a throwaway Label Studio on a free loopback port, and times `crux import`'s two phases (scan:
 read + hash + decode + validate; write: the bulk task import with the annotations embedded). Baseline in the same
-run: the write phase at the importer's former batch of 500 tasks a request, into a second fresh project. With
+run: the former write path (the SDK's `projects.import_tasks`, which re-encodes every task in Python before sending
+it), 500 tasks a request, into a second fresh project. With
 `--profile`, the top entries of a cProfile of the measured import (this process only: Label Studio's own time shows
 up as waiting on the socket). Prints the figures and writes bench/results/import_scale.json. Target (issue 24):
 scan + write <= 15 s.
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -46,6 +48,17 @@ def generate(root: Path, n: int, size: int) -> None:
         (root / "labels" / f"{i:06d}.txt").write_text(boxes)
 
 
+def sdk_write(client: Any, project_id: int, spec: Any, scan: Any, files_root: Path) -> None:
+    """The former write phase: the same tasks through the SDK's `import_tasks` (its Python re-encoding included)."""
+    from crux.data.provenance import IMPORT_IDENTITY
+    from crux.label import importer
+
+    url = importer.local_files_url
+    tasks = [importer.build_task(i, spec, url(i.url, files_root), None, IMPORT_IDENTITY) for i in scan.items]
+    for start in range(0, len(tasks), 500):
+        client.projects.import_tasks(id=project_id, request=tasks[start : start + 500], return_task_ids=True)
+
+
 def top_entries(profile: cProfile.Profile, n: int = 15) -> list[str]:
     out = io.StringIO()
     pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(n)
@@ -56,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=200)
-    parser.add_argument("--baseline-batch", type=int, default=500, help="0 skips the baseline")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--workdir", type=Path, help="keep the generated source here (reused by the next run)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "import_scale.json")
@@ -101,10 +114,10 @@ def main() -> None:
             if profile:
                 profile.disable()
             baseline_s = None
-            if args.baseline_batch:
+            if args.baseline:
                 other = sync_project(client, "bench-import-baseline", spec).project_id
                 t0 = time.perf_counter()
-                importer.import_items(client, other, spec, scan, settings.files_root, batch_size=args.baseline_batch)
+                sdk_write(client, other, spec, scan, settings.files_root)
                 baseline_s = time.perf_counter() - t0
         finally:
             server.stop(settings)
@@ -119,7 +132,7 @@ def main() -> None:
         "total_s": round(total, 2),
         "images_per_s": round(report.created / total, 1),
         "batch_size": importer.BATCH_SIZE,
-        "baseline_batch_size": args.baseline_batch or None,
+        "baseline": "SDK projects.import_tasks, 500 tasks a request" if args.baseline else None,
         "baseline_write_s": None if baseline_s is None else round(baseline_s, 2),
         "write_speedup_vs_baseline": None if baseline_s is None else round(baseline_s / write_s, 2),
         "server_first_start_s": round(server_start, 1),

@@ -53,7 +53,6 @@ from crux.data.store import (
     link_or_copy,
     relative_image_path,
     sha256_hex,
-    write_image,
 )
 from crux.errors import CruxError
 from crux.geometry import iou
@@ -390,19 +389,35 @@ def _previous_index(previous_dir: Path | None) -> dict[str, _Resolved]:
         return {}
 
 
-class _Linker:
-    """Hard links from the previous version into the new one, creating each images/ab/ folder once."""
+class _BuildStore:
+    """Writes into the version being built (a work folder swapped in only when complete): hard links from the
+    previous version and fetched images, each images/ab/ folder created once. No write-then-rename per image: a
+    build that dies is discarded whole, so no truncated file can outlive it under a content address."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.made: set[Path] = set()
 
-    def link(self, src: Path, rel: str) -> bool:
-        """Link `src` to root/rel; False when `src` is gone (the caller then looks for it the slow way)."""
-        dst = self.root / rel
+    def _folder(self, dst: Path) -> None:
         if dst.parent not in self.made:
             dst.parent.mkdir(parents=True, exist_ok=True)
             self.made.add(dst.parent)
+
+    def write(self, sha256: str, ext: str, data: bytes) -> str:
+        rel = relative_image_path(sha256, ext)
+        dst = self.root / rel
+        self._folder(dst)
+        try:
+            with dst.open("xb") as f:  # x: two URLs with the same bytes write the file once
+                f.write(data)
+        except FileExistsError:
+            pass
+        return rel
+
+    def link(self, src: Path, rel: str) -> bool:
+        """Link `src` to root/rel; False when `src` is gone (the caller then looks for it the slow way)."""
+        dst = self.root / rel
+        self._folder(dst)
         try:
             os.link(src, dst)
         except FileNotFoundError:
@@ -642,7 +657,7 @@ def _build_into(
 
     # Images already at hand (previous version or stored for an earlier task) are linked, not fetched.
     placed: dict[str, _Resolved] = {}  # sha256 → image linked into this version already
-    linker = _Linker(root)
+    store = _BuildStore(root)
     to_fetch: dict[str, list[ParsedTask]] = {}
     for task in parsed:
         if not task.url:
@@ -651,13 +666,13 @@ def _build_into(
         have = placed.get(task.sha256) if task.sha256 is not None else None
         if have is None and task.sha256 is not None and previous_dir is not None:
             known = previous.get(task.sha256)
-            if known is not None and linker.link(previous_dir / known.rel, known.rel):
+            if known is not None and store.link(previous_dir / known.rel, known.rel):
                 have = known
             else:  # not in the previous manifest (or its file is gone): look in its store, measure the image
                 src = find_image(previous_dir, task.sha256)
                 if src is not None:
                     rel = src.relative_to(previous_dir).as_posix()
-                    linker.link(src, rel)
+                    store.link(src, rel)
                     have = _Resolved(task.sha256, rel, *image_size(root / rel))
             if have is not None:
                 placed[task.sha256] = have
@@ -676,7 +691,7 @@ def _build_into(
         except Exception as exc:  # a fetcher bug or an unexpected transport error still names the task
             return FetchError(f"{type(exc).__name__}: {exc}")
         sha = sha256_hex(data)
-        rel = write_image(root, sha, info.ext, data)
+        rel = store.write(sha, info.ext, data)
         return _Resolved(sha, rel, info.width, info.height)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -395,7 +395,13 @@ def _fit_lightning(
     ranks = {"rank": int(trainer.global_rank), "world_size": int(trainer.world_size), "strategy": t.strategy}
     if trainer.global_rank != 0:
         # Rank 0 alone loads the best checkpoint and writes the bundle (on another node the file is not even local).
-        return {"best_val": None, "global_step": steps, "epochs": int(trainer.current_epoch), **ranks}
+        return {
+            "best_val": None,
+            "global_step": steps,
+            "epochs": int(trainer.current_epoch),
+            "train_step_s": timer.median(),
+            **ranks,
+        }
     state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
     module.load_state_dict(state)
     return {

@@ -64,6 +64,8 @@ def _crux(tmp: Path, *args: str, timeout: float = 600) -> subprocess.CompletedPr
         [sys.executable, "-m", "crux.cli", *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout
     )
     assert proc.returncode == 0, f"crux {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    # A ddp child rank inherits these pipes (run() waits for it): it must end cleanly too.
+    assert "Traceback" not in proc.stderr, proc.stderr
     return proc
 
 
