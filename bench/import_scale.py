@@ -114,11 +114,16 @@ def main() -> None:
             if profile:
                 profile.disable()
             baseline_s = None
+            baseline_profile = cProfile.Profile() if args.profile else None
             if args.baseline:
                 other = sync_project(client, "bench-import-baseline", spec).project_id
+                if baseline_profile:  # profiled like the measured write, so the two times compare
+                    baseline_profile.enable()
                 t0 = time.perf_counter()
                 sdk_write(client, other, spec, scan, settings.files_root)
                 baseline_s = time.perf_counter() - t0
+                if baseline_profile:
+                    baseline_profile.disable()
         finally:
             server.stop(settings)
 
@@ -139,10 +144,12 @@ def main() -> None:
         "target_total_s": 15,
         "within_target": total <= 15,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs)",
-        "profile_top_cumulative": top_entries(profile) if profile else None,
+        "profiled": bool(profile),
+        "profile_top_cumulative": top_entries(profile, 30) if profile else None,
+        "baseline_profile_top_cumulative": top_entries(baseline_profile) if baseline_profile and baseline_s else None,
     }
     for key, value in figures.items():
-        if key != "profile_top_cumulative":
+        if not key.endswith("profile_top_cumulative"):
             print(f"{key:>28}: {value}")
     if profile:
         print("\n".join(figures["profile_top_cumulative"] or []))

@@ -11,6 +11,7 @@ Two steps with a file between them, so that each can be retried and tested on it
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -35,7 +36,6 @@ from crux.data.manifest import (
     ItemPrediction,
     ManifestItem,
     count_items,
-    read_manifest,
     round_box,
     write_classes,
     write_dataset_info,
@@ -378,15 +378,21 @@ def _previous_index(previous_dir: Path | None) -> dict[str, _Resolved]:
     without probing the store for each image's extension (6 stats an image, most of a 100k increment's time)."""
     if previous_dir is None or not (previous_dir / MANIFEST).is_file():
         return {}
+    index: dict[str, _Resolved] = {}
     try:
-        return {
-            item.sha256: _Resolved(item.sha256, item.image, item.width, item.height)
-            for item in read_manifest(previous_dir / MANIFEST)
-            # Only the store's own content address (images/ab/<sha256>.ext): a hand-edited path never leads out.
-            if item.image in {relative_image_path(item.sha256, ext) for ext in FORMAT_EXT.values()}
-        }
+        # Four fields of each line, not whole ManifestItems (their labels are what costs: ~40% of reading 100k lines).
+        with (previous_dir / MANIFEST).open(encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                sha, rel = str(row["sha256"]), str(row["image"])
+                # Only the store's own content address (images/ab/<sha256>.ext): a hand-edited path never leads out.
+                if rel in {relative_image_path(sha, ext) for ext in FORMAT_EXT.values()}:
+                    index[sha] = _Resolved(sha, rel, int(row["width"]), int(row["height"]))
     except Exception:  # an unreadable previous manifest only costs speed: images are found and measured again
         return {}
+    return index
 
 
 class _BuildStore:
