@@ -151,12 +151,13 @@ def local_files_relpath(url: str) -> str | None:
     return values[0]
 
 
-def resolve_under(files_root: Path, relpath: str) -> Path:
-    """`files_root / relpath`, refusing anything that escapes files_root (.., absolute paths, symlinks out)."""
+def resolve_under(files_root: Path, relpath: str, *, root_resolved: bool = False) -> Path:
+    """`files_root / relpath`, refusing anything that escapes files_root (.., absolute paths, symlinks out).
+    `root_resolved`: files_root is already absolute and resolved (a fetcher resolves it once, not per image)."""
     rel = PurePosixPath(unquote(relpath))
     if rel.is_absolute() or ".." in rel.parts or "\x00" in relpath:
         raise FetchError(f"local-files path escapes the files root: {relpath!r}")
-    root = files_root.resolve()
+    root = files_root if root_resolved else files_root.resolve()
     path = (root / rel).resolve()
     if not path.is_relative_to(root):
         raise FetchError(f"local-files path escapes the files root: {relpath!r}")
@@ -164,11 +165,13 @@ def resolve_under(files_root: Path, relpath: str) -> Path:
 
 
 def local_files_fetcher(files_root: Path) -> Fetcher:
+    root = Path(files_root).resolve()  # once: a 100k-image snapshot would otherwise resolve it 100k times
+
     def fetch(url: str) -> bytes:
         rel = local_files_relpath(url)
         if rel is None:
             raise FetchError(f"not a local-files URL: {url}")
-        path = resolve_under(files_root, rel)
+        path = resolve_under(root, rel, root_resolved=True)
         try:
             return path.read_bytes()
         except FileNotFoundError:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from crux.config import ConfigError
+from crux.errors import CruxError
 from crux.evaluation import compare_markdown, confusion_png, write_json
 from crux.kinds import get_kind
 from crux.postprocess import DetectSpec, InputSpec
@@ -44,9 +45,10 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if precision == "fast" and cpu_has_native_bf16() else "32-true"
 
 
-def training_threads(threads: int, num_workers: int) -> int:
+def training_threads(threads: int, num_workers: int, processes: int = 1) -> int:
     """`train.threads`, 0 = OMP_NUM_THREADS when the environment sets it (a machine shared by several runs), else
-    the cores this process may use minus one per loader worker (at least 1)."""
+    this process's share of the cores (`processes` training processes on this machine: ddp's devices) minus one per
+    loader worker (at least 1): two ddp processes on 2 cores get 1 thread each, not 2 spinning against each other."""
     if threads:
         return threads
     import os
@@ -58,7 +60,7 @@ def training_threads(threads: int, num_workers: int) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    return max(1, cores - num_workers)
+    return max(1, cores // max(processes, 1) - num_workers)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -112,16 +114,6 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
     on a classification line fits the linear head on cached encoder features instead (`crux.train.head`);
     `train.anomaly_method: patchcore` on an anomaly line fills a PatchCore memory bank (`crux.train.patchcore_fit`).
     """
-    import pytorch_lightning as pl
-    import torch
-
-    from crux.train.models import model_config as model_config_of
-    from crux.train.models.bundle import save_bundle
-    from crux.train.models.common import load_initial_weights
-    from crux.train.models.efficientnet_lite import load_pretrained
-    from crux.train.models.encoders import pretrained_normalisation, pretrained_weights_path
-    from crux.train.module import InspectionModule
-
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
     prepared = read_prepared(prepared_dir)
     if cfg.data.kind is None:  # the dataset decides; re-validates the cross-section rules for that kind
@@ -133,6 +125,27 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
     kind = get_kind(kind_name)
     classes, ok_class = list(prepared["classes"]), prepared.get("ok_class")
     t = cfg.train
+    single_process = (t.mode == "head" and kind.name == "classify") or (
+        t.anomaly_method == "patchcore" and kind.name == "anomaly"
+    )
+    if single_process and (t.processes() or 1) > 1:
+        # Cached features + a linear head (or a memory bank) take a minute in one process; splitting them over ranks
+        # would be a second implementation for no gain. Refused before anything is written.
+        what = "train.mode: head" if t.mode == "head" else "train.anomaly_method: patchcore"
+        raise ConfigError(
+            f"train.devices: {t.devices!r} x train.num_nodes: {t.num_nodes} asks for several processes, but "
+            f"{what} on a {kind.name} line fits in one process; set train.devices: 1 (or auto) or train.mode: full"
+        )
+    import pytorch_lightning as pl
+    import torch
+
+    from crux.train.models import model_config as model_config_of
+    from crux.train.models.bundle import save_bundle
+    from crux.train.models.common import load_initial_weights
+    from crux.train.models.efficientnet_lite import load_pretrained
+    from crux.train.models.encoders import pretrained_normalisation, pretrained_weights_path
+    from crux.train.module import InspectionModule
+
     mean, std = cfg.data.mean, cfg.data.std
     if t.model.pretrained == "imagenet":
         # The weights were trained on one normalisation; the card records it, so the edge feeds them the same.
@@ -159,7 +172,7 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         "freeze_bn": (t.model.freeze_bn and pretrained) or t.mode == "head",
     }
 
-    threads = training_threads(t.threads, t.num_workers)
+    threads = training_threads(t.threads, t.num_workers, _local_processes(t))
     torch.set_num_threads(threads)
     pl.seed_everything(t.seed, workers=True, verbose=False)
     module = InspectionModule(kind_name, classes, ok_class, spec.to_dict(), model_config, detect_spec, optim)
@@ -185,6 +198,10 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
         )
     else:
         fit = _fit_lightning(module, prepared_dir, out_dir, spec, cfg, kind_name, prepared, kind.monitor)
+    if fit.get("rank", 0) != 0:
+        # A ddp rank other than 0 trained the same weights (fit checked their digests); rank 0 alone writes the
+        # bundle and the summary, so two processes never race on one file.
+        return {"monitor": f"val/{kind.monitor}", "mode": t.mode, **fit, "threads": threads}
     monitor, best_value = f"val/{kind.monitor}", fit.pop("best_val")
     meta = {
         "kind": kind_name,
@@ -221,6 +238,44 @@ def train(prepared_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, A
     return summary
 
 
+def _local_processes(t: Any) -> int:
+    """Training processes on this machine: devices when a count, else one per visible GPU (Lightning's auto on a
+    GPU machine), else 1."""
+    if isinstance(t.devices, int):
+        return int(t.devices)
+    import torch
+
+    return max(1, torch.cuda.device_count()) if t.accelerator != "cpu" and torch.cuda.is_available() else 1
+
+
+def _weights_digest() -> Any:
+    """A callback that hashes the trained weights on every rank at the end of the fit and gathers the digests: ddp
+    keeps the replicas equal, and this proves it (a digest per rank in train.json; a mismatch fails the run)."""
+    import hashlib
+
+    import pytorch_lightning as pl
+    import torch
+
+    class WeightsDigest(pl.Callback):
+        def __init__(self) -> None:
+            self.digests: list[str] = []
+
+        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            h = hashlib.sha256()
+            for name, tensor in sorted(pl_module.state_dict().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            mine = h.hexdigest()
+            if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+                gathered: list[Any] = [None] * trainer.world_size
+                torch.distributed.all_gather_object(gathered, mine)
+                self.digests = [str(d) for d in gathered]
+            else:
+                self.digests = [mine]
+
+    return WeightsDigest()
+
+
 def _fit_lightning(
     module: Any,
     prepared_dir: Path,
@@ -242,6 +297,7 @@ def _fit_lightning(
         RichProgressBar,
         WeightAveraging,
     )
+    from pytorch_lightning.utilities import rank_zero_only
 
     from crux.train.augment import build_augment
     from crux.train.datamodule import InspectionDataModule
@@ -262,7 +318,10 @@ def _fit_lightning(
     ckpt_dir, live_dir = out_dir / "checkpoints", out_dir / "dvclive"
     last = ckpt_dir / "last.ckpt"
     resume_from = last if t.resume and last.is_file() else None
-    if resume_from is None:
+    # Lightning's rank from the launcher's environment (LOCAL_RANK of a ddp child), before the Trainer exists: a child
+    # starts while rank 0 is already fitting and must not delete what rank 0 has begun to write.
+    # (rank_zero_only.rank is set by Lightning at import; its stubs type the decorator, not the attribute.)
+    if resume_from is None and getattr(rank_zero_only, "rank", 0) == 0:
         # A fresh run must not mix with an earlier run's checkpoints (ModelCheckpoint would write best-v1.ckpt).
         for d in (ckpt_dir, live_dir):
             shutil.rmtree(d, ignore_errors=True)
@@ -276,7 +335,7 @@ def _fit_lightning(
         save_top_k=1,
         auto_insert_metric_name=False,
     )
-    timer = _step_timer()
+    timer, digest = _step_timer(), _weights_digest()
     callbacks: list[Any] = [checkpoint, LearningRateMonitor(logging_interval="epoch"), timer]
     if t.ema_decay:
         # Lightning swaps the average in for validation and saves it as the checkpoint's state_dict, so the best
@@ -290,6 +349,7 @@ def _fit_lightning(
         callbacks.append(early_stop)
     if t.progress_bar:
         callbacks.append(RichProgressBar())
+    callbacks.append(digest)  # last: after WeightAveraging has swapped the average in at the end of the fit
     # dvcyaml=False: the project's dvc.yaml declares metrics/plots; dvclive must not rewrite it.
     logger = DVCLiveLogger(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, resume=resume_from is not None)
     precision: Any = resolve_precision(t.precision, t.accelerator)  # one of Lightning's precision literals
@@ -297,6 +357,8 @@ def _fit_lightning(
     trainer = pl.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
         precision=precision,
         max_epochs=t.epochs,
         max_steps=t.max_steps,
@@ -327,10 +389,25 @@ def _fit_lightning(
         best_path, best_score = ckpt_dir / "best.ckpt", trainer.callback_metrics.get(monitor)
     else:
         best_path, best_score = Path(checkpoint.best_model_path), checkpoint.best_model_score
+    if len(set(digest.digests)) > 1:
+        raise CruxError(f"ddp ranks ended the fit with different weights (sha256 per rank: {digest.digests})")
+    steps = int(trainer.global_step)
+    ranks = {"rank": int(trainer.global_rank), "world_size": int(trainer.world_size), "strategy": t.strategy}
+    if trainer.global_rank != 0:
+        # Rank 0 alone loads the best checkpoint and writes the bundle (on another node the file is not even local).
+        return {
+            "best_val": None,
+            "global_step": steps,
+            "epochs": int(trainer.current_epoch),
+            "train_step_s": timer.median(),
+            **ranks,
+        }
     state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
     module.load_state_dict(state)
-    steps = int(trainer.global_step)
     return {
+        **ranks,
+        # The fit's final weights, hashed on each rank (ddp keeps them equal; one entry per rank).
+        "weights_sha256": digest.digests,
         "best_val": float(best_score) if best_score is not None else None,
         "best_checkpoint": best_path.name,
         "global_step": steps,

@@ -181,6 +181,11 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant", "onecycle")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = ("auto", "fast", "32-true", "16-mixed", "bf16-mixed")
+# Lightning strategies CRUX trains with: auto (one process per machine unless devices > 1 on GPUs), ddp (one process
+# per device, launched by Lightning re-running the command: `crux train`, `dvc repro`), and ddp with unused-parameter
+# detection (a frozen part that still runs forward). ddp_spawn is left out: it pickles the datamodule and returns
+# only rank 0's weights to the caller, a second code path to keep right.
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
 # Lightning's max_time string: days:hours:minutes:seconds.
 MAX_TIME = re.compile(r"^(\d{1,2}):(\d{1,2}):(\d{1,2}):(\d{1,2})\Z")
 
@@ -256,6 +261,11 @@ class TrainConfig:
     accelerator: str = "auto"
     precision: str = "auto"
     devices: int | str = "auto"
+    # Lightning's strategy (STRATEGIES): ddp runs one process per device (2 CPU processes with gloo, or one per
+    # GPU with nccl); train.batch_size is per process, so the effective batch is batch_size x devices x num_nodes.
+    strategy: str = "auto"
+    # Machines in a multi-node ddp run (Lightning's num_nodes; each node runs `crux train` with its NODE_RANK).
+    num_nodes: int = 1
     num_workers: int = 2
     # CPU threads of the training process; 0 = auto: the cores the loader workers leave free (at least 1).
     # More threads than free cores makes OpenMP spin against the workers (here 3-60x slower steps).
@@ -268,6 +278,11 @@ class TrainConfig:
     progress_bar: bool = True
     # Clamp gradients: from-scratch detectors spike early.
     grad_clip: float = 10.0
+
+    def processes(self) -> int | None:
+        """Training processes the settings ask for: devices x num_nodes when devices is a count, else None (auto:
+        Lightning decides: one CPU process, or one process per visible GPU)."""
+        return self.devices * self.num_nodes if isinstance(self.devices, int) else None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -312,6 +327,10 @@ class TrainConfig:
             isinstance(self.devices, int) and self.devices < 1
         ):
             raise ConfigError(f"train.devices: {self.devices!r} must be 'auto' or a count >= 1")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"train.strategy: {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if self.num_nodes < 1:
+            raise ConfigError(f"train.num_nodes: {self.num_nodes} must be >= 1")
         if self.num_workers < 0:
             raise ConfigError(f"train.num_workers: {self.num_workers} must be >= 0")
         if self.threads < 0:
