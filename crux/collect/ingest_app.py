@@ -36,7 +36,15 @@ from crux.collect.heartbeats import HeartbeatIn, record_heartbeat
 from crux.collect.ingest_settings import CONTENT_TYPE_FORMATS, IngestSettings
 from crux.collect.names import IDEMPOTENCY_KEY
 from crux.collect.offline_docs import mount_offline_docs
-from crux.collect.schemas import DB_INT_MAX, CaptureCreated, CaptureMetadata, CaptureOut, CapturePage, Health
+from crux.collect.schemas import (
+    DB_INT_MAX,
+    CaptureCreated,
+    CaptureMetadata,
+    CaptureOut,
+    CapturePage,
+    Health,
+    StationOut,
+)
 from crux.collect.stations import Station, station_for_token
 from crux.collect.storage import ImageStore, image_key
 
@@ -391,7 +399,7 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
 def create_app(settings: IngestSettings) -> FastAPI:
     """Build the ingest app: routes over the functions above. Migrations run when the app starts (uvicorn
     lifespan), not here."""
-    engine = create_db_engine(settings.database_url)
+    engine = create_db_engine(settings.database_url, settings.db_pool_size, settings.db_max_overflow)
     store = ImageStore(settings.storage_url, settings.storage_options)
 
     @contextlib.asynccontextmanager
@@ -433,7 +441,8 @@ def create_app(settings: IngestSettings) -> FastAPI:
         summary="Upload one capture (image + prediction metadata)",
     )
     async def post_capture(request: Request) -> JSONResponse:
-        station = authenticate(engine, request.headers.get("authorization"))
+        # A database round trip: in the thread pool, so the event loop keeps parsing other stations' uploads.
+        station = await run_in_threadpool(authenticate, engine, request.headers.get("authorization"))
         upload = await read_upload(request, station, settings)
         created, new = await run_in_threadpool(store_upload, engine, store, settings, upload)
         headers = {"Location": f"/v1/captures/{created.id}"}
@@ -477,6 +486,16 @@ def create_app(settings: IngestSettings) -> FastAPI:
         record_heartbeat(engine, authenticate(engine, request.headers.get("authorization")), beat)
         return Response(status_code=204)
 
+    @app.get(
+        "/v1/station",
+        response_model=StationOut,
+        responses={401: {"description": "no, unknown or revoked token"}},
+        summary="The station and line this token belongs to (the edge checks its set-up with it at start)",
+    )
+    def get_station(request: Request) -> StationOut:
+        caller = authenticate(engine, request.headers.get("authorization"))
+        return StationOut(name=caller.name, line=caller.line)
+
     @app.get("/v1/health", response_model=Health, summary="Liveness and dependency check")
     def health() -> JSONResponse:
         body = health_report(engine, store)
@@ -490,8 +509,58 @@ def _safe_filename(name: str) -> bool:
     return not any(c in name for c in "/\\\x00") and ".." not in name and name.isprintable() and len(name) <= 255
 
 
-def serve(settings: IngestSettings, host: str = "127.0.0.1", port: int = 8700, access_log: bool = False) -> None:
-    """Run the service in this process until interrupted (what `crux ingest serve` calls)."""
+@dataclass(frozen=True)
+class AppFactory:
+    """`create_app(settings)` as a picklable callable: uvicorn's worker processes are spawned, so each one gets this
+    value (not an app built in the parent) and builds its own engine and store."""
+
+    settings: IngestSettings
+
+    def __call__(self) -> FastAPI:
+        return create_app(self.settings)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # MappingProxyType (storage_options) does not pickle: hand the fields over as plain values.
+        fields = {**self.settings.__dict__, "storage_options": dict(self.settings.storage_options)}
+        return (_factory_from_fields, (fields,))
+
+
+def _factory_from_fields(fields: dict[str, Any]) -> AppFactory:
+    import types
+
+    fields["storage_options"] = types.MappingProxyType(fields["storage_options"])
+    return AppFactory(IngestSettings(**fields))
+
+
+def serve(
+    settings: IngestSettings,
+    host: str = "127.0.0.1",
+    port: int = 8700,
+    access_log: bool = False,
+    workers: int | None = None,
+) -> None:
+    """Run the service until interrupted (what `crux ingest serve` calls): one process, or `workers` processes
+    (default `settings.workers`) sharing one listening socket under uvicorn's supervisor, which restarts a dead one."""
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host, port=port, access_log=access_log, log_level="info")
+    workers = settings.workers if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, access_log=access_log, log_level="info")
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    # Migrate once here: N workers starting together would each race to create Alembic's version table.
+    engine = create_db_engine(settings.database_url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    config = uvicorn.Config(
+        AppFactory(settings), factory=True, host=host, port=port, workers=workers, access_log=access_log,
+        log_level="info",
+    )  # fmt: skip
+    # uvicorn.run() insists on an import string for workers; its supervisor takes any picklable factory.
+    with contextlib.suppress(KeyboardInterrupt):
+        Multiprocess(config, sockets=[config.bind_socket()]).run()

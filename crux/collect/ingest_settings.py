@@ -34,9 +34,19 @@ class IngestSettings:
     content_types: tuple[str, ...] = ("image/jpeg", "image/png")
     # Largest page of GET /v1/captures.
     max_page_size: int = 500
+    # uvicorn worker processes (`crux ingest serve --workers` overrides): one per core the service may use.
+    # SQLite serialises writers, so more than one worker pays off on PostgreSQL.
+    workers: int = 1
+    # Database connections each worker keeps open (PostgreSQL; SQLite ignores it). Uploads run in a thread pool
+    # of 40, so a pool smaller than the concurrent uploads queues them on a connection, not on the network;
+    # workers x (db_pool_size + db_max_overflow) must stay below the server's max_connections (100 by default).
+    db_pool_size: int = 10
+    db_max_overflow: int = 5
 
     def __post_init__(self) -> None:
-        for name in ("max_image_bytes", "max_metadata_bytes", "max_pixels", "max_page_size"):
+        if self.db_max_overflow < 0:
+            raise ValueError(f"ingest.db_max_overflow must be >= 0, got {self.db_max_overflow}")
+        for name in ("max_image_bytes", "max_metadata_bytes", "max_pixels", "max_page_size", "workers", "db_pool_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ingest.{name} must be positive, got {getattr(self, name)}")
         unknown = sorted(set(self.content_types) - set(CONTENT_TYPE_FORMATS))

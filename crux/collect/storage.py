@@ -41,9 +41,9 @@ class ImageStore:
                 fh.write(data)
             os.replace(tmp, path)
             return
-        if self.fs.exists(path):
-            return
-        # Object stores make a PUT visible atomically, so no temporary key is needed.
+        # No existence check first: the key is the content's hash, so writing it again stores the same bytes, and
+        # a HEAD before every PUT doubled the object-store round trips of each upload. Object stores make a PUT
+        # visible atomically, so no temporary key is needed.
         self.fs.pipe_file(path, data)
 
     def exists(self, key: str) -> bool:
@@ -58,4 +58,8 @@ class ImageStore:
             if not os.path.isdir(self.root):
                 raise OSError(f"image store {self.root} is not a folder")
             return
-        self.fs.ls(self.root, detail=False)
+        # The bucket, not the prefix: before the first capture an object store has no "folder" at the prefix, and a
+        # fresh service reported itself degraded until something was uploaded.
+        bucket = self.root.split("/", 1)[0]
+        if not self.fs.exists(bucket):
+            raise OSError(f"bucket {bucket} is not reachable")
