@@ -160,7 +160,7 @@ async def upload(session: object, url: str, st: Station, key: str, body: bytes) 
                         st.errors[str(response.status)] = st.errors.get(str(response.status), 0) + 1
                     return response.status, cid
                 st.errors[str(response.status)] = st.errors.get(str(response.status), 0) + 1
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             st.errors[type(exc).__name__] = st.errors.get(type(exc).__name__, 0) + 1
         st.retries += 1
         await asyncio.sleep(0.05 * 2**attempt)
@@ -191,7 +191,7 @@ async def station_loop(
             meta = json.dumps(capture_metadata(st.name, LINE, original_name=f"{key}.jpg"))
             body = multipart(unique_jpeg(base_jpeg, key), meta, f"{key}.jpg")
             t0 = loop.time()
-            status, cid = await upload(session, url, st, key, body)
+            _, cid = await upload(session, url, st, key, body)
             elapsed_ms = (loop.time() - t0) * 1000
             st.sent += 1
             if cid is not None:

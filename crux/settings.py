@@ -132,15 +132,29 @@ def server_settings(ctx: Context, host: str | None = None, port: int | None = No
 
     cfg = labelstudio_config(ctx)
     venv = Path(os.environ.get("CRUX_LS_VENV") or ctx.root / ".venv-ls")
+    extra = {} if cfg.block_private_urls else {"SSRF_PROTECTION_ENABLED": "false"}
+    extra.update(labelstudio_database_env(ctx))
     return ServerSettings(
         venv=venv,
         state_dir=ctx.path(cfg.state_dir),
         host=host or cfg.host,
         port=port or int(os.environ.get("CRUX_LS_PORT") or cfg.port),
         files_root=ctx.path(cfg.files_root),
-        extra_env=None if cfg.block_private_urls else {"SSRF_PROTECTION_ENABLED": "false"},
+        extra_env=extra or None,
         public_url=cfg.public_url,
     )
+
+
+def labelstudio_database_env(ctx: Context) -> dict[str, str]:
+    """Label Studio's database settings from `labelstudio.database`, the password from CRUX_LS_DB_PASSWORD or the
+    0600 `password_file` (never from params.yaml, which is in git)."""
+    from crux.label.server import database_env, read_secret_file
+
+    db = labelstudio_config(ctx).database
+    password = os.environ.get("CRUX_LS_DB_PASSWORD") or None
+    if password is None and db.password_file is not None and db.engine == "postgresql":
+        password = read_secret_file(ctx.path(db.password_file), "labelstudio.database.password_file")
+    return database_env(db.engine, db.host, db.port, db.name, db.user, password)
 
 
 def labelstudio_credentials(settings: ServerSettings) -> tuple[Credentials, bool]:
@@ -248,9 +262,7 @@ INGEST_URL_ENV = "CRUX_INGEST_URL"
 STATION_ENV = "CRUX_STATION"
 
 
-def edge_identity(
-    cfg: EdgeConfig, ingest_url: str | None, station: str | None, env: Mapping[str, str]
-) -> EdgeConfig:
+def edge_identity(cfg: EdgeConfig, ingest_url: str | None, station: str | None, env: Mapping[str, str]) -> EdgeConfig:
     """`cfg` with `ingest_url` and `station` taken from the flag, else the environment, else kept; each is checked
     (an http(s) URL, a station name the ingest accepts) and the error names where the bad value came from."""
     import dataclasses

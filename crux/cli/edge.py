@@ -83,9 +83,11 @@ def edge_run(
     ] = None,
     station: Annotated[
         str | None,
-        typer.Option(help="This box's station name, as registered with `crux stations add` (else CRUX_STATION, "
-                     "else edge.station)."),
-    ] = None,  # fmt: skip
+        typer.Option(
+            help="This box's station name, as registered with `crux stations add` (else CRUX_STATION, "
+            "else edge.station)."
+        ),
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Inspect frames (watched folder, glob, or paths on stdin) as JSON lines; hot-swap published models."""

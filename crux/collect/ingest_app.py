@@ -399,7 +399,7 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
 def create_app(settings: IngestSettings) -> FastAPI:
     """Build the ingest app: routes over the functions above. Migrations run when the app starts (uvicorn
     lifespan), not here."""
-    engine = create_db_engine(settings.database_url, settings.db_pool_size, settings.db_max_overflow)
+    engine = create_db_engine(settings.database_url, settings.db_pool_size, settings.db_max_overflow, pre_ping=False)
     store = ImageStore(settings.storage_url, settings.storage_options)
 
     @contextlib.asynccontextmanager

@@ -48,7 +48,7 @@ def test_the_station_check_against_the_real_ingest(ingest: tuple[str, dict[str, 
     with pytest.raises(StationSetupError) as other:
         check_station(url, tokens["cam-2"], "cam-1", "line-a")
     assert "belongs to station 'cam-2'" in str(other.value) and "--station cam-2" in str(other.value)
-    with pytest.raises(StationSetupError, match="registered at .* on line 'line-a', but this box runs line 'line-b'"):
+    with pytest.raises(StationSetupError, match=r"registered at .* on line 'line-a', but this box runs line 'line-b'"):
         check_station(url, tokens["cam-1"], "cam-1", "line-b")
 
 

@@ -51,5 +51,5 @@ def test_a_bad_value_names_where_it_came_from(
 
 
 def test_a_bad_station_in_the_params_file_names_the_key() -> None:
-    with pytest.raises(ConfigError, match="edge.station"):
+    with pytest.raises(ConfigError, match=r"edge\.station"):
         edge_identity(EdgeConfig(station="a/b"), None, None, {})
