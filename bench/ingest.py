@@ -78,6 +78,10 @@ def multipart(image: bytes, metadata: str, name: str) -> bytes:
 # --- the servers ------------------------------------------------------------------------------------------------
 
 
+# Processes whose CPU time is measured, by role; the client is this process alone (its children are the others).
+CPU_ROLES: dict[str, int] = {}
+
+
 @contextlib.contextmanager
 def postgres() -> Iterator[str]:
     """A throwaway cluster on a free loopback port (scripts/postgres-for-tests.sh), removed afterwards."""
@@ -88,6 +92,7 @@ def postgres() -> Iterator[str]:
     if "=" not in printed:
         raise SystemExit("PostgreSQL is not installed here (apt-get install postgresql), or use --database sqlite")
     try:
+        CPU_ROLES["postgres"] = int((folder / "postmaster.pid").read_text().split()[0])
         yield printed.strip().split("=", 1)[1]
     finally:
         subprocess.run([str(script), "stop"], env=env, check=False)
@@ -102,6 +107,7 @@ def moto(log: Path) -> Iterator[str]:
         raise SystemExit("moto_server not found (pip install 'moto[server]'), or use --storage local")
     with open(log, "wb") as out:
         process = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    CPU_ROLES["moto"] = process.pid
     try:
         wait_http(f"http://127.0.0.1:{port}/moto-api/", 20)
         yield f"http://127.0.0.1:{port}"
@@ -123,6 +129,29 @@ def wait_http(url: str, seconds: float) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"{url} did not answer within {seconds:.0f} s")
         time.sleep(0.1)
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time (user + system) so far of each role's process tree, from /proc (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent pid, cpu seconds)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(pid)
+
+    def tree(pid: int) -> float:
+        return stats.get(pid, (0, 0.0))[1] + sum(tree(c) for c in children.get(pid, []))
+
+    result = {role: tree(pid) for role, pid in CPU_ROLES.items()}
+    result["client"] = stats.get(os.getpid(), (0, 0.0))[1]
+    return result
 
 
 # --- the client ---------------------------------------------------------------------------------------------------
@@ -226,13 +255,26 @@ async def drive(base: str, stations: list[Station], args: argparse.Namespace) ->
     stop_at = warm_until + args.duration
     per_station = args.rate / len(stations) if args.rate > 0 else 0.0
     tasks = [station_loop(st, base, base_jpeg, per_station, start, warm_until, stop_at) for st in stations]
+    samples: list[dict[str, float]] = []
+
+    async def meter() -> None:  # CPU time of each process tree over the measured window only
+        for at in (warm_until, stop_at):
+            await asyncio.sleep(max(0.0, at - loop.time()))
+            samples.append(cpu_seconds())
+
     t0 = time.perf_counter()
-    await asyncio.gather(*tasks)
+    await asyncio.gather(meter(), *tasks)
     wall = time.perf_counter() - t0
     replay = await replay_sample(base, stations, args.replay_fraction)
     latencies = [v for st in stations for v in st.latencies_ms]
     measured = len(latencies)
+    counted = max(1, measured)
+    cpu_ms = {role: round((samples[1][role] - samples[0][role]) * 1000 / counted, 3) for role in samples[0]}
     return {
+        # Where the CPU goes, per capture measured: the ingest workers, PostgreSQL, moto (S3), the load generator.
+        "cpu_ms_per_capture": cpu_ms,
+        # What one core does for the ingest service alone (the database and the object store elsewhere, as in a plant).
+        "ingest_captures_per_core_s": round(1000 / cpu_ms["ingest"], 1) if cpu_ms.get("ingest") else None,
         "wall_s": wall,
         "measured_requests": measured,
         "throughput_per_s": measured / args.duration,
@@ -333,10 +375,11 @@ def main() -> int:
         log = open(tmp / "server.log", "wb")  # noqa: SIM115 - closed with the stack
         stack.callback(log.close)
         server = subprocess.Popen([*cmd, "--params", str(params)], cwd=tmp, env=env, stdout=log, stderr=log)
+        CPU_ROLES["ingest"] = server.pid
         try:
             base = f"http://127.0.0.1:{port}"
             try:
-                wait_http(f"{base}/v1/health", 60)
+                wait_http(f"{base}/v1/health", 180)  # workers import FastAPI & co.: slow on busy cores
             except SystemExit:
                 log.flush()
                 print((tmp / "server.log").read_text()[-3000:], file=sys.stderr)
@@ -381,7 +424,9 @@ def main() -> int:
         f"{args.rate:.0f}/s): {rate:.0f} captures/s ({rate / cpus:.0f} per core, {cpus} shared cores); latency p50 "
         f"{lat['p50']:.1f} ms, p90 {lat['p90']:.1f} ms, p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms; retries "
         f"{result['retries']}, errors {result['errors']}; replays {result['replayed']} "
-        f"({result['replay_mismatches']} wrong); count check {check}"
+        f"({result['replay_mismatches']} wrong); CPU ms per capture {result['cpu_ms_per_capture']} -> ingest alone "
+        f"{result['ingest_captures_per_core_s']} captures/s per core; "
+        f"count check {check}"
     )
     print(f"targets: {result['targets']}; written {args.out}")
     return 0 if all(result["targets"].values()) else 1  # type: ignore[union-attr]

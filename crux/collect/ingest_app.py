@@ -24,7 +24,7 @@ from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import AwareDatetime, ValidationError
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -174,7 +174,7 @@ _OPENAPI_UPLOAD: dict[str, Any] = {
 }
 
 
-def authenticate(engine: Engine, authorization: str | None) -> Station:
+def authenticate(engine: Engine | Connection, authorization: str | None) -> Station:
     """The station a request's `Authorization: Bearer <token>` belongs to, or a 401."""
     challenge = {"WWW-Authenticate": "Bearer"}
     if not authorization:
@@ -186,6 +186,22 @@ def authenticate(engine: Engine, authorization: str | None) -> Station:
     if station is None:
         raise _reject(401, "unknown or revoked station token", challenge)
     return station
+
+
+# "Not looked up yet", as opposed to None: looked up, and no capture has this key.
+_NOT_LOOKED_UP: Any = object()
+
+
+def authenticate_upload(
+    engine: Engine, authorization: str | None, key: str | None
+) -> tuple[Station, records.CaptureRecord | None]:
+    """The caller, and the capture an earlier request with the same Idempotency-Key stored (a retry), read on one
+    pooled connection before the body is read: the upload then needs the database once more, for its insert."""
+    with engine.connect() as conn:
+        station = authenticate(conn, authorization)
+        if key is None or not IDEMPOTENCY_KEY.match(key):
+            return station, None  # read_upload refuses a malformed key with its own message
+        return station, records.find_by_idempotency_key(conn, station.id, key)
 
 
 async def read_upload(request: Request, station: Station, settings: IngestSettings) -> Upload:
@@ -289,10 +305,22 @@ def meta_values(meta: CaptureMetadata) -> dict[str, Any]:
 
 
 def store_upload(
-    engine: Engine, store: ImageStore, settings: IngestSettings, up: Upload
+    engine: Engine,
+    store: ImageStore,
+    settings: IngestSettings,
+    up: Upload,
+    existing: records.CaptureRecord | None = _NOT_LOOKED_UP,
 ) -> tuple[CaptureCreated, bool]:
-    """Store a checked upload: (the created capture, True) or, for a replayed Idempotency-Key, (it, False)."""
+    """Store a checked upload: (the created capture, True) or, for a replayed Idempotency-Key, (it, False).
+    `existing` is the capture stored under the key when the caller already looked (`authenticate_upload`)."""
     digest = hashlib.sha256(up.data).hexdigest()
+    if existing is _NOT_LOOKED_UP:
+        existing = None
+        if up.idempotency_key is not None:
+            with engine.connect() as conn:
+                existing = records.find_by_idempotency_key(conn, up.station.id, up.idempotency_key)
+    if existing is not None:
+        return _replayed(existing, digest, up.meta), False
     try:
         return _store_new(engine, store, settings, up, digest)
     except IntegrityError:
@@ -309,38 +337,35 @@ def store_upload(
 def _store_new(
     engine: Engine, store: ImageStore, settings: IngestSettings, up: Upload, digest: str
 ) -> tuple[CaptureCreated, bool]:
-    # One connection for the replay check and the insert: the upload path is dominated by
-    # per-statement overhead, not by the database. In SQLite the read does not take the write
-    # lock, so decoding and writing the blob inside the transaction blocks no other writer.
+    width, height = decode_image(up.data, up.content_type, settings)
+    try:
+        up.meta.check_boxes_inside(width, height)
+    except ValueError as exc:
+        raise _reject(422, str(exc)) from exc
+    key = image_key(digest, allowed_types(settings)[up.content_type][1])
+    # The blob first, with no database connection held: an object-store PUT takes milliseconds, and holding a pooled
+    # connection through it made the pool, not the database, the limit. A crash between the two leaves an
+    # unreferenced blob (content-addressed, so a retry reuses it), never a row without its image.
+    store.put(key, up.data)
+    values = {
+        "station_id": up.station.id,
+        "station": up.station.name,
+        "line": up.station.line,
+        "sha256": digest,
+        "image_key": key,
+        "content_type": up.content_type,
+        "size_bytes": len(up.data),
+        "width": width,
+        "height": height,
+        **meta_values(up.meta),
+        "idempotency_key": up.idempotency_key,
+        "ls_project": None,
+        "ls_task_id": None,
+        "sent_at": None,
+        "labeled_at": None,
+    }
+    # Committed (durable: PostgreSQL's synchronous_commit, SQLite's WAL) before the 201 goes out.
     with engine.begin() as conn:
-        if up.idempotency_key is not None:
-            existing = records.find_by_idempotency_key(conn, up.station.id, up.idempotency_key)
-            if existing is not None:
-                return _replayed(existing, digest, up.meta), False
-        width, height = decode_image(up.data, up.content_type, settings)
-        try:
-            up.meta.check_boxes_inside(width, height)
-        except ValueError as exc:
-            raise _reject(422, str(exc)) from exc
-        key = image_key(digest, allowed_types(settings)[up.content_type][1])
-        store.put(key, up.data)
-        values = {
-            "station_id": up.station.id,
-            "station": up.station.name,
-            "line": up.station.line,
-            "sha256": digest,
-            "image_key": key,
-            "content_type": up.content_type,
-            "size_bytes": len(up.data),
-            "width": width,
-            "height": height,
-            **meta_values(up.meta),
-            "idempotency_key": up.idempotency_key,
-            "ls_project": None,
-            "ls_task_id": None,
-            "sent_at": None,
-            "labeled_at": None,
-        }
         capture_id = records.insert_capture(conn, values)
     return CaptureCreated(id=capture_id, sha256=digest, image_key=key, replayed=False), True
 
@@ -399,7 +424,14 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
 def create_app(settings: IngestSettings) -> FastAPI:
     """Build the ingest app: routes over the functions above. Migrations run when the app starts (uvicorn
     lifespan), not here."""
-    engine = create_db_engine(settings.database_url, settings.db_pool_size, settings.db_max_overflow, pre_ping=False)
+    # Migrations, heartbeats, listings and health: few requests, a small pool.
+    engine = create_db_engine(settings.database_url, 2, 3)
+    # The upload path's statements each stand alone (two lookups, one insert), so each is its own transaction: no
+    # BEGIN/COMMIT/ROLLBACK round trips around them (they were two thirds of an upload's trips to PostgreSQL). An
+    # autocommitted INSERT is as durable as a committed one: the 201 still goes out after the commit.
+    statements = create_db_engine(
+        settings.database_url, settings.db_pool_size, settings.db_max_overflow, pre_ping=False, autocommit=True
+    )
     store = ImageStore(settings.storage_url, settings.storage_options)
 
     @contextlib.asynccontextmanager
@@ -407,6 +439,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
         await run_in_threadpool(migrate, engine)
         yield
         engine.dispose()
+        statements.dispose()
 
     app = FastAPI(
         title="CRUX ingest",
@@ -441,10 +474,15 @@ def create_app(settings: IngestSettings) -> FastAPI:
         summary="Upload one capture (image + prediction metadata)",
     )
     async def post_capture(request: Request) -> JSONResponse:
-        # A database round trip: in the thread pool, so the event loop keeps parsing other stations' uploads.
-        station = await run_in_threadpool(authenticate, engine, request.headers.get("authorization"))
+        # Database round trips run in the thread pool, so the event loop keeps parsing other stations' uploads.
+        station, existing = await run_in_threadpool(
+            authenticate_upload,
+            statements,
+            request.headers.get("authorization"),
+            request.headers.get("idempotency-key"),
+        )
         upload = await read_upload(request, station, settings)
-        created, new = await run_in_threadpool(store_upload, engine, store, settings, upload)
+        created, new = await run_in_threadpool(store_upload, statements, store, settings, upload, existing)
         headers = {"Location": f"/v1/captures/{created.id}"}
         return JSONResponse(created.model_dump(), status_code=201 if new else 200, headers=headers)
 
