@@ -323,30 +323,34 @@ def store_upload(
         return _replayed(existing, digest, up.meta), False
     try:
         return _store_new(engine, store, settings, up, digest)
-    except IntegrityError:
-        # Two requests with one Idempotency-Key raced past the check; the loser replays the winner.
-        if up.idempotency_key is None:
-            raise
-        with engine.connect() as conn:
-            existing = records.find_by_idempotency_key(conn, up.station.id, up.idempotency_key)
-        if existing is None:
-            raise
-        return _replayed(existing, digest, up.meta), False
+    except IntegrityError as exc:
+        return _replay_after_race(engine, up, digest, exc), False
 
 
 def _store_new(
     engine: Engine, store: ImageStore, settings: IngestSettings, up: Upload, digest: str
 ) -> tuple[CaptureCreated, bool]:
+    key, width, height = check_image(settings, up, digest)
+    # The blob first, with no database connection held: an object-store PUT takes milliseconds, and holding a pooled
+    # connection through it made the pool, not the database, the limit. A crash between the two leaves an
+    # unreferenced blob (content-addressed, so a retry reuses it), never a row without its image.
+    store.put(key, up.data)
+    return insert_upload(engine, up, digest, key, width, height), True
+
+
+def check_image(settings: IngestSettings, up: Upload, digest: str) -> tuple[str, int, int]:
+    """(store key, width, height) of an upload whose image decodes in full and holds its boxes; a 4xx otherwise."""
     width, height = decode_image(up.data, up.content_type, settings)
     try:
         up.meta.check_boxes_inside(width, height)
     except ValueError as exc:
         raise _reject(422, str(exc)) from exc
-    key = image_key(digest, allowed_types(settings)[up.content_type][1])
-    # The blob first, with no database connection held: an object-store PUT takes milliseconds, and holding a pooled
-    # connection through it made the pool, not the database, the limit. A crash between the two leaves an
-    # unreferenced blob (content-addressed, so a retry reuses it), never a row without its image.
-    store.put(key, up.data)
+    return image_key(digest, allowed_types(settings)[up.content_type][1]), width, height
+
+
+def insert_upload(engine: Engine, up: Upload, digest: str, key: str, width: int, height: int) -> CaptureCreated:
+    """The capture's row, committed (durable: PostgreSQL's synchronous_commit, SQLite's WAL) before it returns, so
+    before the 201 goes out. Its blob is stored already."""
     values = {
         "station_id": up.station.id,
         "station": up.station.name,
@@ -364,10 +368,39 @@ def _store_new(
         "sent_at": None,
         "labeled_at": None,
     }
-    # Committed (durable: PostgreSQL's synchronous_commit, SQLite's WAL) before the 201 goes out.
     with engine.begin() as conn:
         capture_id = records.insert_capture(conn, values)
-    return CaptureCreated(id=capture_id, sha256=digest, image_key=key, replayed=False), True
+    return CaptureCreated(id=capture_id, sha256=digest, image_key=key, replayed=False)
+
+
+def _replay_after_race(engine: Engine, up: Upload, digest: str, error: IntegrityError) -> CaptureCreated:
+    """Two requests with one Idempotency-Key raced past the check: the loser replays the winner."""
+    if up.idempotency_key is None:
+        raise error
+    with engine.connect() as conn:
+        existing = records.find_by_idempotency_key(conn, up.station.id, up.idempotency_key)
+    if existing is None:
+        raise error
+    return _replayed(existing, digest, up.meta)
+
+
+async def store_upload_async(
+    engine: Engine, store: ImageStore, settings: IngestSettings, up: Upload, existing: records.CaptureRecord | None
+) -> tuple[CaptureCreated, bool]:
+    """`store_upload` for the event loop: decoding and the database in the thread pool, the object-store PUT
+    awaited on the loop itself (async s3fs), so that a PUT in flight holds no thread. The same order and
+    guarantees: blob, then committed row, then the answer."""
+    if not store.is_async:
+        return await run_in_threadpool(store_upload, engine, store, settings, up, existing)
+    digest = hashlib.sha256(up.data).hexdigest()
+    if existing is not None:
+        return _replayed(existing, digest, up.meta), False
+    key, width, height = await run_in_threadpool(check_image, settings, up, digest)
+    await store.aput(key, up.data)
+    try:
+        return await run_in_threadpool(insert_upload, engine, up, digest, key, width, height), True
+    except IntegrityError as exc:
+        return await run_in_threadpool(_replay_after_race, engine, up, digest, exc), False
 
 
 def _replayed(existing: records.CaptureRecord, digest: str, meta: CaptureMetadata) -> CaptureCreated:
@@ -437,9 +470,13 @@ def create_app(settings: IngestSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(migrate, engine)
-        yield
-        engine.dispose()
-        statements.dispose()
+        await store.open_async()
+        try:
+            yield
+        finally:
+            await store.close_async()
+            engine.dispose()
+            statements.dispose()
 
     app = FastAPI(
         title="CRUX ingest",
@@ -482,7 +519,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
             request.headers.get("idempotency-key"),
         )
         upload = await read_upload(request, station, settings)
-        created, new = await run_in_threadpool(store_upload, statements, store, settings, upload, existing)
+        created, new = await store_upload_async(statements, store, settings, upload, existing)
         headers = {"Location": f"/v1/captures/{created.id}"}
         return JSONResponse(created.model_dump(), status_code=201 if new else 200, headers=headers)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+from conftest import new_bucket
 
 from crux.collect import IngestSettings, add_station, create_db_engine, list_captures, migrate
 from crux.collect.ingest_app import AppFactory
@@ -54,13 +55,25 @@ def test_the_app_factory_survives_the_trip_to_a_spawned_worker() -> None:
     assert again.settings == settings and dict(again.settings.storage_options) == {"endpoint_url": "http://127.0.0.1:1"}
 
 
-def test_serve_with_two_workers_stores_each_capture_once(database_url: str, tmp_path: Path) -> None:
+@pytest.fixture(params=["folder", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """Where the images go: a folder, or a bucket of the test S3 (written with async s3fs on the workers' loops)."""
+    if request.param == "folder":
+        return str(tmp_path / "images"), {}
+    endpoint = request.getfixturevalue("moto_s3")
+    return f"s3://{new_bucket('ingest-workers')}/captures", {"endpoint_url": endpoint}
+
+
+def test_serve_with_two_workers_stores_each_capture_once(
+    database_url: str, storage: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
     engine = create_db_engine(database_url)
     migrate(engine)
     tokens = {f"cam-{i}": add_station(engine, f"cam-{i}", "line-a") for i in range(4)}
     params = tmp_path / "params.yaml"
-    storage = tmp_path / "images"
-    params.write_text(json.dumps({"ingest": {"database_url": database_url, "storage_url": str(storage)}}))
+    url, options = storage
+    ingest = {"database_url": database_url, "storage_url": url, "storage_options": options}
+    params.write_text(json.dumps({"ingest": ingest}))
     port = free_port()
     command = [sys.executable, "-m", "crux.cli", "ingest", "serve", "--workers", "2", "--port", str(port)]
     log = (tmp_path / "server.log").open("wb")
@@ -106,6 +119,7 @@ def test_serve_with_two_workers_stores_each_capture_once(database_url: str, tmp_
     assert "Started parent process" in (tmp_path / "server.log").read_text()
     rows = list_captures(engine, limit=100)
     assert len(rows) == 40 and len({(r.station, r.idempotency_key) for r in rows}) == 40
-    store = ImageStore(str(storage))
+    store = ImageStore(url, options)
     assert all(store.exists(r.image_key) for r in rows)
+    assert len(store.fs.find(store.root)) == 40  # one object per capture, none for the replays
     engine.dispose()
