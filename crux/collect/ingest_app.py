@@ -457,8 +457,8 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
 def create_app(settings: IngestSettings) -> FastAPI:
     """Build the ingest app: routes over the functions above. Migrations run when the app starts (uvicorn
     lifespan), not here."""
-    # Migrations, heartbeats, listings and health: few requests, a small pool.
-    engine = create_db_engine(settings.database_url, 2, 3)
+    # Migrations, heartbeats, listings and health: few requests, a small pool (3 connections at most).
+    engine = create_db_engine(settings.database_url, 2, 1)
     # The upload path's statements each stand alone (two lookups, one insert), so each is its own transaction: no
     # BEGIN/COMMIT/ROLLBACK round trips around them (they were two thirds of an upload's trips to PostgreSQL). An
     # autocommitted INSERT is as durable as a committed one: the 201 still goes out after the commit.
