@@ -203,6 +203,30 @@ class ProjectSpec:
 
 
 @dataclass(frozen=True)
+class LabelStudioDatabase:
+    """params.yaml `labelstudio.database`: where Label Studio keeps projects, tasks and annotations."""
+
+    # sqlite: a file in state_dir (one annotator at a time is fine; several writing at once wait on its lock).
+    # postgresql: a server several annotators and Label Studio's workers write to at once.
+    engine: str = "sqlite"
+    host: str = "127.0.0.1"
+    port: int = 5432
+    name: str = "labelstudio"
+    user: str = "labelstudio"
+    # The password: CRUX_LS_DB_PASSWORD, else this file (0600, never in git), else none (trust/peer auth).
+    password_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("sqlite", "postgresql"):
+            raise ConfigError(f"labelstudio.database.engine: {self.engine!r} is not one of sqlite, postgresql")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"labelstudio.database.port: {self.port} is not a TCP port")
+        for key in ("host", "name", "user"):
+            if not getattr(self, key) or any(c.isspace() for c in getattr(self, key)):
+                raise ConfigError(f"labelstudio.database.{key}: {getattr(self, key)!r} must be one non-empty word")
+
+
+@dataclass(frozen=True)
 class LabelStudioConfig:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -218,6 +242,8 @@ class LabelStudioConfig:
     # prints (sign-up link, review queue) and Label Studio's own links use it. None = the bind address.
     public_url: str | None = None
     projects: Mapping[str, ProjectSpec] = field(default_factory=lambda: types.MappingProxyType({}))
+    # Label Studio's own database (see crux.label.server.LabelStudioDatabase): SQLite in state_dir, or PostgreSQL.
+    database: LabelStudioDatabase = field(default_factory=lambda: LabelStudioDatabase())
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

@@ -172,15 +172,29 @@ def server_settings(ctx: Context, host: str | None = None, port: int | None = No
 
     cfg = labelstudio_config(ctx)
     venv = Path(os.environ.get("CRUX_LS_VENV") or ctx.root / ".venv-ls")
+    extra = {} if cfg.block_private_urls else {"SSRF_PROTECTION_ENABLED": "false"}
+    extra.update(labelstudio_database_env(ctx))
     return ServerSettings(
         venv=venv,
         state_dir=ctx.path(cfg.state_dir),
         host=host or cfg.host,
         port=port or int(os.environ.get("CRUX_LS_PORT") or cfg.port),
         files_root=ctx.path(cfg.files_root),
-        extra_env=None if cfg.block_private_urls else {"SSRF_PROTECTION_ENABLED": "false"},
+        extra_env=extra or None,
         public_url=cfg.public_url,
     )
+
+
+def labelstudio_database_env(ctx: Context) -> dict[str, str]:
+    """Label Studio's database settings from `labelstudio.database`, the password from CRUX_LS_DB_PASSWORD or the
+    0600 `password_file` (never from params.yaml, which is in git)."""
+    from crux.label.server import database_env, read_secret_file
+
+    db = labelstudio_config(ctx).database
+    password = os.environ.get("CRUX_LS_DB_PASSWORD") or None
+    if password is None and db.password_file is not None and db.engine == "postgresql":
+        password = read_secret_file(ctx.path(db.password_file), "labelstudio.database.password_file")
+    return database_env(db.engine, db.host, db.port, db.name, db.user, password)
 
 
 def labelstudio_credentials(settings: ServerSettings) -> tuple[Credentials, bool]:
@@ -275,10 +289,50 @@ DEFAULT_PRIVATE_KEY = Path(".crux/keys/publish.key")
 DEFAULT_PUBLIC_KEY = Path(".crux/keys/publish.pub")
 
 
-def edge_config(ctx: Context) -> EdgeConfig:
+def edge_config(ctx: Context, *, ingest_url: str | None = None, station: str | None = None) -> EdgeConfig:
+    """params.yaml `edge:`, with this box's identity (ingest URL, station name) from `crux edge run`'s flags, else
+    CRUX_INGEST_URL / CRUX_STATION, else the params file: one params file in git serves every station of a line."""
     from crux.edge.runtime import EdgeConfig
 
-    return from_mapping(EdgeConfig, ctx.section("edge"), "edge")
+    return edge_identity(from_mapping(EdgeConfig, ctx.section("edge"), "edge"), ingest_url, station, os.environ)
+
+
+# Environment variables that set a box's identity without editing the shared params file.
+INGEST_URL_ENV = "CRUX_INGEST_URL"
+STATION_ENV = "CRUX_STATION"
+
+
+def edge_identity(cfg: EdgeConfig, ingest_url: str | None, station: str | None, env: Mapping[str, str]) -> EdgeConfig:
+    """`cfg` with `ingest_url` and `station` taken from the flag, else the environment, else kept; each is checked
+    (an http(s) URL, a station name the ingest accepts) and the error names where the bad value came from."""
+    import dataclasses
+
+    from crux.collect.names import check_name
+
+    changes: dict[str, Any] = {}
+    url, url_from = _first((ingest_url, "--ingest-url"), (env.get(INGEST_URL_ENV), INGEST_URL_ENV))
+    if url is not None:
+        changes["ingest_url"] = url
+    name, name_from = _first((station, "--station"), (env.get(STATION_ENV), STATION_ENV))
+    if name is not None:
+        changes["station"] = name
+    result = dataclasses.replace(cfg, **changes)
+    if result.ingest_url is not None and not result.ingest_url.startswith(("http://", "https://")):
+        where = url_from or "edge.ingest_url"
+        raise ConfigError(f"{where}: {result.ingest_url!r} is not an http:// or https:// URL of the ingest service")
+    try:
+        check_name(result.station, "station")
+    except ValueError as exc:
+        raise ConfigError(f"{name_from or 'edge.station'}: {exc}") from None
+    return result
+
+
+def _first(*candidates: tuple[str | None, str]) -> tuple[str | None, str | None]:
+    """The first non-empty value and where it came from; an empty variable (`CRUX_STATION=`) counts as unset."""
+    for value, where in candidates:
+        if value is not None and value.strip():
+            return value.strip(), where
+    return None, None
 
 
 def model_remote(ctx: Context, remote: str | None) -> str:
@@ -413,10 +467,13 @@ def prefect_api_configured() -> bool:
 
 
 def station_token() -> str:
-    """This edge station's upload token (CRUX_STATION_TOKEN), needed when `edge.ingest_url` is set."""
+    """This edge station's upload token (CRUX_STATION_TOKEN), needed when an ingest URL is set."""
     token = os.environ.get("CRUX_STATION_TOKEN")
     if not token:
-        raise ConfigError("edge.ingest_url is set: put this station's token in CRUX_STATION_TOKEN")
+        raise ConfigError(
+            "an ingest URL is set (--ingest-url, CRUX_INGEST_URL or edge.ingest_url): put this station's token in "
+            "CRUX_STATION_TOKEN (`crux stations add NAME --line LINE` on the ingest host prints it)"
+        )
     return token
 
 

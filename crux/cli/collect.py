@@ -60,12 +60,23 @@ def collect_command(
 def ingest_serve(
     host: Annotated[str, typer.Option(help="Bind address; loopback unless you mean otherwise.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8700,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes (default ingest.workers); one per core, on PostgreSQL.", min=1, max=64),
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Serve POST /v1/captures for edge stations (FastAPI + uvicorn)."""
     from crux.collect import serve
 
-    serve(ingest_settings(load_context(params)), host=host, port=port)
+    settings = ingest_settings(load_context(params))
+    count = settings.workers if workers is None else workers
+    if count > 1 and settings.database_url.startswith("sqlite"):
+        console.print(
+            "[yellow]warning:[/] SQLite takes one writer at a time: more than one worker adds processes, not "
+            "throughput (set ingest.database_url to PostgreSQL)"
+        )
+    serve(settings, host=host, port=port, workers=count)
 
 
 @stations_app.command("add")

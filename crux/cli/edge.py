@@ -77,22 +77,39 @@ def edge_run(
     glob: Annotated[str | None, typer.Option(help="Glob of images to inspect once.")] = None,
     view: Annotated[bool, typer.Option(help="A live rich view on stderr.")] = False,
     poll: Annotated[bool, typer.Option(help="Poll the remote and hot-swap new models.")] = True,
+    ingest_url: Annotated[
+        str | None,
+        typer.Option(help="Ingest service to upload to (else CRUX_INGEST_URL, else edge.ingest_url)."),
+    ] = None,
+    station: Annotated[
+        str | None,
+        typer.Option(
+            help="This box's station name, as registered with `crux stations add` (else CRUX_STATION, "
+            "else edge.station)."
+        ),
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Inspect frames (watched folder, glob, or paths on stdin) as JSON lines; hot-swap published models."""
     import threading
 
-    from crux.edge.heartbeat import start_heartbeat
+    from crux.edge.heartbeat import check_station, start_heartbeat
     from crux.edge.runtime import EdgeRuntime, LiveView, glob_source, stdin_source, watch_folder
 
     ctx = load_context(params)
-    cfg = edge_config(ctx)
-    _require_line(ctx, line, model_remote(ctx, None), ctx.path(Path(cfg.state_dir)))
-    outbox, token = None, None
+    cfg = edge_config(ctx, ingest_url=ingest_url, station=station)
+    token = None
     if cfg.ingest_url:
+        token = station_token()
+        # Before anything else: a station the ingest refuses would inspect all day and upload nothing.
+        warning = check_station(cfg.ingest_url, token, cfg.station, line)
+        if warning:
+            console.print(f"[yellow]warning:[/] {escape(warning)}")
+    _require_line(ctx, line, model_remote(ctx, None), ctx.path(Path(cfg.state_dir)))
+    outbox = None
+    if cfg.ingest_url and token:
         from crux.edge.outbox import Outbox
 
-        token = station_token()
         outbox = Outbox(ctx.path(Path(cfg.outbox_dir)), cfg.ingest_url, token, quota_bytes=cfg.outbox_quota_mb << 20)
         outbox.start()
     runtime = EdgeRuntime(

@@ -133,8 +133,13 @@ class DatabaseUrlError(CruxError, ValueError):
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
 
-def create_db_engine(database_url: str) -> Engine:
-    """An engine for `database_url`; SQLite files get their folder created and WAL pragmas set."""
+def create_db_engine(
+    database_url: str, pool_size: int = 5, max_overflow: int = 10, *, pre_ping: bool = True, autocommit: bool = False
+) -> Engine:
+    """An engine for `database_url`; SQLite files get their folder created and WAL pragmas set. `pool_size` and
+    `max_overflow` size PostgreSQL's connection pool (SQLAlchemy's defaults unless the ingest service says);
+    `pre_ping` tests each pooled connection before use (see `_engine`); `autocommit` makes every statement its own
+    transaction, set once when a connection opens (for callers whose statements each stand alone)."""
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
     try:
@@ -146,19 +151,26 @@ def create_db_engine(database_url: str) -> Engine:
             f"ingest.database_url: {url.drivername!r} is not supported; use sqlite:///path or postgresql+psycopg://"
         )
     try:
-        return _engine(url)
+        return _engine(url, pool_size, max_overflow, pre_ping, autocommit)
     except (NoSuchModuleError, ImportError) as exc:  # a driver that is not installed (postgresql+pg8000, …)
         raise DatabaseUrlError(f"ingest.database_url: driver {url.drivername!r} is not installed ({exc})") from None
 
 
-def _engine(url: Any) -> Engine:
+def _engine(url: Any, pool_size: int, max_overflow: int, pre_ping: bool, autocommit: bool) -> Engine:
+    options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False})
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False}, **options)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    # pool_pre_ping: after a database restart, a ping per checkout instead of one failed statement per pooled
+    # connection. The ingest service turns it off: an upload checks out twice, so the pings were a third of its
+    # round trips, and a request that meets a dead connection fails (500) and invalidates the whole pool, after
+    # which the edge's outbox retries it with the same Idempotency-Key. LIFO keeps the hot connections hot.
+    return sa.create_engine(
+        url, pool_pre_ping=pre_ping, pool_size=pool_size, max_overflow=max_overflow, pool_use_lifo=True, **options
+    )
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:

@@ -24,7 +24,7 @@ from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import AwareDatetime, ValidationError
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -36,7 +36,15 @@ from crux.collect.heartbeats import HeartbeatIn, record_heartbeat
 from crux.collect.ingest_settings import CONTENT_TYPE_FORMATS, IngestSettings
 from crux.collect.names import IDEMPOTENCY_KEY
 from crux.collect.offline_docs import mount_offline_docs
-from crux.collect.schemas import DB_INT_MAX, CaptureCreated, CaptureMetadata, CaptureOut, CapturePage, Health
+from crux.collect.schemas import (
+    DB_INT_MAX,
+    CaptureCreated,
+    CaptureMetadata,
+    CaptureOut,
+    CapturePage,
+    Health,
+    StationOut,
+)
 from crux.collect.stations import Station, station_for_token
 from crux.collect.storage import ImageStore, image_key
 
@@ -166,7 +174,7 @@ _OPENAPI_UPLOAD: dict[str, Any] = {
 }
 
 
-def authenticate(engine: Engine, authorization: str | None) -> Station:
+def authenticate(engine: Engine | Connection, authorization: str | None) -> Station:
     """The station a request's `Authorization: Bearer <token>` belongs to, or a 401."""
     challenge = {"WWW-Authenticate": "Bearer"}
     if not authorization:
@@ -178,6 +186,22 @@ def authenticate(engine: Engine, authorization: str | None) -> Station:
     if station is None:
         raise _reject(401, "unknown or revoked station token", challenge)
     return station
+
+
+# "Not looked up yet", as opposed to None: looked up, and no capture has this key.
+_NOT_LOOKED_UP: Any = object()
+
+
+def authenticate_upload(
+    engine: Engine, authorization: str | None, key: str | None
+) -> tuple[Station, records.CaptureRecord | None]:
+    """The caller, and the capture an earlier request with the same Idempotency-Key stored (a retry), read on one
+    pooled connection before the body is read: the upload then needs the database once more, for its insert."""
+    with engine.connect() as conn:
+        station = authenticate(conn, authorization)
+        if key is None or not IDEMPOTENCY_KEY.match(key):
+            return station, None  # read_upload refuses a malformed key with its own message
+        return station, records.find_by_idempotency_key(conn, station.id, key)
 
 
 async def read_upload(request: Request, station: Station, settings: IngestSettings) -> Upload:
@@ -281,60 +305,102 @@ def meta_values(meta: CaptureMetadata) -> dict[str, Any]:
 
 
 def store_upload(
-    engine: Engine, store: ImageStore, settings: IngestSettings, up: Upload
+    engine: Engine,
+    store: ImageStore,
+    settings: IngestSettings,
+    up: Upload,
+    existing: records.CaptureRecord | None = _NOT_LOOKED_UP,
 ) -> tuple[CaptureCreated, bool]:
-    """Store a checked upload: (the created capture, True) or, for a replayed Idempotency-Key, (it, False)."""
+    """Store a checked upload: (the created capture, True) or, for a replayed Idempotency-Key, (it, False).
+    `existing` is the capture stored under the key when the caller already looked (`authenticate_upload`)."""
     digest = hashlib.sha256(up.data).hexdigest()
+    if existing is _NOT_LOOKED_UP:
+        existing = None
+        if up.idempotency_key is not None:
+            with engine.connect() as conn:
+                existing = records.find_by_idempotency_key(conn, up.station.id, up.idempotency_key)
+    if existing is not None:
+        return _replayed(existing, digest, up.meta), False
     try:
         return _store_new(engine, store, settings, up, digest)
-    except IntegrityError:
-        # Two requests with one Idempotency-Key raced past the check; the loser replays the winner.
-        if up.idempotency_key is None:
-            raise
-        with engine.connect() as conn:
-            existing = records.find_by_idempotency_key(conn, up.station.id, up.idempotency_key)
-        if existing is None:
-            raise
-        return _replayed(existing, digest, up.meta), False
+    except IntegrityError as exc:
+        return _replay_after_race(engine, up, digest, exc), False
 
 
 def _store_new(
     engine: Engine, store: ImageStore, settings: IngestSettings, up: Upload, digest: str
 ) -> tuple[CaptureCreated, bool]:
-    # One connection for the replay check and the insert: the upload path is dominated by
-    # per-statement overhead, not by the database. In SQLite the read does not take the write
-    # lock, so decoding and writing the blob inside the transaction blocks no other writer.
+    key, width, height = check_image(settings, up, digest)
+    # The blob first, with no database connection held: an object-store PUT takes milliseconds, and holding a pooled
+    # connection through it made the pool, not the database, the limit. A crash between the two leaves an
+    # unreferenced blob (content-addressed, so a retry reuses it), never a row without its image.
+    store.put(key, up.data)
+    return insert_upload(engine, up, digest, key, width, height), True
+
+
+def check_image(settings: IngestSettings, up: Upload, digest: str) -> tuple[str, int, int]:
+    """(store key, width, height) of an upload whose image decodes in full and holds its boxes; a 4xx otherwise."""
+    width, height = decode_image(up.data, up.content_type, settings)
+    try:
+        up.meta.check_boxes_inside(width, height)
+    except ValueError as exc:
+        raise _reject(422, str(exc)) from exc
+    return image_key(digest, allowed_types(settings)[up.content_type][1]), width, height
+
+
+def insert_upload(engine: Engine, up: Upload, digest: str, key: str, width: int, height: int) -> CaptureCreated:
+    """The capture's row, committed (durable: PostgreSQL's synchronous_commit, SQLite's WAL) before it returns, so
+    before the 201 goes out. Its blob is stored already."""
+    values = {
+        "station_id": up.station.id,
+        "station": up.station.name,
+        "line": up.station.line,
+        "sha256": digest,
+        "image_key": key,
+        "content_type": up.content_type,
+        "size_bytes": len(up.data),
+        "width": width,
+        "height": height,
+        **meta_values(up.meta),
+        "idempotency_key": up.idempotency_key,
+        "ls_project": None,
+        "ls_task_id": None,
+        "sent_at": None,
+        "labeled_at": None,
+    }
     with engine.begin() as conn:
-        if up.idempotency_key is not None:
-            existing = records.find_by_idempotency_key(conn, up.station.id, up.idempotency_key)
-            if existing is not None:
-                return _replayed(existing, digest, up.meta), False
-        width, height = decode_image(up.data, up.content_type, settings)
-        try:
-            up.meta.check_boxes_inside(width, height)
-        except ValueError as exc:
-            raise _reject(422, str(exc)) from exc
-        key = image_key(digest, allowed_types(settings)[up.content_type][1])
-        store.put(key, up.data)
-        values = {
-            "station_id": up.station.id,
-            "station": up.station.name,
-            "line": up.station.line,
-            "sha256": digest,
-            "image_key": key,
-            "content_type": up.content_type,
-            "size_bytes": len(up.data),
-            "width": width,
-            "height": height,
-            **meta_values(up.meta),
-            "idempotency_key": up.idempotency_key,
-            "ls_project": None,
-            "ls_task_id": None,
-            "sent_at": None,
-            "labeled_at": None,
-        }
         capture_id = records.insert_capture(conn, values)
-    return CaptureCreated(id=capture_id, sha256=digest, image_key=key, replayed=False), True
+    return CaptureCreated(id=capture_id, sha256=digest, image_key=key, replayed=False)
+
+
+def _replay_after_race(engine: Engine, up: Upload, digest: str, error: IntegrityError) -> CaptureCreated:
+    """Two requests with one Idempotency-Key raced past the check: the loser replays the winner."""
+    if up.idempotency_key is None:
+        raise error
+    with engine.connect() as conn:
+        existing = records.find_by_idempotency_key(conn, up.station.id, up.idempotency_key)
+    if existing is None:
+        raise error
+    return _replayed(existing, digest, up.meta)
+
+
+async def store_upload_async(
+    engine: Engine, store: ImageStore, settings: IngestSettings, up: Upload, existing: records.CaptureRecord | None
+) -> tuple[CaptureCreated, bool]:
+    """`store_upload` for the event loop: decoding and the database in the thread pool, the object-store PUT
+    awaited on the loop itself (async s3fs), so that a PUT in flight holds no thread. The same order and
+    guarantees: blob, then committed row, then the answer."""
+    if not store.is_async:
+        return await run_in_threadpool(store_upload, engine, store, settings, up, existing)
+    digest = hashlib.sha256(up.data).hexdigest()
+    if existing is not None:
+        return _replayed(existing, digest, up.meta), False
+    key, width, height = await run_in_threadpool(check_image, settings, up, digest)
+    await store.aput(key, up.data)
+    try:
+        return await run_in_threadpool(insert_upload, engine, up, digest, key, width, height), True
+    except IntegrityError as exc:
+        return await run_in_threadpool(_replay_after_race, engine, up, digest, exc), False
 
 
 def _replayed(existing: records.CaptureRecord, digest: str, meta: CaptureMetadata) -> CaptureCreated:
@@ -391,14 +457,26 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
 def create_app(settings: IngestSettings) -> FastAPI:
     """Build the ingest app: routes over the functions above. Migrations run when the app starts (uvicorn
     lifespan), not here."""
-    engine = create_db_engine(settings.database_url)
+    # Migrations, heartbeats, listings and health: few requests, a small pool (3 connections at most).
+    engine = create_db_engine(settings.database_url, 2, 1)
+    # The upload path's statements each stand alone (two lookups, one insert), so each is its own transaction: no
+    # BEGIN/COMMIT/ROLLBACK round trips around them (they were two thirds of an upload's trips to PostgreSQL). An
+    # autocommitted INSERT is as durable as a committed one: the 201 still goes out after the commit.
+    statements = create_db_engine(
+        settings.database_url, settings.db_pool_size, settings.db_max_overflow, pre_ping=False, autocommit=True
+    )
     store = ImageStore(settings.storage_url, settings.storage_options)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(migrate, engine)
-        yield
-        engine.dispose()
+        await store.open_async()
+        try:
+            yield
+        finally:
+            await store.close_async()
+            engine.dispose()
+            statements.dispose()
 
     app = FastAPI(
         title="CRUX ingest",
@@ -433,9 +511,15 @@ def create_app(settings: IngestSettings) -> FastAPI:
         summary="Upload one capture (image + prediction metadata)",
     )
     async def post_capture(request: Request) -> JSONResponse:
-        station = authenticate(engine, request.headers.get("authorization"))
+        # Database round trips run in the thread pool, so the event loop keeps parsing other stations' uploads.
+        station, existing = await run_in_threadpool(
+            authenticate_upload,
+            statements,
+            request.headers.get("authorization"),
+            request.headers.get("idempotency-key"),
+        )
         upload = await read_upload(request, station, settings)
-        created, new = await run_in_threadpool(store_upload, engine, store, settings, upload)
+        created, new = await store_upload_async(statements, store, settings, upload, existing)
         headers = {"Location": f"/v1/captures/{created.id}"}
         return JSONResponse(created.model_dump(), status_code=201 if new else 200, headers=headers)
 
@@ -477,6 +561,16 @@ def create_app(settings: IngestSettings) -> FastAPI:
         record_heartbeat(engine, authenticate(engine, request.headers.get("authorization")), beat)
         return Response(status_code=204)
 
+    @app.get(
+        "/v1/station",
+        response_model=StationOut,
+        responses={401: {"description": "no, unknown or revoked token"}},
+        summary="The station and line this token belongs to (the edge checks its set-up with it at start)",
+    )
+    def get_station(request: Request) -> StationOut:
+        caller = authenticate(engine, request.headers.get("authorization"))
+        return StationOut(name=caller.name, line=caller.line)
+
     @app.get("/v1/health", response_model=Health, summary="Liveness and dependency check")
     def health() -> JSONResponse:
         body = health_report(engine, store)
@@ -490,8 +584,58 @@ def _safe_filename(name: str) -> bool:
     return not any(c in name for c in "/\\\x00") and ".." not in name and name.isprintable() and len(name) <= 255
 
 
-def serve(settings: IngestSettings, host: str = "127.0.0.1", port: int = 8700, access_log: bool = False) -> None:
-    """Run the service in this process until interrupted (what `crux ingest serve` calls)."""
+@dataclass(frozen=True)
+class AppFactory:
+    """`create_app(settings)` as a picklable callable: uvicorn's worker processes are spawned, so each one gets this
+    value (not an app built in the parent) and builds its own engine and store."""
+
+    settings: IngestSettings
+
+    def __call__(self) -> FastAPI:
+        return create_app(self.settings)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # MappingProxyType (storage_options) does not pickle: hand the fields over as plain values.
+        fields = {**self.settings.__dict__, "storage_options": dict(self.settings.storage_options)}
+        return (_factory_from_fields, (fields,))
+
+
+def _factory_from_fields(fields: dict[str, Any]) -> AppFactory:
+    import types
+
+    fields["storage_options"] = types.MappingProxyType(fields["storage_options"])
+    return AppFactory(IngestSettings(**fields))
+
+
+def serve(
+    settings: IngestSettings,
+    host: str = "127.0.0.1",
+    port: int = 8700,
+    access_log: bool = False,
+    workers: int | None = None,
+) -> None:
+    """Run the service until interrupted (what `crux ingest serve` calls): one process, or `workers` processes
+    (default `settings.workers`) sharing one listening socket under uvicorn's supervisor, which restarts a dead one."""
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host, port=port, access_log=access_log, log_level="info")
+    workers = settings.workers if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, access_log=access_log, log_level="info")
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    # Migrate once here: N workers starting together would each race to create Alembic's version table.
+    engine = create_db_engine(settings.database_url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    config = uvicorn.Config(
+        AppFactory(settings), factory=True, host=host, port=port, workers=workers, access_log=access_log,
+        log_level="info",
+    )  # fmt: skip
+    # uvicorn.run() insists on an import string for workers; its supervisor takes any picklable factory.
+    with contextlib.suppress(KeyboardInterrupt):
+        Multiprocess(config, sockets=[config.bind_socket()]).run()

@@ -137,6 +137,13 @@ class CapturePage(BaseModel):
     next_after: int | None
 
 
+class StationOut(BaseModel):
+    """GET /v1/station: who a token belongs to, so that an edge can check its set-up before its first upload."""
+
+    name: str
+    line: str
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     database: str

@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from crux.collect.db import stations, utcnow
 from crux.collect.names import check_name
@@ -80,11 +80,13 @@ _BY_TOKEN = sa.select(stations.c.id, stations.c.name, stations.c.line).where(
 )
 
 
-def station_for_token(engine: Engine, token: str) -> Station | None:
+def station_for_token(engine: Engine | Connection, token: str) -> Station | None:
     """The active station owning `token`, or None (unknown or revoked). Checked on every request,
-    so a revocation takes effect at once."""
-    with engine.connect() as conn:
-        row = conn.execute(_BY_TOKEN, {"digest": hash_token(token)}).first()
+    so a revocation takes effect at once. A connection is used as is (the upload path looks up more on it)."""
+    if isinstance(engine, Engine):
+        with engine.connect() as conn:
+            return station_for_token(conn, token)
+    row = engine.execute(_BY_TOKEN, {"digest": hash_token(token)}).first()
     return None if row is None else Station(row.id, row.name, row.line, False)
 
 

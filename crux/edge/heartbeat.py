@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from crux.errors import CruxError
+
 if TYPE_CHECKING:
     from crux.edge.outbox import Outbox
     from crux.edge.runtime import EdgeRuntime
@@ -118,3 +120,55 @@ def start_heartbeat(cfg: Any, token: str | None, runtime: EdgeRuntime, outbox: O
     sender = HeartbeatSender(cfg.ingest_url, token, runtime, outbox, cfg.heartbeat_interval_s)
     sender.start()
     return sender
+
+
+class StationSetupError(CruxError):
+    """The ingest service refuses this box's station (unknown name, wrong token, other line): every upload would be."""
+
+
+def check_station(
+    ingest_url: str, token: str, station: str, line: str, *, timeout_s: float = 5.0, client: httpx.Client | None = None
+) -> str | None:
+    """Ask the ingest service who `token` belongs to before the first frame: a refusal is a StationSetupError saying
+    how to fix it (the uploads would otherwise be refused one by one, in the outbox's log). An ingest that cannot be
+    reached is not an error (the outbox keeps the captures until it can): the warning is returned instead."""
+    url = ingest_url.rstrip("/")
+    http = client or httpx.Client(timeout=timeout_s)
+    try:
+        response = http.get(f"{url}/v1/station", headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        return f"ingest service at {url} not reachable ({type(exc).__name__}); station {station!r} not checked"
+    finally:
+        if client is None:
+            http.close()
+    register = (
+        f"register it on the ingest host with `crux stations add {station} --line {line}` and put the token it "
+        f"prints in CRUX_STATION_TOKEN"
+    )
+    if response.status_code in (401, 403):
+        raise StationSetupError(
+            f"station {station!r} is not registered at {url} (or its token in CRUX_STATION_TOKEN is wrong or "
+            f"revoked): {register}"
+        )
+    if response.status_code == 404:  # an ingest service older than GET /v1/station: uploads will tell
+        return f"ingest service at {url} cannot check stations (HTTP 404); station {station!r} not checked"
+    if response.status_code != 200:
+        return f"ingest service at {url} answered HTTP {response.status_code}; station {station!r} not checked"
+    try:
+        body = response.json()
+        name, registered_line = str(body["name"]), str(body["line"])
+    except (ValueError, KeyError, TypeError):
+        return f"ingest service at {url} gave no station; station {station!r} not checked"
+    if name != station:
+        raise StationSetupError(
+            f"the token in CRUX_STATION_TOKEN belongs to station {name!r} at {url}, but this box is set up as station "
+            f"{station!r}: the ingest service refuses every upload of {station!r} with this token. Use "
+            f"--station {name} (or CRUX_STATION / edge.station), or {register}"
+        )
+    if registered_line != line:
+        raise StationSetupError(
+            f"station {station!r} is registered at {url} on line {registered_line!r}, but this box runs line "
+            f"{line!r}: its uploads would be refused. Run `crux edge run {registered_line}`, or revoke it "
+            f"(`crux stations revoke {station}`) and {register}"
+        )
+    return None

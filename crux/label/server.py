@@ -137,6 +137,37 @@ def load_or_create_credentials(path: Path, given: Mapping[str, str | None]) -> t
     return credentials, False
 
 
+def read_secret_file(path: Path, what: str) -> str:
+    """A secret from a file only its owner can read (0600); a group- or world-readable one is refused, since
+    anyone on the machine could have copied it."""
+    try:
+        mode = path.stat().st_mode & 0o777
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise LabelStudioError(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
+    if mode & 0o077:
+        raise LabelStudioError(f"{what}: {path} is readable by others (mode {mode:o}); `chmod 600 {path}`")
+    if not text:
+        raise LabelStudioError(f"{what}: {path} is empty")
+    return text
+
+
+def database_env(engine: str, host: str, port: int, name: str, user: str, password: str | None) -> dict[str, str]:
+    """Label Studio's own settings for its database (label_studio/core/settings: DJANGO_DB picks the entry of
+    DATABASES_ALL, POSTGRE_* fill the PostgreSQL one). Nothing for SQLite: its default file in the data dir."""
+    if engine == "sqlite":
+        return {}
+    return {
+        "DJANGO_DB": "default",  # Label Studio's name for its PostgreSQL entry
+        "POSTGRE_HOST": host,
+        "POSTGRE_PORT": str(port),
+        "POSTGRE_NAME": name,
+        "POSTGRE_USER": user,
+        # Empty, not Label Studio's default "postgres": no password means trust/peer authentication.
+        "POSTGRE_PASSWORD": password or "",
+    }
+
+
 # --------------------------------------------------------------------------------------------------
 # Process control
 
