@@ -7,8 +7,12 @@ docs at `/docs`. Every response says how long the server took (Server-Timing) an
 
 # No `from __future__ import annotations`: FastAPI evaluates the handler annotations.
 
+import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,19 +24,62 @@ from crux import __version__
 from crux.collect.offline_docs import mount_offline_docs
 from crux.console import figures, login, pages
 from crux.console.deps import PACKAGE, Console, ConsoleConfig, PageError
+from crux.console.pages import _history, _versions
+from crux.console.sources import Unavailable
+
+log = logging.getLogger(__name__)
+# Dataset versions per line whose diff is computed at start (the newest first; older ones when first asked for).
+WARM_DIFFS = 5
+
+
+def warm(console: Console) -> None:
+    """Read every store and draw every figure once, so that the first page after a start is served from the caches
+    like every later one (a cold line page took 1.85 s: imports, signature checks, matplotlib); queue the diffs of
+    the newest dataset versions of each line."""
+    cfg, read = console.cfg, console.read
+    for name in ("overview.html", "line.html", "dataset.html", "error.html", "stations.html", "station.html"):
+        with contextlib.suppress(Exception):  # a template another version lacks is not ours to warm
+            console.templates.env.get_template(name)
+    read("Label Studio", cfg.labelstudio, lambda r: r.progress())
+    read("ingest database", cfg.ingest, lambda r: r.stations())
+    for line in cfg.lines:
+        history = read("model remote", cfg.models, partial(_history, line=line.name))
+        if history and not isinstance(history, Unavailable):
+            figures.trend_figure(console, line.name, history)
+            figures.confusion_figure(console, line.name, history)
+        versions = read("git", cfg.datasets, partial(_versions, line=line.name))
+        if isinstance(versions, list):
+            for v in versions[:WARM_DIFFS]:
+                console.diffs.ensure(line.name, v.commit)
+    import PIL.Image  # noqa: F401  (the first capture overlay would import it)
 
 
 def create_console_app(cfg: ConsoleConfig) -> FastAPI:
+    console = Console(cfg)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # uvicorn opens its port after this: warm first, within a bound, then answer.
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(warm, console), cfg.warm_timeout_s)
+        except TimeoutError:
+            log.warning("console warm-up still running after %.0f s; serving anyway", cfg.warm_timeout_s)
+        except Exception:  # a store that fails shows as unavailable on its page; the console starts regardless
+            log.exception("console warm-up failed")
+        log.info("console warmed in %.1f s", time.perf_counter() - started)
+        yield
+
     app = FastAPI(
         title="CRUX console",
         version=__version__,
         description="Read-only plant console: lines, models, datasets, stations and captures.",
         docs_url=None,
         redoc_url=None,
+        lifespan=lifespan,
     )
     mount_offline_docs(app)
     app.mount("/static", StaticFiles(directory=str(PACKAGE / "static")), name="static")
-    console = Console(cfg)
     app.state.console = console
 
     @app.middleware("http")
