@@ -79,29 +79,58 @@ def summary_of(diff: Any) -> dict[str, Any]:
     }
 
 
-class DiffCache:
-    """Each (line, commit)'s diff: in SQLite once computed; computed by one background worker when asked for."""
+def _connect(path: Path | None) -> sqlite3.Connection:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path or ":memory:"), check_same_thread=False, isolation_level=None, timeout=30)
+    if path is not None:
+        db.execute("PRAGMA journal_mode=WAL")  # pages read while a worker process writes another diff
+    db.executescript(_SCHEMA)
+    return db
 
-    def __init__(self, reader: Any, path: Path | None) -> None:
+
+def compute_into(path: Path, reader: Any, line: str, commit: str) -> None:
+    """Compute one diff and write it to the cache file (run in the worker process)."""
+    DiffCache(reader, path, processes=False)._compute(line, commit)
+
+
+class DiffCache:
+    """Each (line, commit)'s diff: in SQLite once computed; computed by one background worker when asked for.
+
+    With a cache file the worker is a separate process: a diff of 100k items is seconds of pure Python, which in a
+    thread would hold the GIL and stall every page the console serves meanwhile."""
+
+    def __init__(self, reader: Any, path: Path | None, *, processes: bool = True) -> None:
         self.reader = reader  # a crux.console.sources.DatasetReader (None: no dataset repository configured)
         self.path = path
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str], concurrent.futures.Future[None]] = {}
         # One diff at a time: each reads two manifests and may decode masks; the pages must keep their CPU.
-        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="crux-console-diff")
+        self._worker: concurrent.futures.Executor
+        if processes and path is not None:
+            import multiprocessing
+
+            # spawn: a fork of a server with threads running may copy a held lock.
+            context = multiprocessing.get_context("spawn")
+            self._worker = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context)
+        else:
+            self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="crux-console-diff")
         self._db: sqlite3.Connection | None = None
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
-            if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
             # One connection shared by the threads, every use under the lock (reads take milliseconds).
-            db = sqlite3.connect(str(self.path or ":memory:"), check_same_thread=False, isolation_level=None)
-            if self.path is not None:
-                db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            self._db = db
+            self._db = _connect(self.path)
         return self._db
+
+    def _submit(self, line: str, commit: str) -> concurrent.futures.Future[None]:
+        if isinstance(self._worker, concurrent.futures.ProcessPoolExecutor):
+            assert self.path is not None
+            return self._worker.submit(compute_into, self.path, self.reader, line, commit)
+        return self._worker.submit(self._compute, line, commit)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
 
     def ready(self, line: str, commit: str) -> bool:
         with self._lock:
@@ -124,7 +153,7 @@ class DiffCache:
         with self._lock:
             future = self._pending.get(key)
             if future is None or (future.done() and future.exception() is not None):  # a failed one is retried
-                future = self._worker.submit(self._compute, line, commit)
+                future = self._submit(line, commit)
                 self._pending[key] = future
             return future
 

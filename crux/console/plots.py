@@ -31,14 +31,14 @@ def trend_svg(
         fig = _figure(7.0, 3.2)
         ax = fig.add_subplot()
         xs = [int(v["version"]) for v in versions]
-        for name in metrics:
+        for index, name in enumerate(metrics):
             ys = [metric_value(v.get("metrics"), name) for v in versions]
             pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
             if pts:
                 (drawn,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
                 # The newest value written beside its point: one version reads as a value, not as a zoomed axis.
                 ax.annotate(
-                    f"{pts[-1][1]:.3f}", pts[-1], textcoords="offset points", xytext=(6, 4), fontsize="small",
+                    f"{pts[-1][1]:.3f}", pts[-1], textcoords="offset points", xytext=(6, 4 - 11 * index), fontsize="small",
                     color=drawn.get_color(),
                 )  # fmt: skip
         forced = [int(v["version"]) for v in versions if v.get("forced")]

@@ -290,6 +290,10 @@ class DatasetReader:
         self.git_timeout_s = git_timeout_s
         self._log: TTLCache[str] = TTLCache(ttl_s)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Sent to the console's diff worker process: the settings, not the cache (its lock does not pickle).
+        return (DatasetReader, (self.repo, self.data_root, self._log.ttl_s, self.git_timeout_s))
+
     def _git_log(self) -> str:
         proc = subprocess.run(
             # -p: the md5 each commit wrote into data.dvc, so a model's lineage hash finds its dataset version.

@@ -48,8 +48,8 @@ def criterion_rows(gate: dict[str, Any] | None) -> list[dict[str, Any]]:
         status = NOT_APPLICABLE if skipped else ("pass" if c.get("passed") else "FAIL")
         if rule == "vs_production":
             prod = c.get("production")
-            limit = f"≥ {metric_fmt(c.get('threshold'))}" if c.get("threshold") is not None else "—"
-            compare = f"vs production {metric_fmt(prod)}" if prod is not None else "no production model"
+            limit = f"≥ {metric_fmt(c.get('threshold'))}" if c.get("threshold") is not None else ""
+            compare = f"vs production {metric_fmt(prod)}" if prod is not None else "vs production: none yet"
         else:
             limit = f"{'≥' if rule == 'min' else '≤'} {metric_fmt(c.get('threshold'))}"
             compare = ""

@@ -247,7 +247,7 @@ def test_gate_criteria_show_value_limit_source_and_not_applicable() -> None:
     floor = rows["macro_f1:pass"]
     assert floor["candidate"] == 0.95 and floor["limit"] == "≥ 0.500" and floor["source"] == "kind classify default"
     assert "macro_f1:not applicable" in rows  # no production model: nothing compared, not a "pass"
-    assert rows["macro_f1:not applicable"]["compare"] == "no production model"
+    assert rows["macro_f1:not applicable"]["compare"] == "vs production: none yet"
     second = gate_check({"macro_f1": 0.90}, {"macro_f1": 0.95}, GateConfig(tolerance=0.01), "classify", 1).to_dict()
     (rel,) = [r for r in criterion_rows(second) if r["compare"]]
     assert rel["status"] == "FAIL" and rel["compare"] == "vs production 0.950" and rel["source"] == "production v1"
@@ -323,24 +323,45 @@ def test_dataset_diffs_are_computed_once_kept_on_disk_and_paged(tmp_path: Path) 
     from crux.console.diffs import DiffCache
 
     reader = _TwoManifests(2000)
-    cache = DiffCache(reader, tmp_path / "diffs.sqlite")
+    cache = DiffCache(reader, tmp_path / "diffs.sqlite", processes=False)  # the reader lives in this test
     assert cache.page("line-a", "c0ffee0", "added", 1) is None  # not computed yet
     cache.ensure("line-a", "c0ffee0").result(timeout=60)
     page = cache.page("line-a", "c0ffee0", "added", 3, size=100)
     assert page is not None and page.summary["counts"] == {"added": 1000, "removed": 0, "relabelled": 1}
     assert page.pages == 10 and [i.task_id for i in page.items][:2] == [1200, 1201] and len(page.items) == 100
     relabel = cache.page("line-a", "c0ffee0", "relabelled", 1)
-    assert relabel is not None and relabel.items[0].old_classes == ("scratch",) and relabel.items[0].new_classes == (
-        "spot",
+    assert (
+        relabel is not None
+        and relabel.items[0].old_classes == ("scratch",)
+        and relabel.items[0].new_classes == ("spot",)
     )
     assert cache.page("line-a", "c0ffee0", "added", 999, size=100).page == 10  # type: ignore[union-attr]
     sha = f"{1500:064x}"
     assert cache.image_of("line-a", "c0ffee0", sha) == ("c0ffee0", f"images/{sha[:2]}/{sha}.jpg")
     assert cache.image_of("line-a", "c0ffee0", "0" * 64 + "1") is None
     # A restarted console reads the diff from disk: nothing is computed again.
-    again = DiffCache(reader, tmp_path / "diffs.sqlite")
+    again = DiffCache(reader, tmp_path / "diffs.sqlite", processes=False)
     again.ensure("line-a", "c0ffee0").result(timeout=5)
     started = time.perf_counter()
     assert again.page("line-a", "c0ffee0", "added", 10, size=100) is not None
     assert time.perf_counter() - started < 0.1
     assert reader.calls == 1
+
+
+def test_the_demo_s_last_screen_names_the_console_and_how_to_start_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from crux.cli import demo
+    from crux.cli.terminal import out
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    settings = SimpleNamespace(public="http://127.0.0.1:8080", credentials_path=tmp_path / "ls.json")
+    with out.capture() as captured:
+        demo._where_to_look(SimpleNamespace(root=tmp_path), settings, SimpleNamespace(username="admin"),
+                            dict.fromkeys(demo.DEMO_LINES, 1), time.perf_counter())  # fmt: skip
+    text = captured.get()
+    assert "Console:        http://127.0.0.1:8710/  (start it: .venv/bin/crux console serve)" in text
+    assert all(f"http://127.0.0.1:8710/lines/{line}" in text for line in demo.DEMO_LINES)
+    assert "Label Studio:" in text and "Prefect UI:" in text  # the rest of the screen is still there
