@@ -38,8 +38,8 @@ def trend_svg(
                 (drawn,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
                 # The newest value written beside its point: one version reads as a value, not as a zoomed axis.
                 ax.annotate(
-                    f"{pts[-1][1]:.3f}", pts[-1], textcoords="offset points", xytext=(6, 4 - 11 * index), fontsize="small",
-                    color=drawn.get_color(),
+                    f"{pts[-1][1]:.3f}", pts[-1], textcoords="offset points", xytext=(6, 4 - 11 * index),
+                    fontsize="small", color=drawn.get_color(),
                 )  # fmt: skip
         forced = [int(v["version"]) for v in versions if v.get("forced")]
         for x in forced:
