@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,12 +26,19 @@ from crux import __version__
 from crux.collect.offline_docs import mount_offline_docs
 from crux.console import figures, login, pages
 from crux.console.deps import PACKAGE, Console, ConsoleConfig, PageError
-from crux.console.pages import _history, _versions
 from crux.console.sources import Unavailable
 
 log = logging.getLogger(__name__)
 # Dataset versions per line whose diff is computed at start (the newest first; older ones when first asked for).
 WARM_DIFFS = 5
+
+
+def _history(reader: Any, line: str) -> Any:
+    return reader.history(line)
+
+
+def _versions(reader: Any, line: str) -> Any:
+    return reader.versions(line)
 
 
 def warm(console: Console) -> list[concurrent.futures.Future[None]]:

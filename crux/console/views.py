@@ -1,5 +1,5 @@
-"""How the console shows values: the key metrics per task kind, live NG rates, Markdown, and the template filters
-(pure functions of their arguments)."""
+"""How the console shows values: the key metrics per task kind and which apply to a line, gate criteria, live NG
+rates, and the template filters (pure functions of their arguments)."""
 
 from __future__ import annotations
 
@@ -81,14 +81,6 @@ def ng_rate_note(kind: str, ok_class: str | None) -> str | None:
 def weighted_ng_rate(beats: list[Any]) -> float | None:
     frames = sum(b.frames for b in beats)
     return sum(b.ng for b in beats) / frames if frames else None
-
-
-def markdown_html(text: str) -> str:
-    """`crux data diff` Markdown → HTML; raw HTML in it is escaped, not rendered (task text is user input)."""
-    from markdown_it import MarkdownIt
-
-    html: str = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
-    return html
 
 
 def timestamp(value: dt.datetime | str | None) -> str:
