@@ -291,6 +291,9 @@ def console_config(
         timeout_s=3.0,
         workspace=plant.root / "repo",
         diff_page_size=DIFF_PAGE,
+        # running_app gives a server 20 s to open its port: the warm-up (figures, stores, the diffs of a first
+        # start) stops waiting well before; what it has not finished goes on in the background.
+        warm_timeout_s=8.0,
         # Each test's console computes its diffs afresh (the cache file is per console here).
         cache_dir=cache_dir,
     )

@@ -84,14 +84,17 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # uvicorn opens its port after this: warm first, within a bound, then answer.
         started = time.perf_counter()
+
+        def left() -> float:  # one bound for the whole warm-up
+            return max(0.001, cfg.warm_timeout_s - (time.perf_counter() - started))
+
         try:
-            queued = await asyncio.wait_for(asyncio.to_thread(warm, console), cfg.warm_timeout_s)
-            await asyncio.wait_for(render_once(app, cfg), cfg.warm_timeout_s)
+            queued = await asyncio.wait_for(asyncio.to_thread(warm, console), left())
+            await asyncio.wait_for(render_once(app, cfg), left())
             # The diffs of the newest dataset versions, computed once ever (then read from disk): a first start
             # waits for them within the bound, so that their first view is as fast as any other.
-            left = cfg.warm_timeout_s - (time.perf_counter() - started)
-            if queued and left > 0:
-                await asyncio.wait([asyncio.wrap_future(f) for f in queued], timeout=left)
+            if queued:
+                await asyncio.wait([asyncio.wrap_future(f) for f in queued], timeout=left())
         except TimeoutError:
             log.warning("console warm-up still running after %.0f s; serving anyway", cfg.warm_timeout_s)
         except Exception:  # a store that fails shows as unavailable on its page; the console starts regardless

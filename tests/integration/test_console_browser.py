@@ -330,6 +330,7 @@ def test_issue25_defects_in_the_browser(plant: Plant, offline: OffHost, tmp_path
         # from the cache (a cold start took 1.85 s to draw them on the first request).
         first = page.goto(url + f"/lines/{LINE}")
         assert first is not None and first.status == 200
+        assert _server_ms(first) < 1000, first.headers["server-timing"]  # 2 CPUs shared by the suite: a loose bound
         for figure in ("trend.svg", "confusion.png"):
             response = page.request.get(url + f"/lines/{LINE}/{figure}")
             assert response.ok and _server_ms(response) < 150, (figure, response.headers["server-timing"])
