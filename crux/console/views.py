@@ -71,10 +71,7 @@ def ng_rate_note(kind: str, ok_class: str | None) -> str | None:
     """What a line's NG rate means when it is not a reject rate: a classifier line without an OK class calls every
     frame one of its defect types, so 100% NG is its normal state, not a line stop."""
     if ok_class is None and kind == "classify":
-        return (
-            "this line has no OK class: every frame is classed as one of its defect types, so every frame counts as "
-            "NG (100% is normal here, not a line stop)"
-        )
+        return "no OK class on this line: every frame is one of its defect types, so 100% NG is normal, not a stop"
     return None
 
 
