@@ -486,7 +486,7 @@ def console_config(ctx: Context, admin_token: str | None, timeout_s: float) -> C
     from crux.ship.signing import load_public_keys
 
     projects = labelstudio_config(ctx).projects
-    lines = tuple(LineInfo(name, spec.title, spec.kind) for name, spec in projects.items())
+    lines = tuple(LineInfo(name, spec.title, spec.kind, spec.ok_class) for name, spec in projects.items())
     settings = ingest_settings(ctx)
     engine = create_db_engine(settings.database_url)
     migrate(engine)  # the console may start before the ingest service ever did

@@ -19,6 +19,10 @@ from crux.collect.ingest_server import free_port, make_jpeg
 
 LINE = "line-a"
 OTHER_LINE = "line-b"
+# A classifier line whose every class is a defect type (no OK class): one published version, every frame NG.
+DEFECT_LINE = "line-c"
+# Items per page of the dataset diff page in these tests (4 items added by the first version: two pages).
+DIFF_PAGE = 3
 CLASSES = ["ok", "scratch", "spot"]
 # Chromium flags of the COMMON test rules: no GPU, no background traffic of the browser itself.
 CHROMIUM = "/usr/bin/chromium"
@@ -58,8 +62,33 @@ class Plant:
     capture_ids: list[int]
 
 
-def publish_versions(tmp: Path, remote: Path) -> tuple[Any, Path]:
-    """Two signed releases of LINE (accuracy 0.95 then 0.97, each with a confusion matrix); returns the key."""
+def _with_lineage(export: Path, lineage: dict[str, Any]) -> Path:
+    """The export's card naming the dataset it was trained on, as `crux export` writes it from data.dvc."""
+    card = export / "card.json"
+    data = json.loads(card.read_text())
+    data["lineage"] = {**(data.get("lineage") or {}), **lineage}
+    card.write_text(json.dumps(data, indent=2))
+    return export
+
+
+def defects_only_export(tmp: Path, metrics: dict[str, Any]) -> Path:
+    """`crux export` of a tiny classifier whose every class is a defect type (no OK class)."""
+    from edge_support import tiny_bundle
+
+    from crux.ship.export import ExportConfig, export
+    from crux.train.models.bundle import load_bundle, save_bundle
+
+    path = tiny_bundle(tmp / "bundle-defects" / "model.pt", "classify", seed=7)
+    model, meta = load_bundle(path)
+    save_bundle(path, model, {**meta, "classes": ["crack", "scratch", "spot"], "ok_class": None})
+    out = tmp / "export-defects"
+    export(path, out, ExportConfig(exporter="torchscript", parity_images=4), metrics=metrics)
+    return out
+
+
+def publish_versions(tmp: Path, remote: Path, dataset_md5s: list[str | None] | None = None) -> tuple[Any, Path]:
+    """Two signed releases of LINE (accuracy 0.95 then 0.97, each with a confusion matrix, the second trained on the
+    newest dataset version), and one of DEFECT_LINE (no OK class: no OK/NG metrics); returns the key."""
     from edge_support import exported
 
     from crux.ship.gate import GateConfig
@@ -67,11 +96,16 @@ def publish_versions(tmp: Path, remote: Path) -> tuple[Any, Path]:
     from crux.ship.signing import generate_private_key, public_key_pem
 
     key = generate_private_key()
+    md5s = dataset_md5s or [None, None]
     for seed, acc, cm in ((0, 0.95, [[8, 1, 0], [0, 6, 1], [0, 0, 7]]), (1, 0.97, [[9, 0, 0], [0, 7, 0], [0, 1, 6]])):
         export = exported(
             tmp, "classify", seed=seed, metrics={"accuracy": acc, "macro_f1": acc, "confusion_matrix": cm}
         )
+        if md5s[seed]:
+            _with_lineage(export, {"dataset_version": md5s[seed]})
         publish(str(remote), LINE, export, key, GateConfig())
+    only = {"accuracy": 0.9652, "macro_f1": 0.9652, "confusion_matrix": [[5, 0, 0], [1, 6, 0], [0, 0, 4]]}
+    publish(str(remote), DEFECT_LINE, defects_only_export(tmp, only), key, GateConfig())
     pub = tmp / "keys" / "publish.pub"
     pub.parent.mkdir(parents=True, exist_ok=True)
     pub.write_bytes(public_key_pem(key.public_key()))
@@ -119,10 +153,19 @@ def dataset_versions(repo: Path, files: Path) -> list[str]:
     return commits
 
 
+def dataset_md5(repo: Path, commit: str) -> str:
+    """The DVC md5 a dataset commit recorded in data.dvc (what a model card's lineage names)."""
+    import yaml
+
+    return str(yaml.safe_load(git(repo, "show", f"{commit}:data.dvc"))["outs"][0]["md5"])
+
+
 def workspace_evaluation(repo: Path) -> None:
     """What `crux evaluate` leaves in metrics/LINE/: metrics.json (production's figures) and a PR curve."""
     plots = repo / "metrics" / LINE / "plots"
     plots.mkdir(parents=True)
+    # The workspace's own confusion figure: the line page must not show it beside the one it draws.
+    (plots / "confusion_matrix.png").write_bytes(make_jpeg(1, size=64))
     (repo / "metrics" / LINE / "metrics.json").write_text(
         json.dumps({"kind": "classify", "accuracy": 0.97, "macro_f1": 0.97,
                     "inspection": {"ng_recall": 0.95, "false_reject_rate": 0.02}})
@@ -185,8 +228,9 @@ def build_plant(tmp: Path) -> Plant:
     from crux.collect.ingest_server import running_server
 
     remote = tmp / "model-remote"
-    _, pub = publish_versions(tmp, remote)
     commits = dataset_versions(tmp / "repo", tmp / "files")
+    md5s = [dataset_md5(tmp / "repo", c) for c in commits]
+    _, pub = publish_versions(tmp, remote, [None, md5s[-1]])
     workspace_evaluation(tmp / "repo")
     settings = IngestSettings(
         database_url=f"sqlite:///{tmp}/ingest/ingest.db", storage_url=str(tmp / "ingest" / "images")
@@ -195,6 +239,7 @@ def build_plant(tmp: Path) -> Plant:
     migrate(engine)
     tokens = {name: add_station(engine, name, LINE) for name in ("cam-1", "cam-2", "cam-3")}
     tokens["cam-9"] = add_station(engine, "cam-9", OTHER_LINE)
+    tokens["cam-c"] = add_station(engine, "cam-c", DEFECT_LINE)
     with running_server(settings) as url:
         ids = fill_ingest(url, tokens)
         edge_heartbeat(tmp, remote, pub, url, tokens["cam-1"])
@@ -203,6 +248,11 @@ def build_plant(tmp: Path) -> Plant:
         for station in ("cam-2", "cam-3"):
             r = httpx.post(f"{url}/v1/heartbeat", json=beat, headers={"Authorization": f"Bearer {tokens[station]}"})
             assert r.status_code == 204, r.text
+        every_frame_ng = {"model_version": 1, "frames": 50, "ng": 50, "fps": 1.0, "ng_rate": 1.0, "interval_s": 30}
+        r = httpx.post(
+            f"{url}/v1/heartbeat", json=every_frame_ng, headers={"Authorization": f"Bearer {tokens['cam-c']}"}
+        )
+        assert r.status_code == 204, r.text
     # cam-3 then went silent: its last heartbeat is an hour old (the clock is not ours to move; the row is).
     with engine.begin() as conn:
         conn.exec_driver_sql(
@@ -214,7 +264,12 @@ def build_plant(tmp: Path) -> Plant:
 
 
 def console_config(
-    plant: Plant, *, ls_url: str | None = None, ls_token: str = "x", admin_token: str | None = None
+    plant: Plant,
+    *,
+    ls_url: str | None = None,
+    ls_token: str = "x",
+    admin_token: str | None = None,
+    cache_dir: Path | None = None,
 ) -> Any:
     from crux.collect import create_db_engine
     from crux.console.deps import ConsoleConfig, LineInfo
@@ -222,7 +277,11 @@ def console_config(
     from crux.ship.signing import load_public_keys
 
     return ConsoleConfig(
-        lines=(LineInfo(LINE, "Line A", "classify"), LineInfo(OTHER_LINE, "Line B", "detect")),
+        lines=(
+            LineInfo(LINE, "Line A", "classify", "ok"),
+            LineInfo(OTHER_LINE, "Line B", "detect"),
+            LineInfo(DEFECT_LINE, "Line C", "classify"),
+        ),
         ingest=IngestReader(create_db_engine(plant.database_url), plant.storage_url),
         models=ModelReader(str(plant.remote), load_public_keys([plant.public_key])),
         datasets=DatasetReader(plant.root / "repo"),
@@ -231,6 +290,12 @@ def console_config(
         admin_token=admin_token,
         timeout_s=3.0,
         workspace=plant.root / "repo",
+        diff_page_size=DIFF_PAGE,
+        # running_app gives a server 20 s to open its port: the warm-up (figures, stores, the diffs of a first
+        # start) stops waiting well before; what it has not finished goes on in the background.
+        warm_timeout_s=8.0,
+        # Each test's console computes its diffs afresh (the cache file is per console here).
+        cache_dir=cache_dir,
     )
 
 

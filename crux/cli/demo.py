@@ -311,5 +311,10 @@ def _where_to_look(ctx: Any, settings: Any, credentials: Any, project_ids: dict[
         out.print(f"Model card:     {ctx.root / 'models' / line / 'export' / 'card.json'}")
     out.print(f"Model history:  .venv/bin/crux models list {DEMO_LINES[0]}")
     out.print("Dataset diff:   .venv/bin/crux data diff  (metrics: .venv/bin/dvc metrics show)")
-    out.print("Console:        .venv/bin/crux console serve")
+    from crux.cli.console import DEFAULT_PORT
+
+    # The plant's view of everything above (lines, gate criteria, dataset diffs, stations, captures): start it, open it.
+    out.print(f"Console:        http://127.0.0.1:{DEFAULT_PORT}/  (start it: .venv/bin/crux console serve)")
+    for line in DEMO_LINES:
+        out.print(f"                http://127.0.0.1:{DEFAULT_PORT}/lines/{line}")
     out.print(f"Done in {time.perf_counter() - started:.0f} s. Stop Label Studio with: make down")

@@ -8,14 +8,15 @@ of the line's versions."""
 
 import datetime as dt
 from functools import partial
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from crux.console.deps import Console, ConsoleDep, PageError
+from crux.console.diffs import CHANGES
 from crux.console.sources import COMMIT, DatasetReader, DatasetVersion, ModelReader, Unavailable, production
-from crux.console.views import KEY_METRICS, key_metrics, markdown_html, weighted_ng_rate
+from crux.console.views import key_metrics, line_metrics, ng_rate_note, weighted_ng_rate
 from crux.console.workspace import WORKSPACE_PLOTS, workspace_is_production, workspace_plots, workspace_pr_curve
 
 router = APIRouter()
@@ -43,7 +44,8 @@ def overview(request: Request, console: ConsoleDep) -> Response:
                 "dataset": datasets if isinstance(datasets, Unavailable) else (datasets[0] if datasets else None),
                 "history": history,
                 "production": prod,
-                "metrics": key_metrics(prod, line.kind),
+                "metrics": key_metrics(prod, line.kind, line.ok_class),
+                "ng_note": ng_rate_note(line.kind, line.ok_class),
                 "stations": len(line_stations),
                 "running_prod": sum(1 for b in beats if prod is not None and b.model_version == int(prod["version"])),
                 "live_ng_rate": weighted_ng_rate(beats),
@@ -73,6 +75,8 @@ def line_detail(request: Request, console: ConsoleDep, line: str) -> Response:
     prod = production(history) if history else None
     versions = list(reversed(history.get("versions", []))) if history else []
     plots_dir = workspace_plots(cfg.workspace, line)
+    # A model's lineage names its dataset by the DVC md5 of data.dvc: the version that recorded it, to link to.
+    by_md5 = {d.md5: d for d in datasets if d.md5} if isinstance(datasets, list) else {}
     return console.page(
         request,
         "line.html",
@@ -80,8 +84,9 @@ def line_detail(request: Request, console: ConsoleDep, line: str) -> Response:
         history=history,
         versions=versions,
         production=prod,
-        metrics=key_metrics(prod, info.kind),
-        metric_names=KEY_METRICS.get(info.kind, ()),
+        metrics=key_metrics(prod, info.kind, info.ok_class),
+        metric_names=line_metrics(info.kind, info.ok_class),
+        dataset_by_md5=by_md5,
         datasets=datasets,
         progress=progress.get(line) if isinstance(progress, dict) else progress,
         ng=ng,
@@ -95,7 +100,14 @@ def line_detail(request: Request, console: ConsoleDep, line: str) -> Response:
 
 
 @router.get("/lines/{line}/datasets/{commit}", response_class=HTMLResponse, summary="One dataset version's diff")
-def dataset_diff(request: Request, console: ConsoleDep, line: str, commit: str) -> Response:
+def dataset_diff(
+    request: Request,
+    console: ConsoleDep,
+    line: str,
+    commit: str,
+    change: Annotated[Literal["added", "removed", "relabelled"] | None, Query()] = None,
+    page: Annotated[int, Query(ge=1, le=10_000_000)] = 1,
+) -> Response:
     cfg, read = console.cfg, console.read
     info = console.known_line(line)
     if not COMMIT.match(commit):
@@ -103,12 +115,39 @@ def dataset_diff(request: Request, console: ConsoleDep, line: str, commit: str) 
     versions = read("git", cfg.datasets, lambda r: r.versions(line))
     if isinstance(versions, Unavailable):
         raise PageError(503, f"dataset history unavailable: {versions.reason}")
-    version = next((v for v in versions if v.commit.startswith(commit)), None)
-    if version is None:
+    # Not `version`: that name is the template global with the console's own version (the footer).
+    dataset = next((v for v in versions if v.commit.startswith(commit)), None)
+    if dataset is None:
         raise PageError(404, f"{commit} is not a dataset version of line {line!r}")
-    markdown = read("dvc", cfg.datasets, lambda r: r.diff_markdown(line, version.commit), cfg.diff_timeout_s)
-    html = markdown_html(markdown) if isinstance(markdown, str) else None
-    return console.page(request, "dataset.html", line=info, version=version, diff=markdown, diff_html=html, title=line)
+    # Computed once per commit in the background (seconds at 100k items), then paged from the cache.
+    future = console.diffs.ensure(line, dataset.commit)
+    try:
+        future.result(timeout=cfg.diff_wait_s)
+    except TimeoutError:
+        pass
+    except Exception as exc:
+        raise PageError(503, f"dataset diff of {dataset.short} failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
+    shown: str = change or "added"
+    size = cfg.diff_page_size
+    first = console.diffs.page(line, dataset.commit, shown, page, size)
+    if first is not None and change is None:
+        # Without a choice, the first kind of change that has items.
+        shown = next((c for c in CHANGES if first.summary["counts"].get(c)), "added")
+        size = cfg.diff_page_size
+    first = console.diffs.page(line, dataset.commit, shown, page, size)
+    progress = read("Label Studio", cfg.labelstudio, lambda r: r.progress())
+    return console.page(
+        request,
+        "dataset.html",
+        line=info,
+        dataset=dataset,
+        diff=first,
+        changes=CHANGES,
+        progress=progress.get(line) if isinstance(progress, dict) else progress,
+        title=f"{line} · {dataset.short}",
+        # While the diff is computed the page reloads itself until it is there.
+        **({} if first is not None else {"refresh": 2}),
+    )
 
 
 @router.get("/stations", response_class=HTMLResponse, summary="Stations")

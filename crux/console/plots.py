@@ -31,11 +31,16 @@ def trend_svg(
         fig = _figure(7.0, 3.2)
         ax = fig.add_subplot()
         xs = [int(v["version"]) for v in versions]
-        for name in metrics:
+        for index, name in enumerate(metrics):
             ys = [metric_value(v.get("metrics"), name) for v in versions]
             pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+                (drawn,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+                # The newest value written beside its point: one version reads as a value, not as a zoomed axis.
+                ax.annotate(
+                    f"{pts[-1][1]:.3f}", pts[-1], textcoords="offset points", xytext=(6, 4 - 11 * index),
+                    fontsize="small", color=drawn.get_color(),
+                )  # fmt: skip
         forced = [int(v["version"]) for v in versions if v.get("forced")]
         for x in forced:
             ax.axvline(x, color="tab:red", alpha=0.25, linewidth=6)
@@ -44,13 +49,22 @@ def trend_svg(
         ax.set_xlabel("published version")
         ax.set_ylabel("test-split metric")
         ax.set_xticks(xs)
+        # Every metric shown is a share in [0, 1]: a fixed axis, so that a change of 0.002 does not fill the plot
+        # (matplotlib zooms to the data: one version at 0.965 became an axis from 0.964 to 0.9665).
+        ax.set_ylim(0.0, 1.05)
+        if xs:
+            ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
         ax.grid(alpha=0.3)
         if title:
             ax.set_title(title)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="lower right", fontsize="small")
         buf = io.BytesIO()
-        fig.savefig(buf, format="svg", metadata={"Date": None})
+        import matplotlib
+
+        # Text as text, not outlines: a third of the bytes, and the values can be read (and checked) in the SVG.
+        with matplotlib.rc_context({"svg.fonttype": "none"}):
+            fig.savefig(buf, format="svg", metadata={"Date": None})
     return buf.getvalue()
 
 
@@ -62,15 +76,18 @@ def confusion_png(matrix: Sequence[Sequence[int]], classes: Sequence[str], title
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     k = len(classes)
+    # Room for the longest class name beside and below the cells, so that no name is cut.
+    label = 0.09 * max((len(str(c)) for c in classes), default=4)
     with _MPL_LOCK:
-        fig = _figure(1.6 + 0.6 * k, 1.2 + 0.6 * k)
+        fig = _figure(2.0 + label + 0.75 * k, 1.6 + label + 0.75 * k)
         ax = fig.add_subplot()
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
         for i in range(cm.shape[0]):
             for j in range(cm.shape[1]):
                 ax.text(
-                    j, i, str(int(cm[i, j])), ha="center", va="center", color="white" if share[i, j] > 0.5 else "black"
-                )
+                    j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=12,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )  # fmt: skip
         ax.set_xticks(range(k), classes, rotation=45, ha="right")
         ax.set_yticks(range(k), classes)
         ax.set_xlabel("predicted")
@@ -113,6 +130,20 @@ def overlay_png(image: bytes, boxes: Sequence[Mapping[str, Any]], max_side: int 
         draw.text((x1 + 2, max(0.0, y1 - 11)), label, fill=(255, 230, 0))
     buf = io.BytesIO()
     base.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def thumbnail_png(image: bytes, max_side: int) -> bytes:
+    """A dataset image scaled down to `max_side` pixels (its longest side), as PNG."""
+    from PIL import Image
+
+    from crux.postprocess import open_image
+
+    with open_image(io.BytesIO(image), name="dataset image") as img:
+        small = img.convert("RGB")
+    small.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    small.save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -237,6 +237,8 @@ class DatasetVersion:
     removed: int
     relabelled: int
     per_class: tuple[str, ...] = field(default=())
+    # The dataset folder's DVC md5 this commit recorded (`data.dvc` outs md5): what a model's lineage names.
+    md5: str | None = None
 
     @property
     def short(self) -> str:
@@ -248,14 +250,20 @@ _SUBJECT = re.compile(r"^data\((?P<line>[^)]+)\): (?P<items>\d+) items, \+(?P<a>
 COMMIT = re.compile(r"^[0-9a-f]{7,40}\Z")
 
 
+_MD5 = re.compile(r"^\+-?\s*md5:\s*(\S+)\s*$", re.MULTILINE)
+
+
 def parse_dataset_log(text: str, line: str) -> list[DatasetVersion]:
-    """Records of `git log --format=%H%x1f%cI%x1f%an%x1f%B%x1e` → the dataset versions of `line`, newest first."""
+    """Records of `git log --format=%H%x1f%cI%x1f%an%x1f%B%x1e` → the dataset versions of `line`, newest first.
+    Records of `git log -p --format=%x1e%H%x1f%cI%x1f%an%x1f%B%x1f` carry the patch of `data.dvc` after a fifth
+    separator: the md5 it adds is the version's dataset hash."""
     out = []
     for record in text.split("\x1e"):
         parts = record.strip("\n").split("\x1f")
-        if len(parts) != 4:
+        if len(parts) not in (4, 5):
             continue
-        commit, date, author, body = parts
+        commit, date, author, body = parts[:4]
+        found = _MD5.search(parts[4]) if len(parts) == 5 else None
         lines = body.strip().splitlines()
         match = _SUBJECT.match(lines[0].strip()) if lines else None
         if match is None or match["line"] != line:
@@ -270,6 +278,7 @@ def parse_dataset_log(text: str, line: str) -> list[DatasetVersion]:
                 removed=int(match["r"]),
                 relabelled=int(match["m"]),
                 per_class=tuple(x.strip() for x in lines[1:] if x.strip()),
+                md5=found.group(1) if found else None,
             )
         )
     return out
@@ -281,12 +290,16 @@ class DatasetReader:
         self.data_root = data_root
         self.git_timeout_s = git_timeout_s
         self._log: TTLCache[str] = TTLCache(ttl_s)
-        self._diffs: dict[tuple[str, str], str] = {}  # commits are immutable: their diff never changes
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Sent to the console's diff worker process: the settings, not the cache (its lock does not pickle).
+        return (DatasetReader, (self.repo, self.data_root, self._log.ttl_s, self.git_timeout_s))
 
     def _git_log(self) -> str:
         proc = subprocess.run(
-            # Per-line data/LINE.dvc files, and the one data.dvc of a history from before per-line versioning.
-            ["git", "log", "-n", "500", "--format=%H%x1f%cI%x1f%an%x1f%B%x1e", "--", *self._version_files()],
+            # Per-line data/LINE.dvc files (and the one data.dvc of a history from before per-line versioning); -p:
+            # the md5 each commit wrote there, so a model's lineage hash finds its dataset version.
+            ["git", "log", "-n", "500", "-p", "--format=%x1e%H%x1f%cI%x1f%an%x1f%B%x1f", "--", *self._version_files()],
             cwd=self.repo,
             capture_output=True,
             text=True,
@@ -303,28 +316,37 @@ class DatasetReader:
     def versions(self, line: str) -> list[DatasetVersion]:
         return parse_dataset_log(self._log.get("log", self._git_log), line)
 
-    def diff_markdown(self, line: str, commit: str, mask_relabel_iou: float = 0.9) -> str:
-        """`crux data diff COMMIT~1 COMMIT -p LINE` as Markdown (computed once per commit)."""
-        key = (line, commit)
-        if key not in self._diffs:
-            from crux.data import versioning
-            from crux.data.diff import diff_manifests, diff_to_markdown
+    def diff(self, line: str, commit: str, mask_relabel_iou: float = 0.9) -> tuple[Any, dict[str, str]]:
+        """`crux data diff COMMIT~1 COMMIT -p LINE` as a `DatasetDiff`, with each changed image's path in its
+        version's dataset folder by sha256 (the new version's, the old one's for removed items)."""
+        from crux.data import versioning
+        from crux.data.diff import diff_manifests
 
-            data_rel = f"{self.data_root}/{line}"
-            parent = f"{commit}~1"
-            old = versioning.read_manifest_at(self.repo, parent, data_rel) if _has_parent(self.repo, commit) else []
-            new = versioning.read_manifest_at(self.repo, commit, data_rel)
-            info = versioning.read_classes_at(self.repo, commit, data_rel)
-            diff = diff_manifests(
-                old,
-                new,
-                info.classes if info else (),
-                read_old_mask=versioning.mask_reader(self.repo, parent, data_rel),
-                read_new_mask=versioning.mask_reader(self.repo, commit, data_rel),
-                mask_relabel_iou=mask_relabel_iou,
-            )
-            self._diffs[key] = diff_to_markdown(diff, commit[:10] + "~1", commit[:10])
-        return self._diffs[key]
+        data_rel = f"{self.data_root}/{line}"
+        parent = f"{commit}~1"
+        old = versioning.read_manifest_at(self.repo, parent, data_rel) if _has_parent(self.repo, commit) else []
+        new = versioning.read_manifest_at(self.repo, commit, data_rel)
+        info = versioning.read_classes_at(self.repo, commit, data_rel)
+        diff = diff_manifests(
+            old,
+            new,
+            info.classes if info else (),
+            read_old_mask=versioning.mask_reader(self.repo, parent, data_rel),
+            read_new_mask=versioning.mask_reader(self.repo, commit, data_rel),
+            mask_relabel_iou=mask_relabel_iou,
+        )
+        images = {item.sha256: item.image for item in old}
+        images.update({item.sha256: item.image for item in new})
+        return diff, images
+
+    def image(self, line: str, rev: str, path: str) -> bytes:
+        """One image of a dataset version by its manifest path (`images/ab/<sha256>.jpg`), through DVC."""
+        from dvc.api import DVCFileSystem
+
+        parts = path.split("/")
+        if len(parts) < 2 or parts[0] != "images" or ".." in parts:
+            raise ValueError(f"{path}: not an image path of a dataset version")
+        return bytes(DVCFileSystem(str(self.repo), rev=rev).cat_file(f"/{self.data_root}/{line}/{path}"))
 
 
 def _has_parent(repo: Path, commit: str) -> bool:
@@ -353,6 +375,18 @@ class Progress:
         return f"{self.url}/projects/{self.project_id}/data?task={int(task_id)}"
 
 
+def labeled_tasks(project: Any) -> int:
+    """Tasks of a Label Studio project that count as labeled, as its own project card counts them.
+
+    `finished_task_number` counts tasks whose `is_labeled` is set, which Label Studio keeps for annotations made in
+    its UI and for annotations imported with the tasks alike. `num_tasks_with_annotations` is not used: it stays 0
+    for imported annotations (after `make demo`, 0 / 1589 where Label Studio's card says 1440 / 1589)."""
+    finished = getattr(project, "finished_task_number", None)
+    if finished is None:  # an older server without the field: each task counted once however many annotations
+        finished = getattr(project, "num_tasks_with_annotations", None)
+    return int(finished or 0)
+
+
 class LabelStudioReader:
     def __init__(self, url: str, token: str, timeout_s: float = 3.0, ttl_s: float = 10.0) -> None:
         self.url = url.rstrip("/")
@@ -378,8 +412,7 @@ class LabelStudioReader:
                 if text.startswith(f"{MARKER} "):
                     name = text[len(MARKER) + 1 :].strip()
                     total = int(getattr(project, "task_number", None) or 0)
-                    labeled = int(getattr(project, "num_tasks_with_annotations", None) or 0)
-                    out[name] = Progress(int(project.id), self.url, total, labeled)
+                    out[name] = Progress(int(project.id), self.url, total, labeled_tasks(project))
         return out
 
     def progress(self) -> dict[str, Progress]:

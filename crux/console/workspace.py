@@ -10,7 +10,9 @@ from typing import Any
 from crux.console.views import KEY_METRICS
 
 # The figures `crux evaluate` leaves in metrics/LINE/plots/ that the line page shows (no other name is served).
-WORKSPACE_PLOTS = ("confusion_matrix.png", "worst_misses.png")
+# Not its confusion_matrix.png: the page draws the production release's matrix itself, readable at any class count
+# (the workspace's was a second copy, with 7 px text and cut class names).
+WORKSPACE_PLOTS = ("worst_misses.png",)
 
 
 def workspace_plots(workspace: Path | None, line: str) -> Path | None:

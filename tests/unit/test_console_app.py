@@ -219,3 +219,149 @@ def test_sessions_expire_and_the_limiter_forgets_old_failures() -> None:
     assert limiter.retry_after("a") == 60 and limiter.retry_after("b") is None
     now[0] = 72
     assert limiter.retry_after("a") is None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Issue 25: the console's numbers and pages
+
+
+def test_labeling_progress_counts_tasks_labeled_by_imported_annotations_too() -> None:
+    from types import SimpleNamespace
+
+    from crux.console.sources import labeled_tasks
+
+    # What Label Studio's project API said after `make demo` (annotations imported with the tasks).
+    project = SimpleNamespace(task_number=1589, finished_task_number=1440, num_tasks_with_annotations=0,
+                              total_annotations_number=1440)  # fmt: skip
+    assert labeled_tasks(project) == 1440
+    assert labeled_tasks(SimpleNamespace(num_tasks_with_annotations=3)) == 3  # a server without the field
+    assert labeled_tasks(SimpleNamespace(finished_task_number=None, num_tasks_with_annotations=None)) == 0
+
+
+def test_gate_criteria_show_value_limit_source_and_not_applicable() -> None:
+    from crux.console.views import criterion_rows
+    from crux.ship.gate import GateConfig, gate_check
+
+    first = gate_check({"macro_f1": 0.95, "accuracy": 0.95}, None, GateConfig(), "classify").to_dict()
+    rows = {r["metric"] + ":" + r["status"]: r for r in criterion_rows(first)}
+    floor = rows["macro_f1:pass"]
+    assert floor["candidate"] == 0.95 and floor["limit"] == "≥ 0.500" and floor["source"] == "kind classify default"
+    assert "macro_f1:not applicable" in rows  # no production model: nothing compared, not a "pass"
+    assert rows["macro_f1:not applicable"]["compare"] == "vs production: none yet"
+    second = gate_check({"macro_f1": 0.90}, {"macro_f1": 0.95}, GateConfig(tolerance=0.01), "classify", 1).to_dict()
+    (rel,) = [r for r in criterion_rows(second) if r["compare"]]
+    assert rel["status"] == "FAIL" and rel["compare"] == "vs production 0.950" and rel["source"] == "production v1"
+    assert criterion_rows(None) == []
+
+
+def test_ok_ng_metrics_do_not_apply_to_a_line_without_an_ok_class() -> None:
+    from crux.console.views import key_metrics, line_metrics, ng_rate_note
+
+    assert line_metrics("classify", "ok") == ("macro_f1", "accuracy", "inspection.ng_recall",
+                                              "inspection.false_reject_rate")  # fmt: skip
+    assert line_metrics("classify", None) == ("macro_f1", "accuracy")
+    assert key_metrics({"metrics": {"macro_f1": 0.9}}, "classify", None) == [("macro_f1", 0.9), ("accuracy", None)]
+    assert "no OK class" in (ng_rate_note("classify", None) or "")
+    assert ng_rate_note("classify", "ok") is None and ng_rate_note("detect", None) is None
+
+
+def test_one_timestamp_format_and_a_bounded_wall_screen_refresh() -> None:
+    from starlette.requests import Request
+
+    from crux.console.deps import wall_refresh
+    from crux.console.views import timestamp
+
+    aware = dt.datetime(2026, 12, 6, 5, 12, 40, tzinfo=dt.UTC)
+    assert timestamp(aware) == "2026-12-06 05:12 UTC"
+    assert timestamp(aware.replace(tzinfo=None)) == "2026-12-06 05:12 UTC"  # the database keeps naive UTC
+    assert timestamp("2026-12-06T06:12:40+01:00") == "2026-12-06 05:12 UTC"
+    assert timestamp(None) == "—"
+
+    def ask(query: str) -> int | None:
+        return wall_refresh(Request({"type": "http", "query_string": query.encode(), "headers": []}))
+
+    assert ask("refresh=60") == 60 and ask("refresh=1") == 10 and ask("refresh=99999") == 3600
+    assert ask("") is None and ask("refresh=-5") is None and ask("refresh=x") is None
+
+
+def test_a_one_version_trend_keeps_the_whole_metric_axis() -> None:
+    import re
+
+    from crux.console.plots import trend_svg
+
+    one = [{"version": 1, "metrics": {"macro_f1": 0.9652, "accuracy": 0.9652}}]
+    texts = re.findall(r">([^<>]+)</text>", trend_svg(one, ["macro_f1", "accuracy"], 1).decode())
+    assert "0.0" in texts and "1.0" in texts  # the axis runs 0..1, not 0.964..0.9665
+    assert "0.965" in texts  # the one value written beside its point
+    assert not any(t.startswith("0.96") and t != "0.965" for t in texts)
+
+
+class _TwoManifests:
+    """A dataset reader over two in-memory manifests (the real `diff_manifests` computes the diff)."""
+
+    def __init__(self, n: int) -> None:
+        from crux.data.manifest import ItemLabel, ManifestItem
+
+        def item(i: int, cls: str) -> ManifestItem:
+            sha = f"{i:064x}"
+            return ManifestItem(sha, i, f"images/{sha[:2]}/{sha}.jpg", 8, 8, f"{i}.jpg", "train",
+                                (ItemLabel(cls),), ("ann",))  # fmt: skip
+
+        self.old = [item(i, "scratch") for i in range(n // 2)]
+        self.new = [item(0, "spot")] + [item(i, "scratch") for i in range(1, n)]
+        self.calls = 0
+
+    def diff(self, line: str, commit: str) -> tuple[object, dict[str, str]]:
+        from crux.data.diff import diff_manifests
+
+        self.calls += 1
+        images = {x.sha256: x.image for x in (*self.old, *self.new)}
+        return diff_manifests(self.old, self.new, ("scratch", "spot")), images
+
+
+def test_dataset_diffs_are_computed_once_kept_on_disk_and_paged(tmp_path: Path) -> None:
+    from crux.console.diffs import DiffCache
+
+    reader = _TwoManifests(2000)
+    cache = DiffCache(reader, tmp_path / "diffs.sqlite", processes=False)  # the reader lives in this test
+    assert cache.page("line-a", "c0ffee0", "added", 1) is None  # not computed yet
+    cache.ensure("line-a", "c0ffee0").result(timeout=60)
+    page = cache.page("line-a", "c0ffee0", "added", 3, size=100)
+    assert page is not None and page.summary["counts"] == {"added": 1000, "removed": 0, "relabelled": 1}
+    assert page.pages == 10 and [i.task_id for i in page.items][:2] == [1200, 1201] and len(page.items) == 100
+    relabel = cache.page("line-a", "c0ffee0", "relabelled", 1)
+    assert (
+        relabel is not None
+        and relabel.items[0].old_classes == ("scratch",)
+        and relabel.items[0].new_classes == ("spot",)
+    )
+    assert cache.page("line-a", "c0ffee0", "added", 999, size=100).page == 10  # type: ignore[union-attr]
+    sha = f"{1500:064x}"
+    assert cache.image_of("line-a", "c0ffee0", sha) == ("c0ffee0", f"images/{sha[:2]}/{sha}.jpg")
+    assert cache.image_of("line-a", "c0ffee0", "0" * 64 + "1") is None
+    # A restarted console reads the diff from disk: nothing is computed again.
+    again = DiffCache(reader, tmp_path / "diffs.sqlite", processes=False)
+    again.ensure("line-a", "c0ffee0").result(timeout=5)
+    started = time.perf_counter()
+    assert again.page("line-a", "c0ffee0", "added", 10, size=100) is not None
+    assert time.perf_counter() - started < 0.1
+    assert reader.calls == 1
+
+
+def test_the_demo_s_last_screen_names_the_console_and_how_to_start_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from crux.cli import demo
+    from crux.cli.terminal import out
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    settings = SimpleNamespace(public="http://127.0.0.1:8080", credentials_path=tmp_path / "ls.json")
+    with out.capture() as captured:
+        demo._where_to_look(SimpleNamespace(root=tmp_path), settings, SimpleNamespace(username="admin"),
+                            dict.fromkeys(demo.DEMO_LINES, 1), time.perf_counter())  # fmt: skip
+    text = captured.get()
+    assert "Console:        http://127.0.0.1:8710/  (start it: .venv/bin/crux console serve)" in text
+    assert all(f"http://127.0.0.1:8710/lines/{line}" in text for line in demo.DEMO_LINES)
+    assert "Label Studio:" in text and "Prefect UI:" in text  # the rest of the screen is still there
