@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crux import __version__
 from crux.collect.offline_docs import mount_offline_docs
-from crux.console import figures, login, pages
+from crux.console import figures, login, pages, results
 from crux.console.deps import PACKAGE, Console, ConsoleConfig, PageError
 
 
@@ -65,4 +65,5 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
     app.include_router(login.router)
     app.include_router(pages.router)
     app.include_router(figures.router)
+    app.include_router(results.router)
     return app
