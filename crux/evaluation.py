@@ -546,7 +546,7 @@ def classify_items(
     """One record per image: arg-max class (the confusion matrix's), its probability, and on a line with an OK class
     the NG score 1 - p(OK) judged at the shipped threshold (`score`); else `score` is the predicted probability."""
     probs = np.asarray(probs, np.float64)
-    ok = list(classes).index(ok_class) if ok_class in classes else None
+    ok = list(classes).index(ok_class) if ok_class is not None and ok_class in classes else None
     out = []
     for i, (p, t) in enumerate(zip(probs, np.asarray(targets, np.int64), strict=True)):
         pred = int(np.argmax(p))

@@ -267,7 +267,7 @@ def results_page(
     labels = list(doc["labels"]) if doc else []
     cell = None
     if actual is not None or predicted is not None:
-        if doc is None or actual not in labels or predicted not in labels:
+        if doc is None or actual is None or predicted is None or actual not in labels or predicted not in labels:
             raise PageError(404, f"no confusion cell {actual!r} → {predicted!r} in line {line!r}'s results")
         items = cell_items(doc, actual, predicted)
         cell = {"actual": actual, "predicted": predicted, "total": len(items), "offset": offset,
