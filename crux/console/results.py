@@ -42,7 +42,7 @@ CELL_PAGE = 60  # items a confusion cell lists at once (?offset= pages on)
 # Reading (pure functions of files and values)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=16)  # one predictions.json per line; a changed file is a new key
 def _parse(path: str, mtime_ns: int, size: int) -> dict[str, Any] | None:
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
