@@ -512,3 +512,352 @@ def compare_markdown(current: Mapping[str, Any], previous: Mapping[str, Any] | N
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-item results: what the console's drill-down pages show (metrics/LINE/predictions.json + results/*.png)
+#
+# Every test item gets one record: its actual and predicted label on one image-level axis (the confusion matrix's),
+# its score and an outcome. Outcomes on a line with an OK class follow the shipped operating point: an `escape` is an
+# NG part the threshold lets through, a `false_reject` an OK part it rejects; `misclassified` is a wrong class that
+# the OK/NG verdict got right (or any wrong class on a line without an OK class). Detection has no OK class: an image
+# with labelled boxes and no detection is an escape, one with detections and no labelled box a false reject.
+
+OUTCOMES = ("escape", "false_reject", "misclassified", "correct")
+NO_DEFECT = "none"  # detection's image-level label of an image without boxes
+ANOMALY_NG = "NG"  # the anomaly kind's image-level label of every defect (one anomaly score, no defect class)
+THUMB_SIDE = 192  # overlay thumbnails' longest side: small enough for a page of 50, large enough to see a scratch
+THUMBS_PER_CELL = 12  # overlays rendered per confusion cell (the cell lists every item; the first ones show images)
+MAX_MISSES = 48  # the worst-misses gallery's length
+
+
+def _outcome(actual: str, predicted: str, is_ng: bool | None, rejected: bool | None) -> str:
+    if is_ng is not None and rejected is not None:
+        if is_ng and not rejected:
+            return "escape"
+        if not is_ng and rejected:
+            return "false_reject"
+    return "correct" if actual == predicted else "misclassified"
+
+
+def classify_items(
+    probs: NDArray[Any], targets: NDArray[Any], classes: Sequence[str], ok_class: str | None, ng_threshold: float
+) -> list[dict[str, Any]]:
+    """One record per image: arg-max class (the confusion matrix's), its probability, and on a line with an OK class
+    the NG score 1 - p(OK) judged at the shipped threshold (`score`); else `score` is the predicted probability."""
+    probs = np.asarray(probs, np.float64)
+    ok = list(classes).index(ok_class) if ok_class is not None and ok_class in classes else None
+    out = []
+    for i, (p, t) in enumerate(zip(probs, np.asarray(targets, np.int64), strict=True)):
+        pred = int(np.argmax(p))
+        score = 1.0 - p[ok] if ok is not None else p[pred]
+        is_ng, rejected = (bool(t != ok), bool(score >= ng_threshold)) if ok is not None else (None, None)
+        actual, predicted = classes[int(t)], classes[pred]
+        out.append(
+            {
+                "index": i,
+                "actual": actual,
+                "predicted": predicted,
+                "score": _r(score),
+                "confidence": _r(p[pred]),
+                "outcome": _outcome(actual, predicted, is_ng, rejected),
+            }
+        )
+    return out
+
+
+def segment_items(
+    ng_scores_: NDArray[Any],
+    strongest: NDArray[Any],
+    targets: NDArray[Any],
+    classes: Sequence[str],
+    ok_class: str | None,
+    defect_classes: Sequence[str],
+    ng_threshold: float,
+    indices: Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
+    """One record per image, the verdict `segmentation_metrics` takes: NG when the NG score reaches the threshold,
+    its class the strongest region's; else the OK class."""
+    ok = ok_class if ok_class in classes else None
+    out = []
+    for i, (score, s, t) in enumerate(zip(ng_scores_, strongest, targets, strict=True)):
+        rejected = bool(score >= ng_threshold)
+        actual = classes[int(t)]
+        predicted = defect_classes[int(s)] if rejected or ok is None else ok
+        is_ng = actual != ok if ok is not None else None
+        out.append(
+            {
+                "index": int(indices[i]) if indices is not None else i,
+                "actual": actual,
+                "predicted": predicted,
+                "score": _r(score),
+                "outcome": _outcome(actual, predicted, is_ng, rejected if ok is not None else None),
+            }
+        )
+    return out
+
+
+def anomaly_items(
+    scores: NDArray[Any],
+    is_ng: NDArray[Any],
+    ok_class: str | None,
+    ng_threshold: float,
+    labels: Sequence[str] | None = None,
+    indices: Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
+    """One record per image on the OK / NG axis (the anomaly score has no defect class); `label` keeps the item's
+    own class."""
+    ok = ok_class or "OK"
+    out = []
+    for i, (score, ng) in enumerate(zip(scores, is_ng, strict=True)):
+        rejected = bool(score >= ng_threshold)
+        actual, predicted = (ANOMALY_NG if ng else ok), (ANOMALY_NG if rejected else ok)
+        record = {
+            "index": int(indices[i]) if indices is not None else i,
+            "actual": actual,
+            "predicted": predicted,
+            "score": _r(score),
+            "outcome": _outcome(actual, predicted, bool(ng), rejected),
+        }
+        if labels is not None:
+            record["label"] = labels[i]
+        out.append(record)
+    return out
+
+
+def _iou(a: NDArray[Any], b: NDArray[Any]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def detect_items(
+    preds: Sequence[Detections],
+    gt_boxes: Sequence[NDArray[Any]],
+    gt_labels: Sequence[NDArray[Any]],
+    classes: Sequence[str],
+    iou: float = 0.5,
+) -> list[dict[str, Any]]:
+    """One record per image: its image-level label (the most frequent labelled class, `none` without boxes) and the
+    predicted one (the highest-scoring detection's class), the boxes both ways, and the labelled boxes no detection
+    of their class matched at `iou` (`missed`) and the detections that matched none (`extra`), greedy by score."""
+    out = []
+    for i, (det, boxes, labels) in enumerate(zip(preds, gt_boxes, gt_labels, strict=True)):
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        labels = np.asarray(labels, np.int64).reshape(-1)
+        order = np.argsort(-np.asarray(det.scores, np.float64), kind="stable")
+        used = np.zeros(len(boxes), bool)
+        extra = 0
+        for k in order:
+            cands = [
+                (_iou(det.boxes[k], boxes[j]), j)
+                for j in range(len(boxes))
+                if not used[j] and labels[j] == det.class_ids[k]
+            ]
+            best = max(cands, default=(0.0, -1))
+            if best[0] >= iou:
+                used[best[1]] = True
+            else:
+                extra += 1
+        actual = classes[int(np.bincount(labels).argmax())] if len(labels) else NO_DEFECT
+        predicted = classes[int(det.class_ids[order[0]])] if len(det) else NO_DEFECT
+        missed = int((~used).sum())
+        if len(labels) and not len(det):
+            outcome = "escape"
+        elif not len(labels) and len(det):
+            outcome = "false_reject"
+        else:
+            outcome = "correct" if missed == 0 and extra == 0 and actual == predicted else "misclassified"
+        out.append(
+            {
+                "index": i,
+                "actual": actual,
+                "predicted": predicted,
+                "score": _r(det.scores[order[0]]) if len(det) else 0.0,
+                "outcome": outcome,
+                "missed": missed,
+                "extra": extra,
+                "boxes": [
+                    [*(_r(v) for v in det.boxes[k]), classes[int(det.class_ids[k])], _r(det.scores[k])] for k in order
+                ],
+                "truth_boxes": [[*(_r(v) for v in b), classes[int(c)]] for b, c in zip(boxes, labels, strict=True)],
+            }
+        )
+    return out
+
+
+def result_labels(kind: str, classes: Sequence[str], ok_class: str | None) -> list[str]:
+    """The image-level axis of a kind's per-item records (rows and columns of its confusion matrix)."""
+    if kind == "detect":
+        return [*classes, NO_DEFECT]
+    if kind == "anomaly":
+        return [ok_class or "OK", ANOMALY_NG]
+    return list(classes)
+
+
+def per_class_table(records: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support per label from the records' actual / predicted labels (image level)."""
+    position = {name: i for i, name in enumerate(labels)}
+    cm = confusion_matrix(
+        np.asarray([position[r["actual"]] for r in records], np.int64),
+        np.asarray([position[r["predicted"]] for r in records], np.int64),
+        len(labels),
+    )
+    rows = []
+    for i, name in enumerate(labels):
+        tp, predicted, actual = int(cm[i, i]), int(cm[:, i].sum()), int(cm[i].sum())
+        precision = tp / predicted if predicted else None
+        recall = tp / actual if actual else None
+        f1 = (
+            2 * precision * recall / (precision + recall)
+            if precision is not None and recall is not None and precision + recall > 0
+            else (0.0 if precision is not None and recall is not None else None)
+        )
+        rows.append(
+            {
+                "class": name,
+                "precision": None if precision is None else _r(precision),
+                "recall": None if recall is None else _r(recall),
+                "f1": None if f1 is None else _r(f1),
+                "support": actual,
+                "predicted": predicted,
+            }
+        )
+    return rows
+
+
+def records_confusion(records: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> list[list[int]]:
+    position = {name: i for i, name in enumerate(labels)}
+    cm = np.zeros((len(labels), len(labels)), np.int64)
+    for r in records:
+        cm[position[r["actual"]], position[r["predicted"]]] += 1
+    return [[int(v) for v in row] for row in cm]
+
+
+def worst_misses(records: Sequence[Mapping[str, Any]], limit: int = MAX_MISSES) -> list[Mapping[str, Any]]:
+    """Escapes first (the expensive error; lowest score first: the most confidently let through), then false rejects
+    (highest score first), then the other misclassifications (highest score first); ties by item order."""
+    escapes = sorted((r for r in records if r["outcome"] == "escape"), key=lambda r: (r["score"], r["index"]))
+    rejects = sorted((r for r in records if r["outcome"] == "false_reject"), key=lambda r: (-r["score"], r["index"]))
+    other = sorted((r for r in records if r["outcome"] == "misclassified"), key=lambda r: (-r["score"], r["index"]))
+    return [*escapes, *rejects, *other][:limit]
+
+
+def thumbnail_indices(
+    records: Sequence[Mapping[str, Any]], per_cell: int = THUMBS_PER_CELL, misses: int = MAX_MISSES
+) -> list[int]:
+    """Which items get an overlay: every worst miss and the first `per_cell` of each confusion cell (misses in gallery
+    order, correct ones by item order), so any cell a page opens shows images; sorted, each once."""
+    chosen = {int(r["index"]) for r in worst_misses(records, misses)}
+    cells: dict[tuple[str, str], int] = {}
+    for r in [*worst_misses(records, len(records)), *(r for r in records if r["outcome"] == "correct")]:
+        key = (r["actual"], r["predicted"])
+        if cells.get(key, 0) < per_cell:
+            cells[key] = cells.get(key, 0) + 1
+            chosen.add(int(r["index"]))
+    return sorted(chosen)
+
+
+def _fit(img: Image.Image, side: int) -> Image.Image:
+    """Longest side `side`: smaller images are enlarged (pixels kept sharp) so the caption and labels fit."""
+    scale = side / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.Resampling.BILINEAR if scale < 1.0 else Image.Resampling.NEAREST)
+
+
+def _tint(base: Image.Image, mask: NDArray[Any], colour: tuple[int, int, int], alpha: int) -> Image.Image:
+    layer = Image.new("RGB", base.size, colour)
+    return Image.composite(layer, base, Image.fromarray(((np.asarray(mask) > 0) * alpha).astype(np.uint8)))
+
+
+def overlay_thumbnail(
+    image: NDArray[Any],
+    record: Mapping[str, Any],
+    *,
+    pred_map: NDArray[Any] | None = None,
+    truth_map: NDArray[Any] | None = None,
+    heat: NDArray[Any] | None = None,
+    side: int = THUMB_SIDE,
+) -> Image.Image:
+    """A small image of one item with what the model said drawn on it: detected boxes (red, with class and score)
+    beside the labelled ones (green); the predicted mask (red) over the labelled one (green); an anomaly map as red
+    intensity; and on every kind a caption band: predicted label and score, and the labelled one when they differ."""
+    base = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
+    if heat is not None:
+        h = np.clip(np.asarray(heat, np.float64), 0.0, 1.0)
+        base = Image.composite(
+            Image.new("RGB", base.size, (255, 0, 0)), base, Image.fromarray((h * 150).astype(np.uint8))
+        )
+    if truth_map is not None:
+        base = _tint(base, truth_map, (0, 200, 0), 90)
+    if pred_map is not None:
+        base = _tint(base, pred_map, (230, 30, 30), 110)
+        # The predicted region's outline stays visible over the heat map and the labelled mask.
+        edge = np.asarray(pred_map) > 0
+        outline = edge & ~(np.roll(edge, 1, 0) & np.roll(edge, -1, 0) & np.roll(edge, 1, 1) & np.roll(edge, -1, 1))
+        base = _tint(base, outline, (255, 255, 0), 255)
+    scale = side / max(base.size)
+    base = _fit(base, side)
+    draw = ImageDraw.Draw(base)
+    font = ImageFont.load_default()
+    for box in record.get("truth_boxes", []):
+        draw.rectangle([v * scale for v in box[:4]], outline=(0, 200, 0), width=2)
+    for box in record.get("boxes", []):
+        xy = [v * scale for v in box[:4]]
+        draw.rectangle(xy, outline=(230, 30, 30), width=2)
+        draw.text((xy[0] + 2, xy[1] + 1), f"{box[4]} {box[5]:.2f}", fill=(255, 255, 0), font=font)
+    caption = f"{record['predicted']} {record['score']:.2f}"
+    if record["actual"] != record["predicted"]:
+        caption += f" (true {record['actual']})"
+    band = Image.new("RGB", (max(base.width, 8), base.height + 14), "black")
+    band.paste(base, (0, 14))
+    colour = (80, 220, 80) if record["outcome"] == "correct" else (255, 90, 90)
+    ImageDraw.Draw(band).text((2, 1), caption, fill=colour, font=font)
+    return band
+
+
+def thumb_name(index: int) -> str:
+    return f"{int(index):06d}.png"
+
+
+def results_document(
+    kind: str,
+    classes: Sequence[str],
+    ok_class: str | None,
+    ng_threshold: float | None,
+    split: str,
+    records: Sequence[Mapping[str, Any]],
+    metrics: Mapping[str, Any],
+    threshold_curve: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """predictions.json: every item's record, the per-class table and confusion matrix they give, the worst misses'
+    order, and the operating point (the NG recall / false-reject curve and the shipped threshold) where one exists.
+    `metrics` ties it to the evaluation it came from (the console matches it with a published version)."""
+    labels = result_labels(kind, classes, ok_class)
+    inspection = metrics.get("inspection") if isinstance(metrics.get("inspection"), Mapping) else None
+    return {
+        "format": 1,
+        "kind": kind,
+        "split": split,
+        "classes": list(classes),
+        "ok_class": ok_class,
+        "labels": labels,
+        "ng_threshold": None if ng_threshold is None else _r(ng_threshold),
+        "per_class": per_class_table(records, labels),
+        "confusion_matrix": records_confusion(records, labels),
+        "worst_misses": [int(r["index"]) for r in worst_misses(records)],
+        "operating_point": (
+            {
+                "threshold": inspection.get("threshold"),
+                "ng_recall": inspection.get("ng_recall"),
+                "false_reject_rate": inspection.get("false_reject_rate"),
+                "curve": [dict(row) for row in threshold_curve],
+            }
+            if inspection is not None and threshold_curve
+            else None
+        ),
+        "metrics": {k: v for k, v in flatten_metrics(metrics).items() if not k.startswith("per_class.")},
+        "items": [dict(r) for r in records],
+    }

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crux import __version__
 from crux.collect.offline_docs import mount_offline_docs
-from crux.console import figures, login, pages
+from crux.console import figures, login, pages, results
 from crux.console.deps import PACKAGE, Console, ConsoleConfig, PageError
 from crux.console.sources import Unavailable
 
@@ -145,4 +145,5 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
     app.include_router(login.router)
     app.include_router(pages.router)
     app.include_router(figures.router)
+    app.include_router(results.router)
     return app

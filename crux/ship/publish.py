@@ -115,6 +115,9 @@ def publish(
         ok_line=bool(card.ok_class),
     )
     if not gate.passed and not force:
+        from crux.ship.refusals import record_refusal
+
+        record_refusal(root_url, line, card.data, gate.to_dict(), at=now, storage_options=storage_options)
         raise GateRefused(gate)
     if gate.passed and force:
         log.info("publish --force given but the gate passed anyway")

@@ -518,6 +518,7 @@ def evaluate(
         confusion_png(np.asarray(metrics["confusion_matrix"]), meta["classes"], plots_dir / "confusion_matrix.png")
     if hasattr(task, "gallery"):
         task.gallery(state, dataset, model, device, ng_threshold, plots_dir / "worst_misses.png")
+    write_item_results(out_dir, meta["kind"], task, state, dataset, model, device, ng_threshold, metrics, plots, split)
     write_json(
         out_dir / "postprocess.json",
         {
@@ -536,3 +537,88 @@ def evaluate(
     (out_dir / "report.md").write_text(compare_markdown(metrics, previous, f"Evaluation on the {split} split"))
     write_json(out_dir / "timing.json", {"images": len(dataset), "wall_s": round(wall, 3), "device": str(device)})
     return metrics
+
+
+# What `evaluate` writes for the console's drill-down (dvc.yaml evaluate outs): every item's record and overlays.
+RESULTS_FILE, RESULTS_DIR = "predictions.json", "results"
+
+
+def write_item_results(
+    out_dir: Path,
+    kind: str,
+    task: Any,
+    state: Any,
+    dataset: Any,
+    model: Any,
+    device: Any,
+    ng_threshold: float | None,
+    metrics: dict[str, Any],
+    plots: dict[str, Any],
+    split: str,
+) -> dict[str, Any]:
+    """out_dir/predictions.json (`crux.evaluation.results_document`: one record per item of the split, with its id
+    and image) and out_dir/results/NNNNNN.png, the overlays of the worst misses and of the first items of each
+    confusion cell, drawn from the same post-processed predictions as the metrics. Rewritten whole each run."""
+    import numpy as np
+    import torch
+
+    from crux import evaluation as ev
+    from crux.postprocess import load_image, postprocess_segment_batch
+    from crux.train.torch_dataset import normalise
+
+    classes, ok = list(task.classes), task.ok_class
+    threshold = 0.5 if ng_threshold is None else float(ng_threshold)
+    if kind == "classify":
+        records = ev.classify_items(
+            np.concatenate(state["probs"]), np.concatenate(state["targets"]), classes, ok, threshold
+        )
+    elif kind == "detect":
+        records = ev.detect_items(state["dets"], state["boxes"], state["labels"], classes)
+    elif kind == "segment":
+        records = ev.segment_items(
+            np.asarray(state["ng"]),
+            np.asarray(state["strongest"]),
+            np.asarray(state["targets"]),
+            classes,
+            ok,
+            task.segment.defect_classes,
+            threshold,
+            state["index"],
+        )
+    else:
+        real = [i for i, s in enumerate(state["synthetic"]) if not s]
+        indices = [state["index"][i] for i in real]
+        records = ev.anomaly_items(
+            np.asarray(state["score"])[real],
+            np.asarray(state["is_ng"], bool)[real],
+            ok,
+            threshold,
+            [classes[int(dataset.items[i]["label"])] for i in indices],
+            indices,
+        )
+    for r in records:
+        item = dataset.items[r["index"]]
+        r["id"], r["image"] = str(item["sha256"])[:12], str(item["image"])
+    results_dir = out_dir / RESULTS_DIR
+    shutil.rmtree(results_dir, ignore_errors=True)
+    results_dir.mkdir(parents=True)
+    by_index = {int(r["index"]): r for r in records}
+    for index in ev.thumbnail_indices(records):
+        record = by_index[index]
+        image = load_image(dataset.root / dataset.items[index]["image"], 3)
+        maps: dict[str, Any] = {}
+        if kind in ("segment", "anomaly"):
+            item = dataset[index]
+            with torch.inference_mode():
+                raw = model(normalise(item["image"][None].to(device), task.spec)).float().cpu().numpy()
+            pred = postprocess_segment_batch(raw, [item["size"]], task.segment)[0]
+            maps = {"pred_map": pred.class_map, "truth_map": item.get("orig_mask")}
+            if kind == "anomaly":
+                maps["heat"] = pred.defect_prob
+        ev.overlay_thumbnail(image, record, **maps).save(results_dir / ev.thumb_name(index), format="PNG")
+        record["thumb"] = ev.thumb_name(index)
+    doc = ev.results_document(
+        kind, classes, ok, ng_threshold, split, records, metrics, plots.get("threshold_curve") or []
+    )
+    write_json(out_dir / RESULTS_FILE, doc)
+    return doc

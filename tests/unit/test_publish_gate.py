@@ -123,7 +123,8 @@ def test_blind_first_model_is_refused_and_production_untouched(tmp_path: Path, k
     floor = next(c for c in result.criteria if c.rule == "min")
     assert (floor.metric, floor.candidate, floor.threshold, floor.passed) == ("map50", 0.00001, 0.25, False)
     assert read_pointer(f"{root}/line-a", [key.public_key()]) is None  # nothing in production
-    assert not (tmp_path / "remote" / "line-a").exists()  # nothing written at all
+    # Nothing published: only the refusal record the console lists (crux.ship.refusals), which edges never read.
+    assert [p.name for p in (tmp_path / "remote" / "line-a").iterdir()] == ["refused"]
     assert "| min (kind detect default) | map50 | 0.0000 | 0.2500 |" in result.markdown()
     # The override still works, and is recorded and signed as such.
     forced = publish(root, "line-a", blind, key, GateConfig(), force=True, reason="demo of a forced release")
@@ -225,7 +226,7 @@ def test_cycle_flow_ends_not_published_with_the_decision_as_artifact(
     (artifact,) = artifacts
     assert artifact["key"] == "line-a-gate" and "line-a: not published" in artifact["markdown"]
     assert "map50 0.0000 < floor 0.5000" in artifact["markdown"]
-    assert not (tmp_path / "remote" / "line-a").exists()
+    assert [p.name for p in (tmp_path / "remote" / "line-a").iterdir()] == ["refused"]  # the refusal record only
 
 
 def test_publish_cli_json_lists_every_criterion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key) -> None:  # type: ignore[no-untyped-def]
