@@ -370,7 +370,8 @@ def queue_shifted(engine: Engine, alarm: DriftAlarm, limit: int, now: dt.datetim
 def queued_captures(engine: Engine, line: str) -> set[int]:
     """Ids of `line`'s captures a drift alarm queued for labelling first."""
     with engine.connect() as conn:
-        return {int(i) for i in conn.execute(sa.select(drift_queue.c.capture_id).where(drift_queue.c.line == line))}
+        query = sa.select(drift_queue.c.capture_id).where(drift_queue.c.line == line)
+        return {int(i) for i in conn.execute(query).scalars()}
 
 
 __all__ = [

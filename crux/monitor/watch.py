@@ -69,8 +69,13 @@ def check_line(
     ]
     on_production = [w for w in found if production_version is not None and w.model_version == production_version]
     line_window = Window.total([w.window for w in on_production])
+    # A line alarm that station alarms explain queues nothing more: their own queues hold the shifted frames, and
+    # the line's newest frames would mix in those of its steady stations. Unexplained (a shift spread thinly over
+    # the stations), it queues the line's newest frames.
+    explained = any(c.assessment.alarm for c in checks)
+    reference = references(production_version)
     checks.append(
-        _apply(engine, line, None, production_version, line_window, references(production_version), cfg, start, now)
+        _apply(engine, line, None, production_version, line_window, reference, cfg, start, now, queue=not explained)
     )
     return checks
 
@@ -85,6 +90,7 @@ def _apply(
     cfg: MonitorConfig,
     start: dt.datetime,
     now: dt.datetime,
+    queue: bool = True,
 ) -> Check:
     result = assess(reference, window, cfg)
     current = open_alarm(engine, line, station)
@@ -109,7 +115,7 @@ def _apply(
             )
             raised = True
         # Frames of this window not queued yet, up to queue_max per alarm: the newest shifted frames go ahead.
-        room = max(cfg.queue_max - current.queued, 0)
+        room = max(cfg.queue_max - current.queued, 0) if queue else 0
         if room:
             queued = queue_shifted(engine, dataclasses.replace(current, window_start=start, window_end=now), room, now)
             current = open_alarm(engine, line, station)
