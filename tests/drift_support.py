@@ -4,13 +4,19 @@ steady frames drawn like the validation split, or shifted ones (a lighting chang
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from crux.collect import IngestSettings, add_station, create_db_engine, migrate
+from crux.collect.ingest_server import running_server
 from crux.monitor.drift import MonitorConfig
+from crux.monitor.watch import check_line, release_reference
+from crux.ship.signing import load_public_keys
 
 DRIFT_LINE = "line-a"
 # Small windows and queues: a test streams a few hundred frames, not a shift's worth of production.
@@ -118,3 +124,47 @@ def stream(
     finally:
         sender.stop(final=False)
     return runtime
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A published line and an ingest database that the streams of `stations` went into."""
+
+    tmp: Path
+    remote: Path
+    public_key: Path
+    database_url: str
+    stations: tuple[str, ...]
+
+
+def streamed(tmp: Path, shifts: dict[str, str | None], reference: bool = True) -> Stream:
+    """Publish the line, then stream 200 frames per station through a real ingest service (shift None: steady)."""
+    remote = tmp / "remote"
+    _, pub = publish_with_reference(tmp, remote, reference=reference)
+    settings = IngestSettings(database_url=f"sqlite:///{tmp}/ingest.db", storage_url=str(tmp / "images"))
+    engine = create_db_engine(settings.database_url)
+    migrate(engine)
+    tokens = {station: add_station(engine, station, DRIFT_LINE) for station in shifts}
+    with running_server(settings) as url:
+        for seed, (station, shift) in enumerate(shifts.items()):
+            frames = write_frames(tmp / "frames" / station, 200, shift, seed=10 + seed)
+            stream(tmp, remote, pub, url, tokens[station], station, frames)
+    engine.dispose()
+    return Stream(tmp, remote, pub, settings.database_url, tuple(shifts))
+
+
+def check(s: Stream, now: dt.datetime | None = None) -> list[Any]:
+    """One monitor check of DRIFT_LINE (production v1) against the cards on the signed remote."""
+    keys = load_public_keys([s.public_key])
+    engine = create_db_engine(s.database_url)
+    try:
+        return check_line(
+            engine,
+            DRIFT_LINE,
+            lambda v: None if v is None else release_reference(str(s.remote), DRIFT_LINE, v, keys),
+            1,
+            TEST_MONITOR,
+            now or dt.datetime.now(dt.UTC),
+        )
+    finally:
+        engine.dispose()

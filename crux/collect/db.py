@@ -144,6 +144,23 @@ drift_alarms = sa.Table(
     sa.Index("ix_drift_alarms_line_cleared", "line", "cleared_at"),
 )
 
+# Migration 0004: the latest drift check of each scope (a station, or a whole line: station ""), replaced by every
+# check, so the console can say "no shift", "no reference" or "too few frames" where no alarm is open.
+drift_checks = sa.Table(
+    "drift_checks",
+    metadata,
+    sa.Column("line", sa.String(64), primary_key=True),
+    sa.Column("station", sa.String(64), primary_key=True),
+    sa.Column("checked_at", sa.DateTime, nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=True),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("frames", sa.Integer, nullable=False),
+    sa.Column("psi", sa.Float, nullable=True),
+    sa.Column("ks_p", sa.Float, nullable=True),
+    sa.Column("ng_rate", sa.Float, nullable=True),
+    sa.Column("ref_ng_rate", sa.Float, nullable=True),
+)
+
 # Migration 0004: captures an alarm queued for labelling ahead of the rest (crux.collect.labeling sends them first).
 drift_queue = sa.Table(
     "drift_queue",

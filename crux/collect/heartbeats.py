@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from crux.collect.db import (
     captures,
     drift_alarms,
+    drift_checks,
     drift_queue,
     heartbeat_history,
     station_heartbeats,
@@ -332,6 +333,49 @@ def alarms(engine: Engine, *, line: str | None = None, open_only: bool = True, l
         return [_alarm(r) for r in conn.execute(query)]
 
 
+@dataclass(frozen=True)
+class DriftCheck:
+    """The latest drift check of a scope (station None: the whole line)."""
+
+    line: str
+    station: str | None
+    checked_at: dt.datetime
+    model_version: int | None
+    status: str  # crux.monitor.drift STATUS_*
+    frames: int
+    psi: float | None
+    ks_p: float | None
+    ng_rate: float | None
+    ref_ng_rate: float | None
+
+
+def record_check(engine: Engine, check: DriftCheck) -> None:
+    """Replace the scope's latest check (update, else insert)."""
+    key = {"line": check.line, "station": check.station or ""}
+    values = {k: v for k, v in check.__dict__.items() if k not in key}
+    values["checked_at"] = to_naive_utc(check.checked_at)
+    c = drift_checks.c
+    with engine.begin() as conn:
+        where = sa.and_(c.line == key["line"], c.station == key["station"])
+        if not conn.execute(sa.update(drift_checks).where(where).values(**values)).rowcount:
+            conn.execute(sa.insert(drift_checks).values(**key, **values))
+
+
+def latest_checks(engine: Engine, line: str | None = None) -> list[DriftCheck]:
+    query = sa.select(drift_checks).order_by(drift_checks.c.line, drift_checks.c.station)
+    if line is not None:
+        query = query.where(drift_checks.c.line == line)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    out = []
+    for r in rows:
+        m = dict(r._mapping)
+        m["station"] = m["station"] or None
+        m["checked_at"] = to_aware_utc(m["checked_at"])
+        out.append(DriftCheck(**m))
+    return out
+
+
 def queue_shifted(engine: Engine, alarm: DriftAlarm, limit: int, now: dt.datetime | None = None) -> list[int]:
     """Queue for labelling first the unlabelled captures of the alarm's scope taken in its window (newest first, at
     most `limit`, none queued twice); returns their ids. crux.collect.labeling sends queued captures ahead of the
@@ -377,17 +421,20 @@ def queued_captures(engine: Engine, line: str) -> set[int]:
 __all__ = [
     "HISTORY_RETENTION",
     "DriftAlarm",
+    "DriftCheck",
     "Heartbeat",
     "HeartbeatIn",
     "HistoryPoint",
     "StationWindow",
     "alarms",
     "clear_alarm",
+    "latest_checks",
     "latest_heartbeats",
     "open_alarm",
     "queue_shifted",
     "queued_captures",
     "raise_alarm",
+    "record_check",
     "record_heartbeat",
     "station_history",
     "windows",

@@ -21,11 +21,13 @@ from sqlalchemy.engine import Engine
 
 from crux.collect.heartbeats import (
     DriftAlarm,
+    DriftCheck,
     StationWindow,
     clear_alarm,
     open_alarm,
     queue_shifted,
     raise_alarm,
+    record_check,
     windows,
 )
 from crux.monitor.drift import Assessment, MonitorConfig, Reference, Window, assess
@@ -93,6 +95,11 @@ def _apply(
     queue: bool = True,
 ) -> Check:
     result = assess(reference, window, cfg)
+    record_check(
+        engine,
+        DriftCheck(line, station, now, version, result.status, result.frames, result.psi, result.ks_p,
+                   result.ng_rate, result.ref_ng_rate),
+    )  # fmt: skip
     current = open_alarm(engine, line, station)
     raised = False
     queued: list[int] = []

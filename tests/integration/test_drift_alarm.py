@@ -6,65 +6,21 @@ labelling ahead of everything else. The Prefect flow reports the same as its `dr
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from drift_support import DRIFT_LINE, TEST_MONITOR, publish_with_reference, stream, write_frames
+from drift_support import DRIFT_LINE, TEST_MONITOR, Stream, check, streamed
 
-from crux.collect import IngestSettings, add_station, create_db_engine, migrate
+from crux.collect import create_db_engine
 from crux.collect.heartbeats import alarms, queued_captures
-from crux.collect.ingest_server import running_server
 from crux.collect.records import list_captures
-from crux.monitor.watch import check_line, markdown_report, release_reference
-from crux.ship.signing import load_public_keys
+from crux.monitor.watch import markdown_report
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass(frozen=True)
-class Stream:
-    tmp: Path
-    remote: Path
-    public_key: Path
-    database_url: str
-    stations: tuple[str, ...]
-
-
-def streamed(tmp: Path, shifts: dict[str, str | None], reference: bool = True) -> Stream:
-    remote = tmp / "remote"
-    _, pub = publish_with_reference(tmp, remote, reference=reference)
-    settings = IngestSettings(database_url=f"sqlite:///{tmp}/ingest.db", storage_url=str(tmp / "images"))
-    engine = create_db_engine(settings.database_url)
-    migrate(engine)
-    tokens = {station: add_station(engine, station, DRIFT_LINE) for station in shifts}
-    with running_server(settings) as url:
-        for seed, (station, shift) in enumerate(shifts.items()):
-            frames = write_frames(tmp / "frames" / station, 200, shift, seed=10 + seed)
-            stream(tmp, remote, pub, url, tokens[station], station, frames)
-    engine.dispose()
-    return Stream(tmp, remote, pub, settings.database_url, tuple(shifts))
-
-
-def check(s: Stream, now: dt.datetime | None = None) -> list[Any]:
-    keys = load_public_keys([s.public_key])
-    engine = create_db_engine(s.database_url)
-    try:
-        return check_line(
-            engine,
-            DRIFT_LINE,
-            lambda v: None if v is None else release_reference(str(s.remote), DRIFT_LINE, v, keys),
-            1,
-            TEST_MONITOR,
-            now or dt.datetime.now(dt.UTC),
-        )
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture(scope="module")

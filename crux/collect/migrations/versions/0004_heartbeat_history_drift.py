@@ -1,5 +1,5 @@
-"""Heartbeats kept as a time series (bounded retention) with each beat's score histogram, drift alarms, and the
-captures an alarm queued for labelling first.
+"""Heartbeats kept as a time series (bounded retention) with each beat's score histogram, drift alarms, the latest
+drift check of each station and line, and the captures an alarm queued for labelling first.
 
 Revision ID: 0004
 Revises: 0003
@@ -56,6 +56,19 @@ def upgrade() -> None:
     )
     op.create_index("ix_drift_alarms_line_cleared", "drift_alarms", ["line", "cleared_at"])
     op.create_table(
+        "drift_checks",
+        sa.Column("line", sa.String(64), primary_key=True),
+        sa.Column("station", sa.String(64), primary_key=True),
+        sa.Column("checked_at", sa.DateTime, nullable=False),
+        sa.Column("model_version", sa.Integer, nullable=True),
+        sa.Column("status", sa.String(32), nullable=False),
+        sa.Column("frames", sa.Integer, nullable=False),
+        sa.Column("psi", sa.Float, nullable=True),
+        sa.Column("ks_p", sa.Float, nullable=True),
+        sa.Column("ng_rate", sa.Float, nullable=True),
+        sa.Column("ref_ng_rate", sa.Float, nullable=True),
+    )
+    op.create_table(
         "drift_queue",
         sa.Column("capture_id", sa.Integer, sa.ForeignKey("captures.id"), primary_key=True, autoincrement=False),
         sa.Column("alarm_id", sa.Integer, sa.ForeignKey("drift_alarms.id"), nullable=False),
@@ -68,6 +81,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_drift_queue_line", "drift_queue")
     op.drop_table("drift_queue")
+    op.drop_table("drift_checks")
     op.drop_index("ix_drift_alarms_line_cleared", "drift_alarms")
     op.drop_table("drift_alarms")
     op.drop_index("ix_heartbeat_history_line_at", "heartbeat_history")
