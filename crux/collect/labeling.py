@@ -1,8 +1,9 @@
 """Collect: captures uploaded by edge stations (the ingest DB) become Label Studio tasks of their line's project.
 
 Each capture becomes one task carrying the edge model's prediction as a pre-annotation. Tasks are imported
-most-informative first — NG before OK, and within each group the most uncertain first (smallest top-2 margin
-where the edge sent class scores, else the lowest score) — through the bulk import endpoint in batches; each
+most-informative first — captures a drift alarm queued (crux.monitor.watch), then NG before OK, and within each
+group the most uncertain first (smallest top-2 margin where the edge sent class scores, else the lowest score) —
+through the bulk import endpoint in batches; each
 batch is recorded in the ingest DB (`mark_sent`) right after Label Studio accepted it.
 
 Idempotent: the capture id travels in the task data, and every run first reconciles the project's existing
