@@ -21,6 +21,7 @@ from crux.collect.db import (
     drift_queue,
     heartbeat_history,
     station_heartbeats,
+    stations,
     to_aware_utc,
     to_naive_utc,
     utcnow,
@@ -171,7 +172,8 @@ def station_history(engine: Engine, station: str, since: dt.datetime, limit: int
     h = heartbeat_history.c
     query = (
         sa.select(h.received_at, h.model_version, h.fps, h.latency_p50_ms, h.ng_rate, h.score_hist, h.window_ng)
-        .where(h.station == station, h.received_at >= to_naive_utc(since))
+        # By station id: the (station_id, received_at) index; a million rows of a week's fleet are not scanned.
+        .where(h.station_id == _station_id(station), h.received_at >= to_naive_utc(since))
         .order_by(h.received_at.desc(), h.id.desc())
         .limit(limit)
     )
@@ -189,6 +191,10 @@ def station_history(engine: Engine, station: str, since: dt.datetime, limit: int
         )
         for r in reversed(rows)
     ]
+
+
+def _station_id(name: str) -> Any:
+    return sa.select(stations.c.id).where(stations.c.name == name).scalar_subquery()
 
 
 @dataclass(frozen=True)

@@ -192,6 +192,7 @@ def station_page(request: Request, console: ConsoleDep, name: str) -> Response:
 # ----------------------------------------------------------------------------------------------------------------
 # The history chart: three panels sharing a time axis, drawn as SVG text (no plotting library, no request of its own)
 
+
 def _fps(v: float) -> str:
     return f"{v:.2f}"
 
