@@ -106,3 +106,60 @@ def test_history_checks_alarms_and_queue(engine: sa.Engine) -> None:
     assert alarms(engine)[0].queued == 4
     clear_alarm(engine, alarm.id, now=T0 + dt.timedelta(hours=1))
     assert alarms(engine) == [] and alarms(engine, open_only=False)[0].cleared_at is not None
+
+
+def test_a_line_alarm_its_stations_cannot_explain_queues_the_line_and_clears_when_the_shift_ends(
+    engine: sa.Engine,
+) -> None:
+    from crux.monitor.drift import MonitorConfig, Reference
+    from crux.monitor.watch import check_line
+
+    cfg = MonitorConfig(min_frames=100, window_s=600, queue_max=4)
+    steady = [0] * SCORE_BINS
+    steady[2], steady[3] = 30, 10
+    shifted = [0] * SCORE_BINS
+    shifted[12], shifted[13] = 30, 10
+    reference = Reference(tuple(c * 10 for c in steady), 0.1)
+    ids, registered = {}, []
+    for name in ("cam-1", "cam-2"):
+        st = station_for_token(engine, add_station(engine, name, "line-a"))
+        assert st is not None
+        ids[name] = st.id
+        registered.append(st)
+        # 80 shifted frames each: too few for a station, 160 together: enough for the line.
+        for minute in (1, 2):
+            beat = HeartbeatIn(frames=40, model_version=3, score_hist=shifted, window_ng=4)
+            record_heartbeat(engine, st, beat, now=T0 + dt.timedelta(minutes=minute))
+    rows = [
+        {"station_id": ids[name], "station": name, "line": "line-a",
+         "captured_at": (T0 + dt.timedelta(minutes=i)).replace(tzinfo=None), "received_at": T0.replace(tzinfo=None),
+         "sha256": f"{k * 10 + i:064x}", "image_key": f"{k}-{i}.jpg", "content_type": "image/jpeg", "size_bytes": 1,
+         "width": 1, "height": 1, "scores": {}, "boxes": []}
+        for k, name in enumerate(ids) for i in range(3)
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(sa.insert(captures), rows)
+
+    checks = check_line(engine, "line-a", lambda v: reference if v == 3 else None, 3, cfg, T0 + dt.timedelta(minutes=3))
+    assert [(c.scope, c.assessment.status) for c in checks] == [
+        ("station cam-1", "too few frames"), ("station cam-2", "too few frames"), ("line line-a", "alarm"),
+    ]  # fmt: skip
+    line_check = checks[-1]
+    assert line_check.raised and len(line_check.queued) == cfg.queue_max  # the line's newest frames, both stations
+    assert {r["station"] for r in rows if r["sha256"] in _shas(engine, line_check.queued)} == {"cam-1", "cam-2"}
+
+    # The shift ends: 20 minutes later the window holds only steady beats, and the alarm clears.
+    for st in registered:
+        for minute in (21, 22):
+            beat = HeartbeatIn(frames=40, model_version=3, score_hist=steady, window_ng=4)
+            record_heartbeat(engine, st, beat, now=T0 + dt.timedelta(minutes=minute))
+    later = check_line(engine, "line-a", lambda v: reference if v == 3 else None, 3, cfg, T0 + dt.timedelta(minutes=23))
+    assert later[-1].assessment.status == "ok" and later[-1].alarm is None
+    assert alarms(engine) == [] and alarms(engine, open_only=False)[0].cleared_at is not None
+    assert {c.status for c in latest_checks(engine, "line-a") if c.station is None} == {"ok"}
+
+
+def _shas(engine: sa.Engine, capture_ids: tuple[int, ...]) -> set[str]:
+    with engine.connect() as conn:
+        found = conn.execute(sa.select(captures.c.sha256).where(captures.c.id.in_(capture_ids))).scalars()
+        return set(found)
