@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the stages' config types; their modules load lazily, so `cr
     from crux.label.server import Credentials, ServerSettings
     from crux.loop.steps import LabelStudioAccess
     from crux.loop.trigger import WebhooksConfig
+    from crux.monitor.drift import MonitorConfig
     from crux.ship.gate import GateConfig
 
 
@@ -60,6 +61,7 @@ PARAMS_SECTIONS = (
     "trigger",
     "webhooks",
     "git",
+    "monitor",
 )
 
 
@@ -506,6 +508,12 @@ def console_config(ctx: Context, admin_token: str | None, timeout_s: float) -> C
         workspace=ctx.root,
         prefect_url=prefect_ui_url(),
     )
+
+
+def monitor_config(ctx: Context) -> MonitorConfig:
+    from crux.monitor.drift import MonitorConfig
+
+    return from_mapping(MonitorConfig, ctx.section("monitor"), "monitor")
 
 
 def console_token() -> str | None:

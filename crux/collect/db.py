@@ -96,6 +96,82 @@ station_heartbeats = sa.Table(
     sa.Column("model_errors", sa.Integer, nullable=True),
 )
 
+# Migration 0004: every heartbeat kept as a time series for the station page's history and the drift monitor (each
+# beat carries the histogram of the scores of the frames judged since the previous one); rows older than
+# crux.collect.heartbeats.HISTORY_RETENTION are dropped as new ones arrive, so the table stays bounded.
+heartbeat_history = sa.Table(
+    "heartbeat_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("station_id", sa.Integer, sa.ForeignKey("stations.id"), nullable=False),
+    sa.Column("station", sa.String(64), nullable=False),
+    sa.Column("line", sa.String(64), nullable=False),
+    sa.Column("received_at", sa.DateTime, nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=True),
+    sa.Column("frames", sa.Integer, nullable=False),
+    sa.Column("ng", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Integer, nullable=False),
+    sa.Column("fps", sa.Float, nullable=True),
+    sa.Column("latency_p50_ms", sa.Float, nullable=True),
+    sa.Column("ng_rate", sa.Float, nullable=True),
+    # Frames judged since the previous beat: NG among them and their score histogram (null from older edges).
+    sa.Column("window_ng", sa.Integer, nullable=True),
+    sa.Column("score_hist", sa.JSON, nullable=True),
+    sa.Index("ix_heartbeat_history_station_at", "station_id", "received_at"),
+    sa.Index("ix_heartbeat_history_line_at", "line", "received_at"),
+)
+
+# Migration 0004: drift alarms of a line (station null) or one station, raised by crux.monitor.watch; an alarm stays
+# open until a later check of the same scope finds no shift (cleared_at).
+drift_alarms = sa.Table(
+    "drift_alarms",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("line", sa.String(64), nullable=False),
+    sa.Column("station", sa.String(64), nullable=True),
+    sa.Column("model_version", sa.Integer, nullable=True),
+    sa.Column("raised_at", sa.DateTime, nullable=False),
+    sa.Column("window_start", sa.DateTime, nullable=False),
+    sa.Column("window_end", sa.DateTime, nullable=False),
+    sa.Column("frames", sa.Integer, nullable=False),
+    sa.Column("psi", sa.Float, nullable=True),
+    sa.Column("ks_p", sa.Float, nullable=True),
+    sa.Column("ng_rate", sa.Float, nullable=True),
+    sa.Column("ref_ng_rate", sa.Float, nullable=True),
+    sa.Column("reasons", sa.JSON, nullable=False),
+    sa.Column("queued", sa.Integer, nullable=False),
+    sa.Column("cleared_at", sa.DateTime, nullable=True),
+    sa.Index("ix_drift_alarms_line_cleared", "line", "cleared_at"),
+)
+
+# Migration 0004: the latest drift check of each scope (a station, or a whole line: station ""), replaced by every
+# check, so the console can say "no shift", "no reference" or "too few frames" where no alarm is open.
+drift_checks = sa.Table(
+    "drift_checks",
+    metadata,
+    sa.Column("line", sa.String(64), primary_key=True),
+    sa.Column("station", sa.String(64), primary_key=True),
+    sa.Column("checked_at", sa.DateTime, nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=True),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("frames", sa.Integer, nullable=False),
+    sa.Column("psi", sa.Float, nullable=True),
+    sa.Column("ks_p", sa.Float, nullable=True),
+    sa.Column("ng_rate", sa.Float, nullable=True),
+    sa.Column("ref_ng_rate", sa.Float, nullable=True),
+)
+
+# Migration 0004: captures an alarm queued for labelling ahead of the rest (crux.collect.labeling sends them first).
+drift_queue = sa.Table(
+    "drift_queue",
+    metadata,
+    sa.Column("capture_id", sa.Integer, sa.ForeignKey("captures.id"), primary_key=True, autoincrement=False),
+    sa.Column("alarm_id", sa.Integer, sa.ForeignKey("drift_alarms.id"), nullable=False),
+    sa.Column("line", sa.String(64), nullable=False),
+    sa.Column("queued_at", sa.DateTime, nullable=False),
+    sa.Index("ix_drift_queue_line", "line"),
+)
+
 
 def utcnow() -> dt.datetime:
     """Naive UTC: the database stores naive UTC everywhere so SQLite and PostgreSQL compare alike."""

@@ -1,8 +1,9 @@
 """Collect: captures uploaded by edge stations (the ingest DB) become Label Studio tasks of their line's project.
 
 Each capture becomes one task carrying the edge model's prediction as a pre-annotation. Tasks are imported
-most-informative first — NG before OK, and within each group the most uncertain first (smallest top-2 margin
-where the edge sent class scores, else the lowest score) — through the bulk import endpoint in batches; each
+most-informative first — captures a drift alarm queued (crux.monitor.watch), then NG before OK, and within each
+group the most uncertain first (smallest top-2 margin where the edge sent class scores, else the lowest score) —
+through the bulk import endpoint in batches; each
 batch is recorded in the ingest DB (`mark_sent`) right after Label Studio accepted it.
 
 Idempotent: the capture id travels in the task data, and every run first reconciles the project's existing
@@ -15,11 +16,12 @@ from __future__ import annotations
 import math
 import os
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crux.collect.heartbeats import queued_captures
 from crux.collect.records import CaptureRecord, list_captures, mark_sent
 from crux.errors import CruxError
 from crux.geometry import PixelBox
@@ -121,22 +123,27 @@ def is_ng(record: CaptureRecord, spec: ProjectSpec) -> bool:
     return top != spec.ok_class
 
 
-def priority_key(record: CaptureRecord, spec: ProjectSpec) -> tuple[int, float, int]:
-    """Sort key, ascending = label first: (NG 0 / OK 1, margin — unknown last, capture id)."""
+def priority_key(record: CaptureRecord, spec: ProjectSpec, first: Collection[int] = ()) -> tuple[int, float, int]:
+    """Sort key, ascending = label first: (queued by a drift alarm -1 / NG 0 / OK 1, margin — unknown last,
+    capture id). `first`: capture ids a drift alarm queued (crux.collect.heartbeats.queue_shifted)."""
     value = margin(record)
-    return (0 if is_ng(record, spec) else 1, math.inf if value is None else value, record.id)
+    group = -1 if record.id in first else 0 if is_ng(record, spec) else 1
+    return (group, math.inf if value is None else value, record.id)
 
 
 def priority_label(key: tuple[int, float, int]) -> str:
-    """The sort key as a fixed-width string: sorting the Data Manager column by it sorts the whole queue."""
+    """The sort key as a fixed-width string: sorting the Data Manager column by it sorts the whole queue (a drift
+    alarm's "-1-…" sorts before "0-…": '-' < '0')."""
     group, value, capture_id = key
     shown = 9.999999 if math.isinf(value) else min(max(value, 0.0), 9.999999)
     return f"{group}-{shown:.6f}-{capture_id:012d}"
 
 
-def order_captures(records: Iterable[CaptureRecord], spec: ProjectSpec) -> list[CaptureRecord]:
-    """NG before OK; within each, the most uncertain first; ties by arrival (capture id)."""
-    return sorted(records, key=lambda r: priority_key(r, spec))
+def order_captures(
+    records: Iterable[CaptureRecord], spec: ProjectSpec, first: Collection[int] = ()
+) -> list[CaptureRecord]:
+    """Captures a drift alarm queued, then NG, then OK; within each, the most uncertain first; ties by arrival."""
+    return sorted(records, key=lambda r: priority_key(r, spec, first))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,7 +212,7 @@ def prediction_for(record: CaptureRecord, spec: ProjectSpec) -> dict[str, Any] |
     return payload
 
 
-def task_for(record: CaptureRecord, spec: ProjectSpec, image_url: str) -> dict[str, Any]:
+def task_for(record: CaptureRecord, spec: ProjectSpec, image_url: str, first: Collection[int] = ()) -> dict[str, Any]:
     data: dict[str, Any] = {
         "image": image_url,
         "sha256": record.sha256,
@@ -217,7 +224,7 @@ def task_for(record: CaptureRecord, spec: ProjectSpec, image_url: str) -> dict[s
         "line": record.line,
         "captured_at": record.captured_at.isoformat(),
         "verdict": record.verdict,
-        "priority": priority_label(priority_key(record, spec)),
+        "priority": priority_label(priority_key(record, spec, first)),
     }
     reason = getattr(record, "reason", None)
     if reason is not None:
@@ -230,10 +237,13 @@ def task_for(record: CaptureRecord, spec: ProjectSpec, image_url: str) -> dict[s
 
 
 def captures_to_tasks(
-    records: Iterable[CaptureRecord], spec: ProjectSpec, image_url_for: Callable[[CaptureRecord], str]
+    records: Iterable[CaptureRecord],
+    spec: ProjectSpec,
+    image_url_for: Callable[[CaptureRecord], str],
+    first: Collection[int] = (),
 ) -> list[dict[str, Any]]:
     """One Label Studio task per capture, in labeling priority order (see `order_captures`)."""
-    return [task_for(record, spec, image_url_for(record)) for record in order_captures(records, spec)]
+    return [task_for(r, spec, image_url_for(r), first) for r in order_captures(records, spec, first)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,9 +382,10 @@ def collect(
     if orphans:
         mark_sent(engine, project_name, orphans)
     todo = [r for r in pending if r.id not in orphans]
+    first = queued_captures(engine, project_name) if todo else set()  # a drift alarm's frames go ahead
     if max_tasks is not None:
-        todo = order_captures(todo, spec)[:max_tasks]
-    tasks = captures_to_tasks(todo, spec, url_for)
+        todo = order_captures(todo, spec, first)[:max_tasks]
+    tasks = captures_to_tasks(todo, spec, url_for, first)
     task_ids: list[int] = []
     batches = 0
     for start in range(0, len(tasks), batch_size):

@@ -1,7 +1,8 @@
 """The console's FastAPI app: `create_console_app(config)` wires the routers to one `Console` (crux.console.deps)
 built from the config, with every store passed in as a reader.
 
-Routes: sign-in (crux.console.login), pages (crux.console.pages), figures (crux.console.figures); offline OpenAPI
+Routes: sign-in (crux.console.login), pages (crux.console.pages), stations (crux.console.stations_view), figures
+(crux.console.figures); offline OpenAPI
 docs at `/docs`. Every response says how long the server took (Server-Timing) and is not cached unless it says so.
 """
 
@@ -24,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crux import __version__
 from crux.collect.offline_docs import mount_offline_docs
-from crux.console import figures, login, pages, results
+from crux.console import figures, login, pages, results, stations_view
 from crux.console.deps import PACKAGE, Console, ConsoleConfig, PageError
 from crux.console.sources import Unavailable
 
@@ -114,6 +115,7 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
     mount_offline_docs(app)
     app.mount("/static", StaticFiles(directory=str(PACKAGE / "static")), name="static")
     app.state.console = console
+    stations_view.install(console)
 
     @app.middleware("http")
     async def timing_and_login(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -143,6 +145,7 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
         return console.page(request, "error.html", 422, status=422, message=f"bad request ({where})", title="422")
 
     app.include_router(login.router)
+    app.include_router(stations_view.router)
     app.include_router(pages.router)
     app.include_router(figures.router)
     app.include_router(results.router)

@@ -1,8 +1,7 @@
 """The console's pages (server-rendered Jinja2, read-only): `/` lines overview, `/lines/{line}` line detail,
-`/lines/{line}/datasets/{commit}` one dataset version's diff, `/stations`, `/stations/{name}`.
+`/lines/{line}/datasets/{commit}` one dataset version's diff (the stations' pages: crux.console.stations_view).
 
-A line must be one the config knows and a station one the database knows (else 404); a dataset commit must be one
-of the line's versions."""
+A line must be one the config knows (else 404); a dataset commit must be one of the line's versions."""
 
 # No `from __future__ import annotations`: FastAPI evaluates the endpoint annotations.
 
@@ -13,7 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from crux.console.deps import Console, ConsoleDep, PageError
+from crux.console.deps import ConsoleDep, PageError
 from crux.console.diffs import CHANGES
 from crux.console.sources import COMMIT, DatasetReader, DatasetVersion, ModelReader, Unavailable, production
 from crux.console.views import key_metrics, line_metrics, ng_rate_note, weighted_ng_rate
@@ -150,48 +149,9 @@ def dataset_diff(
     )
 
 
-@router.get("/stations", response_class=HTMLResponse, summary="Stations")
-def stations_page(request: Request, console: ConsoleDep) -> Response:
-    stations = console.read("ingest database", console.cfg.ingest, lambda r: r.stations())
-    rows = _station_rows(console, stations) if isinstance(stations, list) else []
-    return console.page(request, "stations.html", stations=stations, rows=rows, title="Stations")
-
-
-@router.get("/stations/{name}", response_class=HTMLResponse, summary="One station")
-def station_page(request: Request, console: ConsoleDep, name: str) -> Response:
-    stations = console.read("ingest database", console.cfg.ingest, lambda r: r.stations())
-    if isinstance(stations, Unavailable):
-        raise PageError(503, f"ingest database unavailable: {stations.reason}")
-    rows = _station_rows(console, [s for s in stations if s.name == name])
-    if not rows:
-        raise PageError(404, f"no station named {name!r}")
-    captures = console.read("ingest database", console.cfg.ingest, lambda r: r.recent_captures(station=name, limit=24))
-    return console.page(request, "station.html", row=rows[0], captures=captures, title=name)
-
-
 def _history(reader: ModelReader, line: str) -> dict[str, Any]:
     return reader.history(line)
 
 
 def _versions(reader: DatasetReader, line: str) -> list[DatasetVersion]:
     return reader.versions(line)
-
-
-def _station_rows(console: Console, stations: list[Any]) -> list[dict[str, Any]]:
-    """Each station with its flags: silent (no heartbeat for N intervals, or never) and old model version."""
-    cfg = console.cfg
-    now = cfg.clock()
-    prod_versions: dict[str, Any] = {}
-    for line in sorted({s.line for s in stations}):
-        history = console.read("model remote", cfg.models, partial(_history, line=line))
-        prod = production(history) if history else None
-        prod_versions[line] = int(prod["version"]) if prod else None
-    rows = []
-    for s in stations:
-        beat = s.heartbeat
-        interval = (beat.interval_s if beat and beat.interval_s else None) or cfg.default_heartbeat_s
-        silent = beat is None or (now - beat.received_at).total_seconds() > cfg.silent_after_intervals * interval
-        prod = prod_versions.get(s.line)
-        old = bool(beat and beat.model_version is not None and prod is not None and beat.model_version < prod)
-        rows.append({"s": s, "beat": beat, "silent": silent, "old": old, "production": prod, "revoked": s.revoked})
-    return rows

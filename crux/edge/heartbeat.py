@@ -12,6 +12,7 @@ import logging
 import statistics
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -28,8 +29,16 @@ log = logging.getLogger(__name__)
 FPS_WINDOW_S = 60.0
 
 
-def heartbeat_payload(runtime: EdgeRuntime, outbox: Outbox | None, interval_s: float) -> dict[str, Any]:
-    """The status of `runtime` now, in the shape of crux.collect.heartbeats.HeartbeatIn."""
+def heartbeat_payload(
+    runtime: EdgeRuntime,
+    outbox: Outbox | None,
+    interval_s: float,
+    delivered: ScoreSnapshot | None = None,
+    scores: ScoreSnapshot | None = None,
+) -> dict[str, Any]:
+    """The status of `runtime` now, in the shape of crux.collect.heartbeats.HeartbeatIn; `score_hist`/`window_ng`
+    count the frames judged from `delivered` (the figures of the last beat that arrived; None: since start) to
+    `scores` (taken now when None)."""
     recent = list(runtime.recent)  # a copy: the frame loop keeps appending
     now = time.monotonic()
     window = [r for r in recent if now - r[0] <= FPS_WINDOW_S]
@@ -46,10 +55,32 @@ def heartbeat_payload(runtime: EdgeRuntime, outbox: Outbox | None, interval_s: f
         "ng_rate": round(sum(r[2] for r in recent) / len(recent), 4) if recent else None,
         "interval_s": interval_s,
     }
+    payload["score_hist"], payload["window_ng"] = (scores or ScoreSnapshot.of(runtime)).minus(delivered)
     if outbox is not None:
         payload["outbox_pending"] = len(outbox.pending())
         payload["outbox_bytes"] = outbox.pending_bytes
     return payload
+
+
+@dataclass(frozen=True)
+class ScoreSnapshot:
+    """The runtime's binned frame scores and NG count since start (crux.monitor.drift), at one moment."""
+
+    counts: tuple[int, ...]
+    ng: int
+
+    @classmethod
+    def of(cls, runtime: EdgeRuntime) -> ScoreSnapshot:
+        # The NG count first: the frame loop bumps a frame's bin before its NG count, so a window never holds more NG
+        # frames than frames. tuple() copies the list in one step; the loop only ever increments its items.
+        ng = runtime.judged_ng
+        return cls(tuple(runtime.score_counts), ng)
+
+    def minus(self, earlier: ScoreSnapshot | None) -> tuple[list[int], int]:
+        """What was judged between `earlier` and this snapshot (the window a heartbeat reports)."""
+        if earlier is None:
+            return list(self.counts), self.ng
+        return [a - b for a, b in zip(self.counts, earlier.counts, strict=True)], self.ng - earlier.ng
 
 
 class HeartbeatSender:
@@ -76,11 +107,15 @@ class HeartbeatSender:
         self._thread: threading.Thread | None = None
         self.sent = 0
         self.failed = 0
+        # The score counts of the last beat that arrived: a lost beat's frames are carried by the next one, so the
+        # ingest's histograms add up to every judged frame.
+        self._delivered: ScoreSnapshot | None = None
 
     def beat(self) -> bool:
         """One heartbeat; False (logged) when it did not arrive. Never raises."""
         try:
-            payload = heartbeat_payload(self.runtime, self.outbox, self.interval_s)
+            snapshot = ScoreSnapshot.of(self.runtime)
+            payload = heartbeat_payload(self.runtime, self.outbox, self.interval_s, self._delivered, snapshot)
             response = self._client.post(self.url, json=payload, headers={"Authorization": f"Bearer {self.token}"})
         except Exception as exc:  # the ingest service down, DNS, a timeout: the line keeps inspecting
             self.failed += 1
@@ -91,6 +126,7 @@ class HeartbeatSender:
             log.warning("heartbeat refused: HTTP %s %s", response.status_code, response.text[:200])
             return False
         self.sent += 1
+        self._delivered = snapshot
         return True
 
     def start(self) -> None:

@@ -38,6 +38,7 @@ from typing import IO, TYPE_CHECKING, Any
 from crux.config import ConfigError
 from crux.data.store import sha256_file
 from crux.inference import NO_DEFECT_LABEL, ModelOutputError, OnnxModel, Result, contract_record
+from crux.monitor.drift import SCORE_BINS, frame_score, score_bin
 from crux.postprocess import ImageError, open_image
 from crux.ship.fetch import fetch_release
 from crux.ship.releases import ReleaseError, read_pointer
@@ -255,6 +256,10 @@ class EdgeRuntime:
         self._refused: dict[str, str] = {}  # release identity → why this box rolled back from it
         self.started_at = dt.datetime.now(dt.UTC)
         self.recent: deque[tuple[float, float, bool]] = deque(maxlen=1000)
+        # For drift monitoring (crux.monitor.drift): the NG score of every judged frame binned since start, and the
+        # NG verdicts among them; the heartbeat sends what changed since its last delivered beat.
+        self.score_counts = [0] * SCORE_BINS
+        self.judged_ng = 0
         self._last_rejection: str | None = None
 
     # ------------------------------------------------------------------ model management
@@ -480,6 +485,8 @@ class EdgeRuntime:
         self.frames += 1
         self.ng += decision.verdict == "NG"
         self.recent.append((time.monotonic(), latency_ms, decision.verdict == "NG"))  # deque.append: thread-safe
+        self.score_counts[score_bin(frame_score(running.model.kind, result, running.model.ok_class))] += 1
+        self.judged_ng += decision.verdict == "NG"
         return record
 
     def _model_error(

@@ -30,6 +30,7 @@ from crux.config import ConfigError
 from crux.data.store import sha256_file
 from crux.errors import CruxError
 from crux.inference import CARD_FORMAT
+from crux.monitor.drift import CARD_KEY
 from crux.postprocess import (
     Detections,
     DetectSpec,
@@ -136,6 +137,9 @@ class ExportConfig:
     # listed label-preserving transforms generate (hflip, vflip, rot90: all three give the 8 flips/rotations).
     # The card's metrics are then re-measured on the exported graph, so the edge runs exactly what was measured.
     tta: tuple[str, ...] = ()
+    # Val images whose NG-score histogram and NG rate the card records as the drift monitor's reference
+    # (crux.monitor.drift); the whole split up to this many (a few thousand bin the scores finely enough).
+    reference_images: int = 2000
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.tta) - set(TTA_GENERATORS))
@@ -145,8 +149,8 @@ class ExportConfig:
             raise ConfigError(f"export.exporter: {self.exporter!r} is not one of {', '.join(EXPORTERS)}")
         if self.opset is not None and not 13 <= self.opset <= 23:
             raise ConfigError(f"export.opset: {self.opset} must be in 13..23")
-        if self.parity_images < 1 or self.calibration_images < 1:
-            raise ConfigError("export.parity_images and export.calibration_images must be >= 1")
+        if self.parity_images < 1 or self.calibration_images < 1 or self.reference_images < 1:
+            raise ConfigError("export.parity_images, calibration_images and reference_images must be >= 1")
         if not self.parity_atol > 0:
             raise ConfigError(f"export.parity_atol: {self.parity_atol} must be > 0")
         if not 0.0 <= self.box_threshold <= 1.0:
@@ -469,7 +473,8 @@ def export(
             tta, measured = _tta_report(plain_model, onnx_path, card0, spec, cfg, views, prepared_dir, work)
             if measured is not None:  # the card's metrics are those of the graph the edge runs
                 card0 = {**card0, "metrics": measured}
-        card = {**card0, "parity": parity, "quantized": quant, "tta": tta}
+        reference = monitor_reference(ort_model, prepared_dir, cfg.reference_images)
+        card = {**card0, "parity": parity, "quantized": quant, "tta": tta, CARD_KEY: reference}
         for f in work.iterdir():
             f.replace(out_dir / f.name)
         (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
@@ -527,6 +532,25 @@ def _tta_report(
 
 # ----------------------------------------------------------------------------------------------------------------
 # INT8 and ONNX evaluation
+
+
+def monitor_reference(model: Any, prepared_dir: Path | None, limit: int, batch_size: int = 16) -> dict[str, Any] | None:
+    """The drift monitor's reference (crux.monitor.drift): the NG-score histogram and NG rate of the val split through
+    the edge's decoding and the card's thresholds; None without a prepared val split."""
+    from crux.monitor.drift import frame_ng, frame_score, reference_for_card
+
+    records = _split_records(prepared_dir, "val")[:limit]
+    if not records or prepared_dir is None:
+        return None
+    scores: list[float] = []
+    ng: list[bool] = []
+    for sl in _batches(len(records), batch_size):
+        x, sizes = _load_batch(prepared_dir, records[sl], model.spec)
+        for result in model.results_from_raw(model.run_raw(x), sizes):
+            score = frame_score(model.kind, result, model.ok_class)
+            scores.append(score)
+            ng.append(frame_ng(model.kind, score, model.ok_class, model.ng_threshold, model.box_threshold))
+    return reference_for_card(scores, ng)
 
 
 def quantize_onnx(fp32: Path, int8: Path, calibration: Sequence[NDArray[Any]]) -> None:

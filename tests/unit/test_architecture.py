@@ -25,6 +25,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "crux.kinds",
             "crux.inference",
             "crux.verdict",
+            # Pure drift math: the edge bins its scores and `crux export` records the reference with it.
+            "crux.monitor.drift",
         ),
     ),
     # Datasets (manifest, provenance, agreement) are what labelling produces: the label stage writes and reviews them.
@@ -34,6 +36,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ship", ("crux.ship",)),
     ("edge", ("crux.edge",)),
     ("collect", ("crux.collect",)),
+    # The drift monitor's checks: heartbeats and captures of the ingest DB against the production card.
+    ("monitor", ("crux.monitor",)),
     ("loop", ("crux.loop",)),
     ("console", ("crux.console",)),
     ("settings", ("crux.settings",)),

@@ -277,7 +277,7 @@ def test_list_filters_and_paging(env: Env, client: TestClient) -> None:
 
 def test_health_and_openapi(client: TestClient) -> None:
     health = client.get("/v1/health").json()
-    assert health["status"] == "ok" and health["schema_revision"] == "0003"
+    assert health["status"] == "ok" and health["schema_revision"] == "0004"
     spec = client.get("/openapi.json").json()
     assert {"/v1/captures", "/v1/health", "/v1/heartbeat"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/v1/captures"]["post"]["requestBody"]["content"]

@@ -108,7 +108,7 @@ def test_migrations_match_the_table_definitions(tmp_path: Path) -> None:
     engine = create_db_engine(f"sqlite:///{tmp_path}/m.db")
     migrate(engine)
     migrate(engine)  # idempotent on every start
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == "0004"
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
