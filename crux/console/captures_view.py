@@ -33,8 +33,9 @@ PAGE_SIZE = 24
 # An uncertain-only page reads at most this many captures (index order, newest first): a bounded page time.
 SCAN_LIMIT = 3000
 _BATCH = 500
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-CLASS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,62}$"
+# Empty is "any": the filter form sends every field.
+NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$"
+CLASS_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9 _.+-]{0,62})?$"
 
 
 @dataclass(frozen=True)
@@ -182,14 +183,13 @@ def captures_page(
     before: Annotated[int | None, Query(ge=0, le=DB_INT_MAX)] = None,
     after: Annotated[int | None, Query(ge=0, le=DB_INT_MAX)] = None,
 ) -> Response:
+    line, station, cls = line or None, station or None, cls or None
     if line is not None:
         console.known_line(line)
     known_station(console, station)
-    f = CaptureFilter(line or None, station or None, verdict or None, cls or None, uncertain)
+    f = CaptureFilter(line, station, verdict or None, cls, uncertain)
     cfg = console.cfg
-    page = console.read(
-        "ingest database", cfg.ingest, lambda r: page_captures(r.engine, f, before=before, after=after)
-    )
+    page = console.read("ingest database", cfg.ingest, lambda r: page_captures(r.engine, f, before=before, after=after))
     progress = console.read("Label Studio", cfg.labelstudio, lambda r: r.progress(), timeout=0.2)
     stations = console.read("ingest database", cfg.ingest, lambda r: r.stations())
     station_names = [s.name for s in stations if line is None or s.line == line] if isinstance(stations, list) else []

@@ -293,7 +293,9 @@ def summarize(
     ]
     seen = {q.task_id for q in queue}
     queue += [
-        QueueItem(t, "review tab", None, (), names_by_task.get(t, "")) for t in (tab.task_ids if tab else ()) if t not in seen
+        QueueItem(t, "review tab", None, (), names_by_task.get(t, ""))
+        for t in (tab.task_ids if tab else ())
+        if t not in seen
     ]
     labeled = sum(1 for t in tasks if any(not plain(a).get("was_cancelled") for a in t.get("annotations") or ()))
     return TeamSummary(
@@ -318,6 +320,7 @@ def summarize(
 def read_team(client: Any, line: str, kind: str, project_id: int, url: str, now: dt.datetime) -> TeamSummary:
     """One read of a line's project through the SDK: its tasks with annotations, the members, the tabs."""
     names = {int(u.id): str(u.email or f"user:{u.id}") for u in client.users.list()}
-    tasks = [plain(t) for t in client.tasks.list(project=project_id, fields="all", page_size=500)]
+    # resolve_uri=False: the image URLs are not shown here, and resolving them costs Label Studio per task.
+    tasks = [plain(t) for t in client.tasks.list(project=project_id, fields="all", page_size=500, resolve_uri=False)]
     views = list(client.views.list(project=project_id))
     return summarize(line, kind, project_id, url, tasks, names, views, now)

@@ -95,7 +95,7 @@ class TeamCache:
         try:
             state = self.read(line)
         except Exception as exc:  # any failure of the read is what the panel shows
-            state = Unavailable(SOURCE, f"unreachable: {type(exc).__name__}: {str(exc)[:200]}")
+            state = Unavailable(SOURCE, f"{type(exc).__name__}: {str(exc)[:200]}")
         with self._lock:
             self._items[line.name] = (self.clock(), state)
             self._running.pop(line.name, None)
@@ -109,7 +109,7 @@ def team_reader(reader: LabelStudioReader, read_timeout_s: float = 30.0) -> Call
         from crux.label.server import health
 
         if not health(reader.url, timeout=reader.timeout_s):
-            return Unavailable(SOURCE, f"unreachable: {reader.url} does not answer /health")
+            return Unavailable(SOURCE, f"{reader.url} does not answer /health")
         progress = reader.progress().get(line.name)
         if progress is None:
             return NoProject(line.name)

@@ -49,7 +49,11 @@ def ann(
 
 
 def task(tid: int, *annotations: dict[str, Any]) -> dict[str, Any]:
-    return {"id": tid, "data": {"original_name": f"{tid}.jpg", "width": 200, "height": 200}, "annotations": list(annotations)}
+    return {
+        "id": tid,
+        "data": {"original_name": f"{tid}.jpg", "width": 200, "height": 200},
+        "annotations": list(annotations),
+    }
 
 
 def team_tasks() -> list[dict[str, Any]]:
@@ -120,7 +124,9 @@ def test_review_tab_reads_the_published_filter() -> None:
     ]  # fmt: skip
     tab = review_tab(views, VIEW_TITLE)
     assert tab is not None and (tab.view_id, tab.task_ids) == (7, (3, 6))
-    empty = [{"id": 8, "data": {"title": VIEW_TITLE, "filters": {"items": [{"filter": "filter:tasks:id", "value": -1}]}}}]
+    empty = [
+        {"id": 8, "data": {"title": VIEW_TITLE, "filters": {"items": [{"filter": "filter:tasks:id", "value": -1}]}}}
+    ]
     assert review_tab(empty, VIEW_TITLE).task_ids == ()  # type: ignore[union-attr]
     assert review_tab(views[:1], VIEW_TITLE) is None
 
@@ -170,7 +176,8 @@ def test_team_cache_shows_a_failed_read_as_unreachable() -> None:
 
     cache = TeamCache(down, first_wait_s=2.0)
     state = cache.get(LineInfo("a", "A", "classify"))
-    assert isinstance(state, Unavailable) and "unreachable" in state.reason and "connection refused" in state.reason
+    assert isinstance(state, Unavailable) and state.source == "Label Studio"
+    assert state.reason == "ConnectionError: connection refused"
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -213,7 +220,11 @@ def ingest_db(tmp_path: Path) -> Any:
             line, station = ("b", "s3") if i >= 60 else ("a", "s1" if i % 2 else "s2")
             ng = i % 3 == 0
             uncertain = i % 10 == 5
-            scores = {"ok": 0.53, "scratch": 0.47} if uncertain else ({"scratch": 0.9, "ok": 0.1} if ng else {"ok": 0.95, "scratch": 0.05})
+            scores = (
+                {"ok": 0.53, "scratch": 0.47}
+                if uncertain
+                else ({"scratch": 0.9, "ok": 0.1} if ng else {"ok": 0.95, "scratch": 0.05})
+            )
             at = dt.datetime(2026, 12, 6, 10, 0) + dt.timedelta(minutes=i)
             conn.execute(captures.insert().values(
                 station_id=station_ids[station], station=station, line=line, captured_at=at, received_at=at,
