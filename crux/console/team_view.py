@@ -60,7 +60,7 @@ class TeamCache:
         read: Callable[[LineInfo], TeamState],
         ttl_s: float = 30.0,
         error_ttl_s: float = 10.0,
-        first_wait_s: float = 0.1,
+        first_wait_s: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
