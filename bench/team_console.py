@@ -112,7 +112,9 @@ def main() -> int:
     started = time.perf_counter()
     tasks = team_tasks(args.tasks)
     t0 = time.perf_counter()
-    summary = summarize("line-0", "classify", 1, "http://ls", tasks, {2: "a", 3: "b", 4: "c"}, [], dt.datetime.now(dt.UTC))
+    summary = summarize(
+        "line-0", "classify", 1, "http://ls", tasks, {2: "a", 3: "b", 4: "c"}, [], dt.datetime.now(dt.UTC)
+    )
     results["team_summarize_s"] = round(time.perf_counter() - t0, 3)
     print(f"team summary of {args.tasks} tasks ({summary.overlapped} overlapped): {results['team_summarize_s']} s")
 
@@ -143,7 +145,10 @@ def main() -> int:
                     assert r.status_code == 200, (path, r.status_code, r.text[:300])
                     if i >= 3:
                         server.append(float(r.headers["server-timing"].split("dur=")[1]))
-                timings[label] = {"p50_ms": round(percentile(server, 50), 1), "p95_ms": round(percentile(server, 95), 1)}
+                timings[label] = {
+                    "p50_ms": round(percentile(server, 50), 1),
+                    "p95_ms": round(percentile(server, 95), 1),
+                }
                 print(f"{label:28s} p50 {timings[label]['p50_ms']:7.1f} ms   p95 {timings[label]['p95_ms']:7.1f} ms")
         results["pages"] = timings
     if args.out:

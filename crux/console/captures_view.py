@@ -90,13 +90,23 @@ class CapturePage:
     stopped_early: bool  # an uncertain-only page hit SCAN_LIMIT before filling
 
 
-def _base_query(f: CaptureFilter) -> Any:
+@dataclass(frozen=True)
+class _Scores:
+    """What the uncertain test reads of a row (no full record built for the rows a scan passes over)."""
+
+    id: int
+    prediction: str | None
+    scores: dict[str, float]
+    boxes: list[dict[str, Any]]
+
+
+def _base_query(f: CaptureFilter, *columns: Any) -> Any:
     import sqlalchemy as sa
 
     from crux.collect.db import captures
 
     c = captures.c
-    query = sa.select(captures)
+    query = sa.select(*columns) if columns else sa.select(captures)
     if f.line is not None:
         query = query.where(c.line == f.line)
     if f.station is not None:
@@ -125,7 +135,8 @@ def page_captures(
     from crux.collect.records import _record
 
     c = captures.c
-    base = _base_query(f)
+    # An uncertain-only scan reads the scores alone, then the full rows of the matches.
+    base = _base_query(f, c.id, c.prediction, c.scores, c.boxes) if f.uncertain else _base_query(f)
     newest_first = after is None
     found: list[Any] = []
     scanned, cursor, exhausted = 0, (after if after is not None else before), False
@@ -136,15 +147,23 @@ def page_captures(
             if cursor is not None:
                 query = query.where(c.id < cursor if newest_first else c.id > cursor)
             query = query.order_by(c.id.desc() if newest_first else c.id.asc()).limit(batch)
-            rows = [_record(r) for r in conn.execute(query)]
+            if f.uncertain:
+                rows: list[Any] = [
+                    _Scores(r.id, r.prediction, dict(r.scores or {}), list(r.boxes or [])) for r in conn.execute(query)
+                ]
+                found += [r for r in rows if card_info(r, margin).uncertain]
+            else:
+                rows = [_record(r) for r in conn.execute(query)]
+                found += rows
             scanned += len(rows)
-            for record in rows:
-                if not f.uncertain or card_info(record, margin).uncertain:
-                    found.append(record)
             if len(rows) < batch:
                 exhausted = True
                 break
             cursor = rows[-1].id
+        if f.uncertain and found:
+            ids = [r.id for r in found[: limit + 1]]
+            full = {r.id: r for r in map(_record, conn.execute(_base_query(CaptureFilter()).where(c.id.in_(ids))))}
+            found = [full[i] for i in ids if i in full]
     more = len(found) > limit
     found = found[:limit]
     stopped_early = f.uncertain and not exhausted and not more
@@ -190,7 +209,6 @@ def captures_page(
     f = CaptureFilter(line, station, verdict or None, cls, uncertain)
     cfg = console.cfg
     page = console.read("ingest database", cfg.ingest, lambda r: page_captures(r.engine, f, before=before, after=after))
-    progress = console.read("Label Studio", cfg.labelstudio, lambda r: r.progress(), timeout=0.2)
     stations = console.read("ingest database", cfg.ingest, lambda r: r.stations())
     station_names = [s.name for s in stations if line is None or s.line == line] if isinstance(stations, list) else []
     return console.page(
@@ -199,7 +217,8 @@ def captures_page(
         f=f,
         page=page,
         captures=page.items if not isinstance(page, Unavailable) else page,
-        progress=progress if isinstance(progress, dict) else None,
+        # No Label Studio read here: a down server must not slow the list. Task links go through /captures/ID/task.
+        progress=None,
         lines=[x.name for x in cfg.lines],
         station_names=station_names,
         classes=_classes(console, line),
