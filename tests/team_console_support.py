@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from console_support import LINE, Plant
+from console_support import LINE, OTHER_LINE, Plant
 
 from crux.collect.ingest_server import make_jpeg
 
@@ -29,12 +29,13 @@ class ExtraCaptures:
     uncertain: list[int]  # OK verdict, top two scores 0.52 / 0.48
     spot: list[int]  # NG, class spot, a box each
     plain_ok: list[int]  # OK, sure
+    segment: list[int]  # OTHER_LINE: a segmenter's NG frame, its region's mask and one score
 
 
 def add_captures(ingest_url: str, tokens: dict[str, str]) -> ExtraCaptures:
     """34 more captures of LINE from cam-1/cam-2: 24 sure OK, 6 NG of class spot, then 4 uncertain OK (the newest,
     so that the line page's kept-OK gallery shows them)."""
-    out: dict[str, list[int]] = {"uncertain": [], "spot": [], "plain_ok": []}
+    out: dict[str, list[int]] = {"uncertain": [], "spot": [], "plain_ok": [], "segment": []}
     now = dt.datetime.now(dt.UTC)
     with httpx.Client(base_url=ingest_url, timeout=10) as client:
         for i in range(34):
@@ -64,7 +65,35 @@ def add_captures(ingest_url: str, tokens: dict[str, str]) -> ExtraCaptures:
             )
             r.raise_for_status()
             out[group].append(int(r.json()["id"]))
-    return ExtraCaptures(out["uncertain"], out["spot"], out["plain_ok"])
+        out["segment"] = [segment_capture(client, tokens["cam-9"])]
+    return ExtraCaptures(out["uncertain"], out["spot"], out["plain_ok"], out["segment"])
+
+
+def segment_capture(client: httpx.Client, token: str) -> int:
+    """A segmenter's NG frame of OTHER_LINE (cam-9): one region with its mask (COCO RLE) and a single NG score."""
+    import numpy as np
+
+    from crux.postprocess import rle_encode
+
+    mask = np.zeros((200, 200), dtype=np.uint8)
+    mask[60:140, 50:150] = 1
+    meta = {
+        "station": "cam-9",
+        "line": OTHER_LINE,
+        "captured_at": dt.datetime.now(dt.UTC).isoformat(),
+        "model_version": f"{OTHER_LINE}.v1",
+        "verdict": "ng",
+        "scores": {"scratch": 0.93},
+        "boxes": [{"class": "scratch", "box": [50.0, 60.0, 150.0, 140.0], "score": 0.93, "mask": rle_encode(mask)}],
+    }
+    r = client.post(
+        "/v1/captures",
+        headers={"Authorization": f"Bearer {token}"},
+        files={"image": ("seg.jpg", make_jpeg(777), "image/jpeg")},
+        data={"metadata": json.dumps(meta)},
+    )
+    r.raise_for_status()
+    return int(r.json()["id"])
 
 
 def team_console_config(plant: Plant, team_line: str, *, ls_url: str | None = None, ls_token: str = "x") -> Any:

@@ -2,11 +2,12 @@
 first, paged by capture id), `/captures/{id}/task` (the capture's Label Studio task), and what a card shows of a
 capture (its class, the model's score for it, whether the prediction was uncertain).
 
-"Uncertain" is read from the scores the edge sent, with the edge's own rule for class scores: the top two classes
-closer than `edge.uncertain_margin` (crux.edge.runtime.decide); a capture with a single score (detection,
-segmentation, anomaly) is uncertain when that score is below the margin. The database does not keep why the edge
-kept a frame, so "uncertain" cannot be an index lookup: an uncertain-only list scans at most `SCAN_LIMIT` captures
-per page and says where it stopped (paging on goes further back).
+"Uncertain" is read from the class scores the edge sent, with the edge's own rule for them: the top two classes
+closer than `edge.uncertain_margin` (crux.edge.runtime.decide). A capture with one score or none (segmentation,
+anomaly, detection) is never marked: the edge's rule there compares the score with the model card's threshold,
+which the capture row does not carry. The database does not keep why the edge kept a frame either, so "uncertain"
+cannot be an index lookup: an uncertain-only list scans at most `SCAN_LIMIT` captures per page and says where it
+stopped (paging on goes further back).
 
 Paging is by id (keyset): `before=ID` lists older captures, `after=ID` newer ones; a page stays stable while
 captures arrive, and reads one index range however deep it is.
@@ -50,18 +51,22 @@ def card_info(record: Any, margin: float = UNCERTAIN_MARGIN) -> CardInfo:
     from crux.collect.labeling import confidence, predicted_class
     from crux.collect.labeling import margin as top_margin
 
-    gap = top_margin(record)
-    return CardInfo(predicted_class(record), confidence(record), gap is not None and gap < margin)
+    several = len(record.scores) >= 2
+    gap = top_margin(record) if several else None
+    # One score (a segmenter's or anomaly model's NG score) names no class: the arg-max of one is not a prediction.
+    cls = record.prediction if (record.prediction is not None or not several) else predicted_class(record)
+    return CardInfo(cls, confidence(record), gap is not None and gap < margin)
 
 
 def overlay_caption(record: Any) -> str | None:
-    """The class and score drawn on a capture's overlay when no box carries them (classify, anomaly)."""
+    """The class and score drawn on a capture's overlay when no box carries them (classify; an OK frame's score)."""
     if record.boxes:
         return None
     info = card_info(record)
-    if info.cls is None:
+    if info.cls is None and info.score is None:
         return None
-    return info.cls + ("" if info.score is None else f" {info.score:.2f}")
+    score = "" if info.score is None else f"{info.score:.2f}"
+    return f"{info.cls} {score}".strip() if info.cls is not None else f"score {score}"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,14 @@ pytestmark = pytest.mark.integration
 
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 TEAM_LINE = f"team-{uuid.uuid4().hex[:6]}"
+# Pixels tinted by a region's mask (crux.console.plots.overlay_png composites red at ~43 % over the image).
+RED_MASK_JS = """(img) => {
+  const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+  const d = g.getImageData(0, 0, c.width, c.height).data; let n = 0;
+  for (let i = 0; i < d.length; i += 4) if (d[i] > d[i + 1] + 30 && d[i] > d[i + 2] + 30) n++;
+  return n;
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +169,16 @@ def test_capture_cards_lists_and_team_note_with_label_studio_down(
         assert captions(page) and all("cam-1" in c for c in captions(page))
         assert "station=cam-1" in page.url
         page.screenshot(path=str(tmp_path / "captures.png"), full_page=True)
+
+        # A segmenter's frame (one NG score, a region's mask): the mask drawn, the score shown, never "uncertain".
+        page.goto(f"{url}/captures?station=cam-9")
+        (seg,) = extra.segment
+        card = page.locator(f"#capture-list figure[data-capture='{seg}']")
+        assert "score 0.93" in card.inner_text()
+        assert card.get_attribute("data-uncertain") is None
+        img = card.locator("img")
+        loaded(page, img)
+        assert img.evaluate(RED_MASK_JS) > 1000, "the region's mask is not drawn"
 
         # Bad filter input: a 4xx page, nothing read.
         for path, status in (

@@ -198,6 +198,12 @@ def test_card_info_score_class_and_uncertain() -> None:
     assert close.uncertain and close.cls == "ok"
     boxes = card_info(Rec(boxes=[{"class": "spot", "box": [0, 0, 5, 5], "score": 0.9}]))
     assert (boxes.cls, boxes.score, boxes.uncertain) == (None, 0.9, False)
+    # A segmenter's or anomaly model's single NG score: shown, never called a class or "uncertain".
+    anomaly_ok = card_info(Rec(scores={"NG": 0.01}))
+    assert (anomaly_ok.cls, anomaly_ok.score, anomaly_ok.uncertain) == (None, 0.01, False)
+    assert overlay_caption(Rec(scores={"NG": 0.01})) == "score 0.01"
+    assert overlay_caption(Rec()) is None
+    assert card_info(Rec(scores={"ok": 0.52, "scratch": 0.48})).cls == "ok"  # no prediction sent: the arg-max
     assert overlay_caption(Rec(prediction="ok", scores={"ok": 0.9, "scratch": 0.1})) == "ok 0.90"
     assert overlay_caption(Rec(prediction="scratch", boxes=[{"class": "scratch", "box": [0, 0, 5, 5]}])) is None
 
