@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crux import __version__
 from crux.collect.offline_docs import mount_offline_docs
-from crux.console import figures, login, pages, results, stations_view
+from crux.console import captures_view, figures, login, pages, results, stations_view, team_view
 from crux.console.deps import PACKAGE, Console, ConsoleConfig, PageError
 from crux.console.sources import Unavailable
 
@@ -149,4 +149,8 @@ def create_console_app(cfg: ConsoleConfig) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(figures.router)
     app.include_router(results.router)
+    # The line page's team panel and capture cards/lists (issue 25: team on the console, capture cards).
+    for view in (team_view, captures_view):
+        view.install(app, console)
+        app.include_router(view.router)
     return app

@@ -124,5 +124,7 @@ def capture_overlay(
     data = fetch("image store", lambda: ingest.image(record.image_key), timeout_s)
     if isinstance(data, Unavailable):
         raise PageError(503, f"image store unavailable: {data.reason}")
-    png = plots.overlay_png(data, record.boxes, max_side=size)
+    from crux.console.captures_view import overlay_caption
+
+    png = plots.overlay_png(data, record.boxes, max_side=size, caption=overlay_caption(record))
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

@@ -99,9 +99,12 @@ def confusion_png(matrix: Sequence[Sequence[int]], classes: Sequence[str], title
     return buf.getvalue()
 
 
-def overlay_png(image: bytes, boxes: Sequence[Mapping[str, Any]], max_side: int = 320) -> bytes:
-    """The capture with each predicted box (and a segmenter region's mask, COCO RLE) drawn over it."""
-    from PIL import Image, ImageDraw
+def overlay_png(
+    image: bytes, boxes: Sequence[Mapping[str, Any]], max_side: int = 320, caption: str | None = None
+) -> bytes:
+    """The capture with each predicted box (and a segmenter region's mask, COCO RLE) drawn over it, and `caption`
+    (a classifier's class and score, which no box carries) written in a band across the top."""
+    from PIL import Image, ImageDraw, ImageFont
 
     from crux.postprocess import open_image, rle_decode
 
@@ -128,6 +131,12 @@ def overlay_png(image: bytes, boxes: Sequence[Mapping[str, Any]], max_side: int 
         if b.get("score") is not None:
             label += f" {float(b['score']):.2f}"
         draw.text((x1 + 2, max(0.0, y1 - 11)), label, fill=(255, 230, 0))
+    if caption:
+        # Sized to the image so it stays readable in a 220 px card and in the full-size view.
+        font = ImageFont.load_default(size=max(11, base.size[0] // 16))
+        band = draw.textbbox((0, 0), caption, font=font)
+        draw.rectangle([0, 0, base.size[0], band[3] + 6], fill=(20, 24, 33))
+        draw.text((4, 2), caption, fill=(255, 230, 0), font=font)
     buf = io.BytesIO()
     base.save(buf, format="PNG")
     return buf.getvalue()

@@ -304,12 +304,19 @@ def _pair_json(names: tuple[str, str], stats: PairStats, threshold: float) -> di
 
 
 def _kappa(first: Sequence[str], second: Sequence[str]) -> float | None:
-    from sklearn.metrics import cohen_kappa_score
+    """Cohen's kappa (scikit-learn's `cohen_kappa_score`, unweighted), written out: importing scikit-learn costs
+    the console's team panel 3-8 s of one core, holding the GIL its page requests need."""
+    from collections import Counter
 
     if len(set(first) | set(second)) < 2:
         return None  # one class only: chance agreement is total, kappa undefined
-    value = float(cohen_kappa_score(first, second))
-    return None if math.isnan(value) else round(value, 4)
+    n = len(first)
+    observed = sum(a == b for a, b in zip(first, second, strict=True)) / n
+    ca, cb = Counter(first), Counter(second)
+    chance = sum(ca[c] * cb[c] for c in ca) / (n * n)
+    if chance == 1.0:
+        return None
+    return round((observed - chance) / (1 - chance), 4)
 
 
 def report_to_markdown(report: AgreementReport, title: str = "", max_items: int = 100) -> str:
