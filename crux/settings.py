@@ -488,7 +488,10 @@ def console_config(ctx: Context, admin_token: str | None, timeout_s: float) -> C
     from crux.ship.signing import load_public_keys
 
     projects = labelstudio_config(ctx).projects
-    lines = tuple(LineInfo(name, spec.title, spec.kind, spec.ok_class) for name, spec in projects.items())
+    trainable = set(trainable_lines(ctx.params))
+    lines = tuple(
+        LineInfo(name, spec.title, spec.kind, spec.ok_class, name in trainable) for name, spec in projects.items()
+    )
     settings = ingest_settings(ctx)
     engine = create_db_engine(settings.database_url)
     migrate(engine)  # the console may start before the ingest service ever did

@@ -39,6 +39,9 @@ class LineInfo:
     kind: str
     # The line's OK class (None: every class is a defect type, so every frame is NG and OK/NG metrics do not apply).
     ok_class: str | None = None
+    # In pipeline.lines (settings.trainable_lines, the list dvc.yaml, deploy and the cycle train): a declared line
+    # outside it is labelled but never trained, and the console says so instead of showing an empty model column.
+    trainable: bool = True
 
 
 @dataclass(frozen=True)

@@ -132,3 +132,35 @@ def test_deploy_registers_only_trainable_lines_and_says_which_it_skipped(
     assert "line-new: skipped" in result.output and "not in pipeline.lines" in result.output
     assert "crux snapshot line-new --commit" in result.output
     assert "cycle-line-new: removed (no longer in pipeline.lines)" in result.output
+
+
+def test_the_console_shows_a_declared_line_outside_pipeline_lines_as_labelling_only(
+    params: Path, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from crux.collect import create_db_engine
+    from crux.console.app import create_console_app
+    from crux.console.deps import ConsoleConfig
+    from crux.console.sources import DatasetReader, IngestReader, ModelReader
+    from crux.settings import console_config
+
+    lines = console_config(load_context(params), None, 2.0).lines
+    assert [(line.name, line.trainable) for line in lines] == [("line-a", True), ("line-new", False)]
+    cfg = ConsoleConfig(
+        lines=lines,
+        ingest=IngestReader(create_db_engine(f"sqlite:///{tmp_path}/console.db"), str(tmp_path)),
+        models=ModelReader(str(tmp_path / "empty-remote")),
+        datasets=DatasetReader(tmp_path),
+        timeout_s=2.0,
+        warm_timeout_s=0.0,
+    )
+    client = TestClient(create_console_app(cfg))
+    overview = client.get("/").text
+    row = overview[overview.index('data-line="line-new"') :]
+    assert "labelling only: not in pipeline.lines" in row
+    assert (
+        "labelling only" not in overview[overview.index('data-line="line-a"') : overview.index('data-line="line-new"')]
+    )
+    assert "labelling only: not in pipeline.lines" in client.get("/lines/line-new").text
+    assert "labelling only" not in client.get("/lines/line-a").text
