@@ -7,9 +7,10 @@ import json
 import os
 from pathlib import Path
 
+from test_dataset_snapshot import World, box
+
 from crux.data.manifest import read_manifest
 from crux.data.synthetic_exports import Ann
-from tests.unit.test_dataset_snapshot import World, box
 
 
 def _manifest_rows(world: World) -> list[dict]:
