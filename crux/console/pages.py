@@ -74,7 +74,7 @@ def line_detail(request: Request, console: ConsoleDep, line: str) -> Response:
     prod = production(history) if history else None
     versions = list(reversed(history.get("versions", []))) if history else []
     plots_dir = workspace_plots(cfg.workspace, line)
-    # A model's lineage names its dataset by the DVC md5 of data.dvc: the version that recorded it, to link to.
+    # A model's lineage names its dataset by the DVC md5 of its data/LINE.dvc: the version that recorded it, to link to.
     by_md5 = {d.md5: d for d in datasets if d.md5} if isinstance(datasets, list) else {}
     return console.page(
         request,

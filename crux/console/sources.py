@@ -237,7 +237,7 @@ class DatasetVersion:
     removed: int
     relabelled: int
     per_class: tuple[str, ...] = field(default=())
-    # The dataset folder's DVC md5 this commit recorded (`data.dvc` outs md5): what a model's lineage names.
+    # The dataset folder's DVC md5 this commit recorded (`data/LINE.dvc` outs md5): what a model's lineage names.
     md5: str | None = None
 
     @property
@@ -255,7 +255,7 @@ _MD5 = re.compile(r"^\+-?\s*md5:\s*(\S+)\s*$", re.MULTILINE)
 
 def parse_dataset_log(text: str, line: str) -> list[DatasetVersion]:
     """Records of `git log --format=%H%x1f%cI%x1f%an%x1f%B%x1e` → the dataset versions of `line`, newest first.
-    Records of `git log -p --format=%x1e%H%x1f%cI%x1f%an%x1f%B%x1f` carry the patch of `data.dvc` after a fifth
+    Records of `git log -p --format=%x1e%H%x1f%cI%x1f%an%x1f%B%x1f` carry the patch of `data/LINE.dvc` after a fifth
     separator: the md5 it adds is the version's dataset hash."""
     out = []
     for record in text.split("\x1e"):

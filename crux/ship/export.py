@@ -162,7 +162,8 @@ class ExportConfig:
 
 
 def dataset_version(dvc_file: Path) -> str | None:
-    """The md5 DVC records for the dataset folder (`data.dvc` → outs[0].md5), or None when absent."""
+    """The md5 DVC records for the dataset folder (`data/LINE.dvc`, or the old `data.dvc`: outs[0].md5), or None
+    when absent."""
     import yaml
 
     path = Path(dvc_file)
