@@ -154,10 +154,10 @@ def dataset_versions(repo: Path, files: Path) -> list[str]:
 
 
 def dataset_md5(repo: Path, commit: str) -> str:
-    """The DVC md5 a dataset commit recorded in data.dvc (what a model card's lineage names)."""
+    """The DVC md5 a dataset commit recorded in data/LINE.dvc (what a model card's lineage names)."""
     import yaml
 
-    return str(yaml.safe_load(git(repo, "show", f"{commit}:data.dvc"))["outs"][0]["md5"])
+    return str(yaml.safe_load(git(repo, "show", f"{commit}:data/{LINE}.dvc"))["outs"][0]["md5"])
 
 
 def workspace_evaluation(repo: Path) -> None:
