@@ -208,7 +208,14 @@ def test_cycle_flow_ends_not_published_with_the_decision_as_artifact(
     from crux.ship.signing import private_key_pem
 
     exported(tmp_path, "detect", metrics=BLIND, healthy=False, name="models/line-a/export")
-    params = {"gate": {"min": {"detect": {"map50": 0.5}}}, "edge": {"remote": "remote"}}
+    # The cycle refuses a line that cannot train before anything else: line-a is declared and in pipeline.lines.
+    project = {"title": "A", "kind": "detect", "classes": {"scratch": "#ff0000", "spot": "#0000ff"}}
+    params = {
+        "labelstudio": {"projects": {"line-a": project}},
+        "pipeline": {"lines": ["line-a"]},
+        "gate": {"min": {"detect": {"map50": 0.5}}},
+        "edge": {"remote": "remote"},
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.setenv("CRUX_SIGNING_KEY", private_key_pem(key).decode())
     artifacts: list[dict] = []
