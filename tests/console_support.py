@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -47,6 +48,56 @@ def chromium_missing(chromium: str | Path = CHROMIUM) -> str | None:
     reason_file = Path(__file__).resolve().parents[1] / ".crux" / "chromium-missing"
     reason = reason_file.read_text().strip() if reason_file.is_file() else "run scripts/setup.sh to install it"
     return f"{chromium} missing: {reason}"
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
+
+
+@contextlib.contextmanager
+def chromium_browser() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright (never a downloaded browser); the test skips with the set-up's reason
+    where it is missing."""
+    import pytest
+
+    missing = chromium_missing()
+    if missing is not None:
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class OffHost:
+    """A browser context whose requests may reach loopback only; the rest are aborted and remembered."""
+
+    def __init__(self, browser: Any) -> None:
+        self.blocked: list[str] = []
+        self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        self.context.route("**/*", self._route)
+
+    def _route(self, route: Any) -> None:
+        url = route.request.url
+        if url.startswith(("data:", "blob:")) or (urlsplit(url).hostname or "") in LOOPBACK:
+            route.continue_()
+        else:
+            self.blocked.append(url)
+            route.abort()
+
+
+@contextlib.contextmanager
+def offline_context(browser: Any) -> Iterator[OffHost]:
+    """An `OffHost` context, closed afterwards; fails the test when a page asked for anything off this machine."""
+    guard = OffHost(browser)
+    try:
+        yield guard
+    finally:
+        guard.context.close()
+    assert guard.blocked == [], f"pages asked for off-host resources: {guard.blocked}"
 
 
 @dataclass(frozen=True)

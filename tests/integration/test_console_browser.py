@@ -12,21 +12,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from console_support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     DEFECT_LINE,
     DIFF_PAGE,
     LINE,
     OTHER_LINE,
+    OffHost,
     Plant,
     build_plant,
+    chromium_browser,
     chromium_missing,
     console_config,
+    offline_context,
     running_console,
 )
 
@@ -35,7 +35,6 @@ from crux.collect.ingest_server import free_port, running_server
 
 pytestmark = pytest.mark.integration
 
-LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 # Red pixels of a box outline drawn by crux.console.plots.overlay_png, counted in the browser from the decoded image.
 RED_PIXELS_JS = """(img) => {
   const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
@@ -56,41 +55,14 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Plant:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    missing = chromium_missing()
-    if missing is not None:
-        pytest.skip(missing)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium_browser() as browser:
         yield browser
-        browser.close()
-
-
-class OffHost:
-    """A browser context whose requests may reach loopback only; the rest are aborted and remembered."""
-
-    def __init__(self, browser: Any) -> None:
-        self.blocked: list[str] = []
-        self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        self.context.route("**/*", self._route)
-
-    def _route(self, route: Any) -> None:
-        url = route.request.url
-        host = urlsplit(url).hostname or ""
-        if url.startswith(("data:", "blob:")) or host in LOOPBACK:
-            route.continue_()
-        else:
-            self.blocked.append(url)
-            route.abort()
 
 
 @pytest.fixture
 def offline(browser: Any) -> Iterator[OffHost]:
-    guard = OffHost(browser)
-    yield guard
-    guard.context.close()
-    assert guard.blocked == [], f"pages asked for off-host resources: {guard.blocked}"
+    with offline_context(browser) as guard:
+        yield guard
 
 
 def test_pages_show_lines_trend_gallery_and_flag_stations(plant: Plant, offline: OffHost, tmp_path: Path) -> None:

@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-from console_support import CHROMIUM, CHROMIUM_ARGS, chromium_missing, running_console
+from console_support import chromium_browser, chromium_missing, offline_context, running_console
 from results_support import (
     ANO,
     CLS,
@@ -29,7 +28,6 @@ from results_support import (
 
 pytestmark = pytest.mark.integration
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 # Pixels of a colour in a decoded <img>, counted in the browser (what the user sees, not the file on disk).
 COLOUR_PIXELS_JS = """([img, rgb, tol]) => {
   const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
@@ -57,34 +55,14 @@ def console_url(plant: ResultsPlant) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    missing = chromium_missing()
-    if missing is not None:
-        pytest.skip(missing)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium_browser() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    blocked: list[str] = []
-
-    def route(r: Any) -> None:
-        url = r.request.url
-        if url.startswith(("data:", "blob:")) or (urlsplit(url).hostname or "") in LOOPBACK:
-            r.continue_()
-        else:
-            blocked.append(url)
-            r.abort()
-
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.route("**/*", route)
-    yield context.new_page()
-    context.close()
-    assert blocked == [], f"pages asked for off-host resources: {blocked}"
+    with offline_context(browser) as guard:
+        yield guard.context.new_page()
 
 
 def _images_loaded(page: Any, selector: str) -> int:

@@ -10,11 +10,18 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from console_support import CHROMIUM, CHROMIUM_ARGS, LINE, Plant, build_plant, chromium_missing, running_console
+from console_support import (
+    LINE,
+    Plant,
+    build_plant,
+    chromium_browser,
+    chromium_missing,
+    offline_context,
+    running_console,
+)
 from team_console_support import YELLOW_PIXELS_JS, ExtraCaptures, add_captures, team_console_config, team_project
 
 from crux.collect import IngestSettings, create_db_engine, mark_sent
@@ -22,7 +29,6 @@ from crux.collect.ingest_server import running_server
 
 pytestmark = pytest.mark.integration
 
-LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 TEAM_LINE = f"team-{uuid.uuid4().hex[:6]}"
 # Pixels tinted by a region's mask (crux.console.plots.overlay_png composites red at ~43 % over the image).
 RED_MASK_JS = """(img) => {
@@ -51,34 +57,14 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> tuple[Plant, ExtraCapture
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    missing = chromium_missing()
-    if missing is not None:
-        pytest.skip(missing)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium_browser() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
 def context(browser: Any) -> Iterator[Any]:
-    blocked: list[str] = []
-
-    def route(r: Any) -> None:
-        url = r.request.url
-        if url.startswith(("data:", "blob:")) or (urlsplit(url).hostname or "") in LOOPBACK:
-            r.continue_()
-        else:
-            blocked.append(url)
-            r.abort()
-
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-    ctx.route("**/*", route)
-    yield ctx
-    ctx.close()
-    assert blocked == [], f"pages asked for off-host resources: {blocked}"
+    with offline_context(browser) as guard:
+        yield guard.context
 
 
 def settle_team(page: Any, url: str, ready: str, timeout_s: float = 60.0) -> None:

@@ -10,11 +10,10 @@ import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from console_support import CHROMIUM, CHROMIUM_ARGS, chromium_missing, running_console
+from console_support import chromium_browser, chromium_missing, offline_context, running_console
 from drift_support import DRIFT_LINE, Stream, check, streamed
 
 from crux.collect import IngestSettings, add_station, create_db_engine
@@ -95,30 +94,14 @@ def console_cfg(s: Stream) -> Any:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium_browser() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    blocked: list[str] = []
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-
-    def route(r: Any) -> None:
-        if (urlsplit(r.request.url).hostname or "") in ("127.0.0.1", "localhost") or r.request.url.startswith("data:"):
-            r.continue_()
-        else:
-            blocked.append(r.request.url)
-            r.abort()
-
-    context.route("**/*", route)
-    yield context.new_page()
-    context.close()
-    assert blocked == [], f"pages asked for off-host resources: {blocked}"
+    with offline_context(browser) as guard:
+        yield guard.context.new_page()
 
 
 def test_the_overview_flags_silent_never_seen_and_old_stations_and_shows_the_drift_alarm(
