@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
+from crux.console import stations_view
 from crux.console.deps import ConsoleDep, PageError
 from crux.console.diffs import CHANGES
 from crux.console.sources import COMMIT, DatasetReader, DatasetVersion, ModelReader, Unavailable, production
@@ -29,6 +30,9 @@ def overview(request: Request, console: ConsoleDep) -> Response:
     counts = read("ingest database", cfg.ingest, lambda r: r.line_counts(names, now - dt.timedelta(hours=24)))
     stations = read("ingest database", cfg.ingest, lambda r: r.stations())
     progress = read("Label Studio", cfg.labelstudio, lambda r: r.progress())
+    # One station-health reading for the page: the table's "on production" column and the station block below it
+    # count alike (not silent, not revoked, running the production version).
+    health = stations_view.health(console)
     rows = []
     for line in cfg.lines:
         history = read("model remote", cfg.models, partial(_history, line=line.name))
@@ -36,6 +40,7 @@ def overview(request: Request, console: ConsoleDep) -> Response:
         prod = production(history) if history else None
         line_stations = [s for s in stations if s.line == line.name] if isinstance(stations, list) else []
         beats = [s.heartbeat for s in line_stations if s.heartbeat is not None]
+        line_health = health.get(line.name) if isinstance(health, dict) else None
         rows.append(
             {
                 "line": line,
@@ -45,8 +50,8 @@ def overview(request: Request, console: ConsoleDep) -> Response:
                 "production": prod,
                 "metrics": key_metrics(prod, line.kind, line.ok_class),
                 "ng_note": ng_rate_note(line.kind, line.ok_class),
-                "stations": len(line_stations),
-                "running_prod": sum(1 for b in beats if prod is not None and b.model_version == int(prod["version"])),
+                "stations": len(line_health.active) if line_health else 0,
+                "running_prod": line_health.on_production if line_health else 0,
                 "live_ng_rate": weighted_ng_rate(beats),
                 "counts": counts.get(line.name) if isinstance(counts, dict) else counts,
             }
@@ -57,6 +62,7 @@ def overview(request: Request, console: ConsoleDep) -> Response:
         rows=rows,
         counts=counts,
         stations=stations,
+        health=health,
         progress=progress,
         title="Lines",
     )

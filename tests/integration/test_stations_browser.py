@@ -113,6 +113,8 @@ def test_the_overview_flags_silent_never_seen_and_old_stations_and_shows_the_dri
         cells = [row.nth(i).inner_text() for i in range(row.count())]
         # stations, on production (fresh heartbeat, production version), silent, never seen, older than production
         assert cells[1:6] == ["4", "2 / 4", "1", "1", "1"], cells
+        # The lines table above counts stations on production from the same reading.
+        assert page.locator(f"#lines tr[data-line='{DRIFT_LINE}'] td").nth(7).inner_text() == "2 / 4"
         assert "drift alarm" in cells[6] or "station alarm" in cells[6]
         assert "cam-never: never seen" in cells[7] and "cam-quiet: silent, older than production" in cells[7]
         assert "cam-lamp: drift alarm" in cells[7] and "cam-steady:" not in cells[7]
