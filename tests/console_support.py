@@ -243,15 +243,20 @@ def fill_ingest(base_url: str, tokens: dict[str, str]) -> list[int]:
                 "scores": {"scratch": 0.8 if ng else 0.1, "ok": 0.2 if ng else 0.9},
                 "boxes": [{"class": "scratch", "box": [20.0 + i, 30.0, 120.0, 150.0 - i], "score": 0.8}] if ng else [],
             }
-            r = client.post(
-                "/v1/captures",
-                headers={"Authorization": f"Bearer {tokens[station]}"},
-                files={"image": (f"f{i}.jpg", make_jpeg(100 + i), "image/jpeg")},
-                data={"metadata": json.dumps(meta)},
-            )
-            r.raise_for_status()
-            ids.append(int(r.json()["id"]))
+            ids.append(upload_capture(client, tokens[station], f"f{i}.jpg", make_jpeg(100 + i), meta))
     return ids
+
+
+def upload_capture(client: httpx.Client, token: str, name: str, jpeg: bytes, meta: dict[str, Any]) -> int:
+    """One capture through the real POST /v1/captures as the station of `token`; its id."""
+    r = client.post(
+        "/v1/captures",
+        headers={"Authorization": f"Bearer {token}"},
+        files={"image": (name, jpeg, "image/jpeg")},
+        data={"metadata": json.dumps(meta)},
+    )
+    r.raise_for_status()
+    return int(r.json()["id"])
 
 
 def edge_heartbeat(tmp: Path, remote: Path, public_key: Path, ingest_url: str, token: str) -> None:

@@ -5,12 +5,11 @@ two annotators labelled, with `crux review`'s tab published."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from console_support import LINE, OTHER_LINE, Plant
+from console_support import LINE, OTHER_LINE, Plant, upload_capture
 
 from crux.collect.ingest_server import make_jpeg
 
@@ -57,14 +56,7 @@ def add_captures(ingest_url: str, tokens: dict[str, str]) -> ExtraCaptures:
                 if group == "spot"
                 else [],
             }
-            r = client.post(
-                "/v1/captures",
-                headers={"Authorization": f"Bearer {tokens[station]}"},
-                files={"image": (f"x{i}.jpg", make_jpeg(900 + i), "image/jpeg")},
-                data={"metadata": json.dumps(meta)},
-            )
-            r.raise_for_status()
-            out[group].append(int(r.json()["id"]))
+            out[group].append(upload_capture(client, tokens[station], f"x{i}.jpg", make_jpeg(900 + i), meta))
         out["segment"] = [segment_capture(client, tokens["cam-9"])]
     return ExtraCaptures(out["uncertain"], out["spot"], out["plain_ok"], out["segment"])
 
@@ -86,14 +78,7 @@ def segment_capture(client: httpx.Client, token: str) -> int:
         "scores": {"scratch": 0.93},
         "boxes": [{"class": "scratch", "box": [50.0, 60.0, 150.0, 140.0], "score": 0.93, "mask": rle_encode(mask)}],
     }
-    r = client.post(
-        "/v1/captures",
-        headers={"Authorization": f"Bearer {token}"},
-        files={"image": ("seg.jpg", make_jpeg(777), "image/jpeg")},
-        data={"metadata": json.dumps(meta)},
-    )
-    r.raise_for_status()
-    return int(r.json()["id"])
+    return upload_capture(client, token, "seg.jpg", make_jpeg(777), meta)
 
 
 def team_console_config(plant: Plant, team_line: str, *, ls_url: str | None = None, ls_token: str = "x") -> Any:
