@@ -72,8 +72,9 @@ class ScoreSnapshot:
     @classmethod
     def of(cls, runtime: EdgeRuntime) -> ScoreSnapshot:
         # The NG count first: the frame loop bumps a frame's bin before its NG count, so a window never holds more NG
-        # frames than frames. tuple() copies the list in one step; the loop only ever increments its items.
-        ng = runtime.judged_ng
+        # frames than frames. tuple() copies the list in one step; the loop only ever increments its items. Frames
+        # the model could not judge are in neither count.
+        ng = runtime.ng
         return cls(tuple(runtime.score_counts), ng)
 
     def minus(self, earlier: ScoreSnapshot | None) -> tuple[list[int], int]:

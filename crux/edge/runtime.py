@@ -256,10 +256,9 @@ class EdgeRuntime:
         self._refused: dict[str, str] = {}  # release identity → why this box rolled back from it
         self.started_at = dt.datetime.now(dt.UTC)
         self.recent: deque[tuple[float, float, bool]] = deque(maxlen=1000)
-        # For drift monitoring (crux.monitor.drift): the NG score of every judged frame binned since start, and the
-        # NG verdicts among them; the heartbeat sends what changed since its last delivered beat.
+        # For drift monitoring (crux.monitor.drift): the NG score of every judged frame binned since start (with
+        # `ng`, the NG verdicts among them); the heartbeat sends what changed since its last delivered beat.
         self.score_counts = [0] * SCORE_BINS
-        self.judged_ng = 0
         self._last_rejection: str | None = None
 
     # ------------------------------------------------------------------ model management
@@ -482,11 +481,12 @@ class EdgeRuntime:
         )
         if kept is not None and self.outbox is not None:
             self._enqueue(data, Path(image), record, decision, running, at)
+        # The frame's score bin before its NG count: a heartbeat reading the NG count first never sees more NG
+        # frames than binned ones (crux.edge.heartbeat.ScoreSnapshot).
+        self.score_counts[score_bin(frame_score(running.model.kind, result, running.model.ok_class))] += 1
         self.frames += 1
         self.ng += decision.verdict == "NG"
         self.recent.append((time.monotonic(), latency_ms, decision.verdict == "NG"))  # deque.append: thread-safe
-        self.score_counts[score_bin(frame_score(running.model.kind, result, running.model.ok_class))] += 1
-        self.judged_ng += decision.verdict == "NG"
         return record
 
     def _model_error(

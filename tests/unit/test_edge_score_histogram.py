@@ -21,7 +21,7 @@ def judge(runtime: EdgeRuntime, bins: dict[int, int], ng: int) -> None:
     for index, n in bins.items():
         runtime.score_counts[index] += n
         runtime.frames += n
-    runtime.judged_ng += ng
+    runtime.ng += ng
 
 
 def test_a_lost_beat_s_frames_arrive_with_the_next(tmp_path: Path) -> None:
@@ -45,5 +45,5 @@ def test_a_lost_beat_s_frames_arrive_with_the_next(tmp_path: Path) -> None:
     points = station_history(engine, "cam-1", dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
     assert [(p.window_frames, p.window_ng) for p in points] == [(5, 2), (9, 3), (0, 0)]
     (w,) = windows(engine, dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
-    assert (w.window.frames, w.window.ng) == (14, 5) == (sum(runtime.score_counts), runtime.judged_ng)
+    assert (w.window.frames, w.window.ng) == (14, 5) == (sum(runtime.score_counts), runtime.ng)
     assert (w.window.counts[3], w.window.counts[4], w.window.counts[19]) == (5, 7, 2)
